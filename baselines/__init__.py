@@ -1,0 +1,52 @@
+"""What others published, as data: the DyWeight paper's reported tables and its released coefficients.
+
+Files in baselines/data are copies of ../shared/data (the project's shared material):
+- dyweight_released_coefficients.json: the released DyWeight checkpoints of Westlake-AGI-Lab/DyWeight (commit
+  620534e3), numbers only, with their grid and training settings.
+- paper_reported_results.csv (+ .md): every numeric table of arXiv 2603.11607, tidy, with its inconsistencies noted.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from functools import lru_cache
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data"
+
+
+@lru_cache(maxsize=1)
+def _released() -> dict:
+    return json.loads((DATA / "dyweight_released_coefficients.json").read_text())
+
+
+def released_checkpoints() -> list[dict]:
+    """Every released DyWeight checkpoint (dicts with dataset, nfe, num_time_points, weights, time_scale, ...)."""
+    return list(_released()["checkpoints"])
+
+
+def released_datasets() -> dict[str, list[int]]:
+    """dataset -> the NFEs with released coefficients."""
+    out: dict[str, list[int]] = {}
+    for ck in released_checkpoints():
+        out.setdefault(ck["dataset"], []).append(ck["nfe"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def released_coefficients(dataset: str, nfe: int) -> dict:
+    """The released checkpoint for (dataset, nfe); a clear ValueError for a pair the paper did not release."""
+    avail = released_datasets()
+    if dataset not in avail:
+        raise ValueError(f"no released DyWeight coefficients for dataset {dataset!r}; accepted: {', '.join(avail)}")
+    for ck in released_checkpoints():
+        if ck["dataset"] == dataset and ck["nfe"] == int(nfe):
+            return ck
+    raise ValueError(f"no released DyWeight coefficients for {dataset!r} at NFE {nfe}; "
+                     f"released NFEs: {', '.join(map(str, avail[dataset]))}")
+
+
+def reported_results() -> list[dict]:
+    """The paper's reported numbers as rows (table, dataset, model, method, method_family, variant, nfe, metric,
+    value, note); values stay strings as printed. bench.report turns them into a DataFrame."""
+    with open(DATA / "paper_reported_results.csv", newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,1 @@
+"""One module per `python -m bench` subcommand (module name = command name with '-' for '_')."""

@@ -1,0 +1,26 @@
+"""Metric registry: name -> metric. A metric maps a `bench.models.Cell` (all samples of a cell) to one number."""
+from __future__ import annotations
+
+import importlib
+
+from .base import Metric
+
+_REGISTRY: dict[str, str] = {}
+
+
+def register(name: str, target: str) -> None:
+    _REGISTRY[name] = target
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str, **options) -> Metric:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown metric {name!r}; accepted: {', '.join(_REGISTRY)}")
+    module, attr = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), attr)(**options)
+
+
+__all__ = ["Metric", "get", "names", "register"]

@@ -1,0 +1,30 @@
+"""Model registry: name -> adapter. Heavy adapters are imported only when asked for."""
+from __future__ import annotations
+
+import importlib
+
+from .base import Cell, Model, Requirement, noise
+
+# name -> "module:factory"; the factory takes keyword options and returns a Model
+_REGISTRY: dict[str, str] = {
+    "gmm2d": "bench.models.gmm:gmm2d",
+    "gmm64": "bench.models.gmm:gmm64",
+}
+
+
+def register(name: str, target: str) -> None:
+    _REGISTRY[name] = target
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str, **options) -> Model:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; accepted: {', '.join(_REGISTRY)}")
+    module, attr = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), attr)(**options)
+
+
+__all__ = ["Model", "Cell", "Requirement", "noise", "get", "names", "register"]

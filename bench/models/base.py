@@ -1,0 +1,120 @@
+"""What every model adapter presents to the harness: an EDM denoiser D(x, sigma) plus the facts a cell needs.
+
+Adapters for each model family (analytic mixtures, the shipped digits network, EDM pickles, latent diffusion,
+Stable Diffusion, FLUX) subclass `Model`; solvers never see anything but `denoiser(x, sigma)`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from solvers import schedules
+
+
+@dataclass
+class Requirement:
+    """A local file a model or metric needs (weights, reference statistics, prompts)."""
+
+    name: str                       # e.g. "edm-cifar10-uncond-vp.pkl"
+    path: Path | None               # where it is looked for (after env/config resolution)
+    env: str | None = None          # environment variable that overrides the path
+    url: str | None = None          # official download location (`python -m bench download`)
+    sha256: str | None = None
+    description: str = ""
+
+    @property
+    def present(self) -> bool:
+        return self.path is not None and Path(self.path).exists()
+
+    def missing_message(self) -> str:
+        where = f" at {self.path}" if self.path else ""
+        how = f"; set {self.env} to its path" if self.env else ""
+        get = f", or fetch it with `python -m bench download {self.name}`" if self.url else ""
+        return f"missing {self.description or self.name}{where}{how}{get}"
+
+
+def noise(seeds: Sequence[int], shape: Sequence[int], sigma: float, dtype=torch.float32,
+          device="cpu") -> torch.Tensor:
+    """x_T = sigma * z with one CPU generator per seed (EDM's practice): a sample never depends on its batch."""
+    z = torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s)),
+                                 dtype=torch.float64) for s in seeds])
+    return (sigma * z).to(dtype=dtype, device=device)
+
+
+class Model:
+    """Base adapter. Subclasses set the class attributes and implement `denoiser`."""
+
+    name: str = ""
+    description: str = ""
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    shape: tuple = ()                       # one sample's shape, e.g. (3, 32, 32)
+    schedule: str = "polynomial"            # the grid the paper uses for this model
+    schedule_options: dict = {}             # e.g. {"rho": 7}; discrete grids get sigma_fn from `grid`
+    evals_per_call: int = 1                 # 2 under classifier-free guidance
+    released_key: str | None = None         # dataset key of the released DyWeight coefficients, if any
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+
+    # --- what the runner calls -----------------------------------------------------------
+    def denoiser(self, cond: Any = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """D(x, sigma) for a batch whose conditions are `cond` (None for unconditional models)."""
+        raise NotImplementedError
+
+    def conditions(self, seeds: Sequence[int]) -> Any:
+        """Conditions (class labels, prompt embeddings) drawn per seed, so every solver sees the same ones."""
+        return None
+
+    def noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        return noise(seeds, self.shape, self.sigma_max, self.dtype, self.device)
+
+    def grid(self, num_points: int, schedule: str | None = None, **options) -> torch.Tensor:
+        """The model's time grid of `num_points` sigmas (its default schedule unless one is named)."""
+        kind = schedule or self.schedule
+        opts = dict(self.schedule_options) if kind == self.schedule else {}
+        opts.update(options)
+        if kind == "discrete" and "sigma_fn" not in opts:
+            opts["sigma_fn"] = self.sigma_fn
+            return schedules.get(kind, num_points, **opts)
+        return schedules.get(kind, num_points, self.sigma_min, self.sigma_max, **opts)
+
+    def sigma_fn(self, tau: torch.Tensor) -> torch.Tensor:
+        raise ValueError(f"model {self.name!r} has no discrete time (it cannot use the 'discrete' schedule)")
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Map final samples to the space metrics read (images in [-1, 1] for image models; identity here)."""
+        return x
+
+    def requirements(self) -> list[Requirement]:
+        """Local files this model needs; empty when it ships with the project."""
+        return []
+
+    def check_available(self) -> None:
+        missing = [r for r in self.requirements() if not r.present]
+        if missing:
+            raise FileNotFoundError("; ".join(r.missing_message() for r in missing))
+
+
+def weights_path(env: str, default: str) -> Path:
+    """Resolve a weights file: the environment variable if set, else under $FEWSTEP_WEIGHTS (default ~/.cache)."""
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    root = Path(os.environ.get("FEWSTEP_WEIGHTS", "~/.cache/fewstep-bench")).expanduser()
+    return root / default
+
+
+@dataclass
+class Cell:
+    """What a metric sees: the model, the generated samples (decoded), and how they were made."""
+
+    model: Model
+    samples: torch.Tensor                  # decoded final samples, (B, ...)
+    x_T: torch.Tensor | None = None        # the initial noise (for error against a reference solution)
+    sigmas: torch.Tensor | None = None     # the grid the samples were drawn on
+    seeds: Sequence[int] = ()
+    conditions: Any = None
+    extra: dict = field(default_factory=dict)

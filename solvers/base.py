@@ -1,0 +1,153 @@
+"""The common solver interface.
+
+Every sampler integrates the probability-flow ODE of an EDM denoiser,
+
+    dx/dsigma = d(x, sigma) = (x - D(x, sigma)) / sigma,
+
+over a descending grid of sigmas t_0 > ... > t_{N-1}, starting from x_T = x(t_0), and returns x(t_{N-1}).
+`denoiser(x, sigma)` receives sigma as a tensor of shape (B,) (one value per sample, as in k-diffusion).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised when a sampling run produced NaN or inf (the denoiser returned them, or the solver diverged)."""
+
+
+class Solver:
+    """Base class. A subclass sets `name`, `min_points` and implements `_sample` and `calls`."""
+
+    name: str = ""
+    #: fewest grid points the solver accepts (with AFS one more may be needed; see `check_grid`)
+    min_points: int = 2
+
+    # ---- the public interface -------------------------------------------------------------------
+    def sample(self, denoiser: Denoiser, x_T: torch.Tensor, sigmas, afs: bool = False,
+               denoise_to_zero: bool = False) -> torch.Tensor:
+        """Integrate from x_T at sigmas[0] to sigmas[-1]; return x at the last grid point.
+
+        afs: replace the first network evaluation by the analytical first step d_0 = x_0 / sqrt(1 + t_0^2).
+        denoise_to_zero: return D(x, sigmas[-1]) instead (one more network evaluation).
+        """
+        sigmas = self.check_grid(sigmas, x_T, afs)
+        den = _Checked(denoiser, x_T.shape[0])
+        x = self._sample(den, x_T, sigmas, afs)
+        if denoise_to_zero:
+            if float(sigmas[-1]) == 0.0:
+                raise ValueError("denoise_to_zero=True needs a grid that ends above 0 (this one ends at 0)")
+            x = den(x, sigmas[-1])
+        den.raise_if_nonfinite(x, self.name)
+        return x
+
+    def calls(self, num_points: int, afs: bool = False, ends_at_zero: bool = False) -> int:
+        """Number of denoiser calls `sample` makes on a grid of `num_points` points."""
+        raise NotImplementedError
+
+    def num_points(self, nfe: int, afs: bool = False, evals_per_call: int = 1) -> int:
+        """The grid size that spends exactly `nfe` network evaluations (inverse of `calls`).
+
+        evals_per_call = 2 for classifier-free guidance (each call evaluates the network twice).
+        Raises ValueError when no grid size gives exactly that budget.
+        """
+        if nfe % evals_per_call:
+            raise ValueError(f"NFE {nfe} is not a multiple of {evals_per_call} evaluations per call "
+                             "(classifier-free guidance spends 2 per call)")
+        want = nfe // evals_per_call
+        for n in range(self.min_points, self.min_points + 2 * want + 4):
+            if n < self.min_points + (1 if afs else 0):
+                continue
+            c = self.calls(n, afs)
+            if c == want:
+                return n
+            if c > want:
+                break
+        reachable = [self.calls(n, afs) * evals_per_call
+                     for n in range(self.min_points + (1 if afs else 0), self.min_points + 8)]
+        raise ValueError(f"{self.name} cannot spend exactly NFE={nfe} (afs={afs}); "
+                         f"reachable budgets start {sorted(set(reachable))[:6]}...")
+
+    @classmethod
+    def budget_probe(cls) -> "Solver":
+        """An instance with default options, for budget arithmetic (`calls`, `num_points`) from a name."""
+        return cls()
+
+    # ---- helpers for subclasses ---------------------------------------------------------------
+    def _sample(self, den: "_Checked", x: torch.Tensor, t: list[float], afs: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_grid(self, sigmas, x_T: torch.Tensor, afs: bool):
+        """Validate the grid; return it as a list of Python floats (float64 arithmetic for coefficients)."""
+        if not isinstance(x_T, torch.Tensor) or x_T.dim() < 1:
+            raise ValueError("x_T must be a tensor of shape (B, ...)")
+        if isinstance(sigmas, torch.Tensor):
+            if sigmas.dim() != 1:
+                raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
+            t = [float(v) for v in sigmas.detach().double().cpu()]
+        else:
+            t = [float(v) for v in sigmas]
+        need = self.min_points + (1 if afs else 0)
+        if len(t) < need:
+            raise ValueError(f"{self.name} needs at least {need} grid points{' with afs=True' if afs else ''}, "
+                             f"got {len(t)}")
+        if any(not math.isfinite(v) for v in t) or t[-1] < 0:
+            raise ValueError("sigmas must be finite and non-negative")
+        if any(a <= b for a, b in zip(t, t[1:])):
+            raise ValueError("sigmas must be strictly descending (t_0 > t_1 > ... > t_{N-1})")
+        if t[-2] == 0.0:
+            raise ValueError("only the last grid point may be 0")
+        return t
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+    def options(self) -> dict:
+        """The keyword options that rebuild this solver with `solvers.get(name, **options)`."""
+        return {}
+
+
+def afs_derivative(x0: torch.Tensor, t0) -> torch.Tensor:
+    """Analytical first step: d_0 = x_0 / sqrt(1 + t_0^2), i.e. D(x_0, t_0) ~ E[x] = 0 at sigma_max."""
+    if isinstance(t0, torch.Tensor):
+        return x0 / torch.sqrt(1 + t0 ** 2)
+    return x0 / math.sqrt(1.0 + t0 * t0)
+
+
+class _Checked:
+    """Wraps a denoiser: sigma as a (B,) tensor in x's dtype, and a record of non-finite outputs."""
+
+    def __init__(self, denoiser: Denoiser, batch: int):
+        self.denoiser = denoiser
+        self.batch = batch
+        self.flags: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        if isinstance(sigma, torch.Tensor):
+            s = sigma.to(dtype=x.dtype, device=x.device).reshape(-1)
+            s = s.expand(x.shape[0]) if s.numel() == 1 else s
+        else:
+            s = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+        out = self.denoiser(x, s)
+        if out.shape != x.shape:
+            raise ValueError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+        self.flags.append(torch.isfinite(out).all())
+        return out
+
+    def raise_if_nonfinite(self, x: torch.Tensor, name: str) -> None:
+        if bool(torch.isfinite(x).all()):
+            return
+        bad = [i for i, f in enumerate(self.flags) if not bool(f)]
+        where = (f"the denoiser returned NaN/inf at call {bad[0] + 1} of {len(self.flags)}" if bad
+                 else "the denoiser's outputs were finite, so the solver's update diverged")
+        raise NonFiniteError(f"{name}: sampling produced non-finite values; {where}")
+
+
+def sigma_tensor(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(t, dtype=x.dtype, device=x.device)

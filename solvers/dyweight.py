@@ -1,0 +1,199 @@
+"""DyWeight (paper Section 3.3, Algorithm 2): learned, unconstrained, time-varying gradient weights with time
+calibration (time shifting + time scaling).
+
+Parameters: W (N-1 rows; row i weighs the last p = min(i+1, K) derivatives, oldest first) and s (one time scale
+per network call: N-2 entries with AFS, N-1 without). Starting from t^_0 = t_0:
+
+    d_i     = (x_i - D(x_i, |s t^_i|)) / (t^_i + eps)            time scaling (eps = 1e-8 in the lineage)
+              (AFS at i = 0: d_0 = x_0 / sqrt(1 + t^_0^2); then s[j] serves step j+1)
+    x_{i+1} = x_i + (t_{i+1} - t^_i) sum_j W_ij d_j              gradient weighting
+    t^_{i+1} = t^_i + (sum_j W_ij) (t_{i+1} - t^_i)               time shifting
+
+W and s are torch Parameters (float64), so `bench.distill` can learn them by backpropagation through `sample`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .base import Solver
+from .ipndm import AB_COEFFS
+
+INITS = ("adams_bashforth", "euler", "uniform")
+
+
+def init_rows(num_steps: int, history: int, init: str = "adams_bashforth") -> list[list[float]]:
+    """Initial weight rows (oldest first) of order min(i+1, K): Adams-Bashforth (paper default), Euler or uniform."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; accepted: {', '.join(INITS)}")
+    rows = []
+    for i in range(num_steps):
+        p = min(i + 1, history)
+        if init == "adams_bashforth":
+            rows.append(list(AB_COEFFS[min(p, 4)]) if p <= 4 else [0.0] * (p - 4) + list(AB_COEFFS[4]))
+        elif init == "euler":
+            rows.append([0.0] * (p - 1) + [1.0])
+        else:
+            rows.append([1.0 / p] * p)
+    return rows
+
+
+class DyWeight(Solver, torch.nn.Module):
+    name = "dyweight"
+    min_points = 2
+
+    def __init__(self, weights, time_scale=None, afs: bool | None = None, history: int | None = None,
+                 time_shift: bool = True, divisor_eps: float = 1e-8, sigmas=None, metadata: dict | None = None):
+        torch.nn.Module.__init__(self)
+        rows = [[float(v) for v in row] for row in weights]
+        if not rows:
+            raise ValueError("dyweight needs at least one weight row (a grid of 2 points)")
+        K = history if history is not None else max(len(r) for r in rows)
+        if K < 1:
+            raise ValueError(f"dyweight history must be >= 1, got {K}")
+        for i, row in enumerate(rows):
+            if len(row) != min(i + 1, K):
+                raise ValueError(f"dyweight weight row {i} must hold min(i+1, K={K}) = {min(i + 1, K)} weights "
+                                 f"(oldest first), got {len(row)}")
+        self.history = K
+        self.grid_points = len(rows) + 1
+        n_calls = len(rows) - (1 if afs else 0)
+        if time_scale is None:
+            scale = [1.0] * n_calls
+        else:
+            scale = [float(v) for v in time_scale]
+            if afs is None:
+                afs = len(scale) == len(rows) - 1
+                n_calls = len(scale)
+            if len(scale) != n_calls:
+                raise ValueError(f"dyweight time_scale must have one factor per network call: {n_calls} for "
+                                 f"{self.grid_points} grid points with afs={bool(afs)}, got {len(scale)}")
+        self.afs = afs
+        W = torch.zeros(len(rows), K, dtype=torch.float64)
+        for i, row in enumerate(rows):
+            W[i, K - len(row):] = torch.tensor(row, dtype=torch.float64)
+        self.weights = torch.nn.Parameter(W)             # right-aligned: row i uses W[i, K-p:]
+        self.time_scale = torch.nn.Parameter(torch.tensor(scale, dtype=torch.float64))
+        self.time_shift = bool(time_shift)
+        self.divisor_eps = float(divisor_eps)
+        self.sigmas = None if sigmas is None else [float(v) for v in sigmas]
+        self.metadata = dict(metadata or {})
+
+    # ---- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_options(cls, weights=None, time_scale=None, released: str | None = None, nfe: int | None = None,
+                     num_points: int | None = None, afs: bool | None = None, history: int = 3,
+                     init: str = "adams_bashforth", time_shift: bool = True, divisor_eps: float = 1e-8):
+        """solvers.get("dyweight", ...): from explicit `weights` (+ `time_scale`), from the paper's released
+        coefficients (`released=<dataset>, nfe=<n>`), or freshly initialised for `num_points` (+ `afs`)."""
+        chosen = [weights is not None, released is not None, num_points is not None]
+        if sum(chosen) != 1:
+            raise ValueError("dyweight needs exactly one of weights=[[...], ...], released=<dataset> (with nfe=), "
+                             "or num_points=<N> (a fresh Adams-Bashforth initialisation)")
+        if weights is not None:
+            return cls(weights, time_scale, afs=afs, history=None, time_shift=time_shift, divisor_eps=divisor_eps)
+        if released is not None:
+            if nfe is None:
+                raise ValueError("dyweight released=... needs nfe=<budget> too")
+            from baselines import released_coefficients
+            ck = released_coefficients(released, nfe)
+            return cls(ck["weights_oldest_to_newest"], ck["time_scale"], afs=ck["afs"], history=ck["history"],
+                       divisor_eps=divisor_eps,
+                       metadata={"released": released, "nfe": nfe, "run": ck["run"], "schedule": ck["schedule"],
+                                 "sigma_min": ck["sigma_min_trained"], "sigma_max": ck["sigma_max_trained"],
+                                 "teacher": ck["teacher"], "teacher_steps": ck["teacher_steps"]})
+        if num_points < 2:
+            raise ValueError(f"dyweight needs num_points >= 2, got {num_points}")
+        if afs and num_points < 3:
+            raise ValueError("dyweight with afs=True needs num_points >= 3")
+        if history < 1:
+            raise ValueError(f"dyweight history must be >= 1, got {history}")
+        return cls(init_rows(num_points - 1, history, init), None, afs=bool(afs), history=history,
+                   time_shift=time_shift, divisor_eps=divisor_eps)
+
+    def options(self) -> dict:
+        return {"num_points": self.grid_points, "afs": self.afs, "history": self.history,
+                "time_shift": self.time_shift}
+
+    def rows(self) -> list[list[float]]:
+        """The weight rows as lists, oldest first (row i has min(i+1, K) entries)."""
+        W = self.weights.detach()
+        return [W[i, self.history - min(i + 1, self.history):].tolist() for i in range(W.shape[0])]
+
+    # ---- the interface -----------------------------------------------------------------------
+    def calls(self, num_points: int, afs: bool = False, ends_at_zero: bool = False) -> int:
+        return num_points - 1 - int(afs)
+
+    @classmethod
+    def budget_probe(cls) -> "DyWeight":
+        return cls.from_options(num_points=3)
+
+    def check_grid(self, sigmas, x_T, afs):
+        t = super().check_grid(sigmas, x_T, afs)
+        if len(t) != self.grid_points:
+            raise ValueError(f"this dyweight solver has {self.grid_points - 1} weight rows, so it needs a grid of "
+                             f"{self.grid_points} points, got {len(t)}")
+        if self.afs is not None and bool(afs) != bool(self.afs):
+            raise ValueError(f"this dyweight solver was built for afs={self.afs}; call sample(..., afs={self.afs})")
+        return t
+
+    def _sample(self, den, x, t, afs):
+        K, W = self.history, self.weights
+        scale = self.time_scale
+        if afs and self.afs is None:                       # time_scale was built without knowing afs
+            scale = scale[1:]
+        t_hat = t[0]
+        buffer = []
+        for i in range(len(t) - 1):
+            if afs and i == 0:
+                d = x / math.sqrt(1 + t_hat ** 2)              # analytical first step
+            else:
+                s = scale[i - 1 if afs else i]
+                sigma = (s * t_hat).abs()
+                d = (x - den(x, sigma)) / (t_hat + self.divisor_eps)   # time scaling: D at |s t^_i|
+            buffer = (buffer + [d])[-K:]
+            p = min(i + 1, K)
+            w = W[i, K - p:]
+            combined = sum(w[j] * buffer[-p + j] for j in range(p))    # gradient weighting
+            x = x + (t[i + 1] - t_hat) * combined
+            if self.time_shift:
+                t_hat = t_hat + w.sum() * (t[i + 1] - t_hat)             # time shifting
+            else:
+                t_hat = t[i + 1]
+        return x
+
+    # ---- persistence -------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"solver": "dyweight", "format": 1, "num_points": self.grid_points, "afs": self.afs,
+                "history": self.history, "time_shift": self.time_shift, "divisor_eps": self.divisor_eps,
+                "weights_oldest_to_newest": self.rows(), "time_scale": self.time_scale.detach().tolist(),
+                "sigmas": self.sigmas, "metadata": self.metadata}
+
+    def save(self, path) -> None:
+        """JSON with float64 values written exactly (repr round-trips), plus the grid and training settings."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.state(), indent=1))
+
+    @classmethod
+    def from_state(cls, st: dict) -> "DyWeight":
+        if st.get("solver") != "dyweight":
+            raise ValueError(f"not a saved dyweight solver (solver={st.get('solver')!r})")
+        return cls(st["weights_oldest_to_newest"], st["time_scale"], afs=st["afs"], history=st["history"],
+                   time_shift=st["time_shift"], divisor_eps=st["divisor_eps"], sigmas=st.get("sigmas"),
+                   metadata=st.get("metadata"))
+
+    @classmethod
+    def load(cls, path) -> "DyWeight":
+        try:
+            st = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no saved solver at {path}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a saved solver (invalid JSON: {e})") from None
+        return cls.from_state(st)
+
+    def __repr__(self) -> str:
+        return Solver.__repr__(self)

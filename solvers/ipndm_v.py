@@ -1,0 +1,34 @@
+"""iPNDM-v: variable-step Adams-Bashforth (paper Appendix A).
+
+At step i the derivative is extrapolated by the Lagrange polynomial through the last p = min(max_order, i+1)
+points (t_i, d_i), (t_{i-1}, d_{i-1}), ... and integrated exactly over [t_i, t_{i+1}]:
+
+    x_{i+1} = x_i + h_i sum_j beta_j d_{i-j},   beta_j = (1/h_i) int_0^{h_i} L_j(u) du,   u = t - t_i.
+
+On a uniform grid beta reduces to the classical Adams-Bashforth rows (Eqs. A.10, A.14).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ipndm import IPNDM
+
+
+def lagrange_ab_weights(times: list[float], t_next: float) -> list[float]:
+    """(1/h) int_{t_cur}^{t_next} L_j(t) dt for the Lagrange basis through `times` (oldest first, current last)."""
+    nodes = np.asarray(times, dtype=np.float64) - times[-1]          # u-coordinates, current node at 0
+    h = t_next - times[-1]
+    weights = []
+    for j in range(len(nodes)):
+        others = np.delete(nodes, j)
+        basis = np.poly1d(np.poly(others)) / np.prod(nodes[j] - others) if len(others) else np.poly1d([1.0])
+        integral = np.polyint(basis)
+        weights.append(float((integral(h) - integral(0.0)) / h))
+    return weights
+
+
+class IPNDMV(IPNDM):
+    name = "ipndm_v"
+
+    def coefficients(self, t: list[float], i: int, order: int) -> tuple:
+        return tuple(lagrange_ab_weights(t[i - order + 1:i + 1], t[i + 1]))

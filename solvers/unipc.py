@@ -1,0 +1,109 @@
+"""UniPC (UniP predictor + UniC corrector), data prediction, in lambda = -log t; B(h) = expm1(-h) (bh2) or -h (bh1).
+
+One call at t_0 (AFS: M_0 = x_0 (1 - t_0 / sqrt(1 + t_0^2))); the history holds data predictions M.
+Step i from t_i to t_{i+1}, h = log t_i - log t_{i+1} > 0, hh = -h:
+  order, corrector: while i + 1 < order_max: order i + 1, corrector on; then order min(order_max, N - 1 - i) and
+                    the corrector is on while i < N - 2 (the last step is order 1, no corrector).
+  r_k = (log t_i - log t_{i-k}) / h,  D1_k = (M_{i-k} - M_i) / r_k  (k = 1..order-1),  r_order = 1
+  phi = expm1(hh)/hh - 1, fac = 1;  for k = 1..order: R_k = r^(k-1), b_k = phi fac / B, fac *= k+1,
+                                                      phi = phi/hh - 1/fac
+  x_lin = (t_{i+1}/t_i) x_i - expm1(-h) M_i
+  predictor: x~ = x_lin - B sum_k rho_p_k D1_k   (rho_p = 0.5 at order 2; R[:-1,:-1] rho_p = b[:-1] at order 3)
+  corrector: M_t = D(x~, t_{i+1}); rho_c = 0.5 (order 1) or R rho_c = b;
+             x_{i+1} = x_lin - B (sum_k rho_c_k D1_k + rho_c_last (M_t - M_i));  M_t is reused as M_{i+1}.
+A step that ends at sigma = 0 is taken at order 1 without corrector (x_{i+1} = M_i): r_k is 0 there.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Solver
+from .thresholding import dynamic_threshold
+
+
+class UniPC(Solver):
+    name = "unipc"
+    min_points = 2
+
+    def __init__(self, order: int = 3, variant: str = "bh2", dynamic_thresholding: bool = False,
+                 threshold_ratio: float = 0.995, threshold_max: float = 1.0):
+        if order not in (1, 2, 3):
+            raise ValueError(f"unipc order must be 1, 2 or 3, got {order!r}")
+        if variant not in ("bh1", "bh2"):
+            raise ValueError(f"unipc variant must be 'bh1' or 'bh2', got {variant!r}")
+        self.order = order
+        self.variant = variant
+        self.dynamic_thresholding = bool(dynamic_thresholding)
+        self.threshold_ratio = threshold_ratio
+        self.threshold_max = threshold_max
+
+    def options(self) -> dict:
+        return {"order": self.order, "variant": self.variant, "dynamic_thresholding": self.dynamic_thresholding}
+
+    def schedule(self, n: int, ends_at_zero: bool = False) -> list[tuple[int, bool]]:
+        """(order, corrector on) for each of the N-1 steps."""
+        plan = []
+        for i in range(n - 1):
+            if ends_at_zero and i == n - 2:
+                plan.append((1, False))
+            elif i + 1 < self.order:
+                plan.append((i + 1, True))
+            else:
+                plan.append((min(self.order, n - 1 - i), i < n - 2))
+        return plan
+
+    def calls(self, num_points: int, afs: bool = False, ends_at_zero: bool = False) -> int:
+        return 1 - int(afs) + sum(c for _, c in self.schedule(num_points, ends_at_zero))
+
+    def _data(self, m):
+        if self.dynamic_thresholding:
+            return dynamic_threshold(m, self.threshold_ratio, self.threshold_max)
+        return m
+
+    def _sample(self, den, x, t, afs):
+        n = len(t)
+        if afs:
+            m = x * (1 - t[0] / math.sqrt(1 + t[0] ** 2))        # analytical first step
+        else:
+            m = den(x, t[0])
+        ms = [self._data(m)]                                     # data predictions, oldest first
+        for i, (order, correct) in enumerate(self.schedule(n, ends_at_zero=t[-1] == 0)):
+            m0 = ms[-1]
+            ratio = t[i + 1] / t[i]
+            x_lin = ratio * x - (ratio - 1) * m0                 # expm1(-h) = t_{i+1}/t_i - 1
+            if order == 1 and not correct:
+                x = x_lin
+                continue
+            h = math.log(t[i]) - math.log(t[i + 1])
+            hh = -h
+            rks = [(math.log(t[i]) - math.log(t[i - k])) / h for k in range(1, order)] + [1.0]
+            d1s = [(ms[-1 - k] - m0) / rks[k - 1] for k in range(1, order)]
+            B = math.expm1(hh) if self.variant == "bh2" else hh
+            phi, fac = math.expm1(hh) / hh - 1, 1.0
+            R, b = [], []
+            for k in range(1, order + 1):
+                R.append([r ** (k - 1) for r in rks])
+                b.append(phi * fac / B)
+                fac *= k + 1
+                phi = phi / hh - 1 / fac
+            R, b = np.array(R), np.array(b)
+            # predictor (UniP)
+            if order == 1:
+                x_pred = x_lin
+            elif order == 2:
+                x_pred = x_lin - B * 0.5 * d1s[0]
+            else:
+                rho_p = np.linalg.solve(R[:-1, :-1], b[:-1])
+                x_pred = x_lin - B * sum(float(r) * d for r, d in zip(rho_p, d1s))
+            if not correct:
+                x = x_pred
+                continue
+            # corrector (UniC): one evaluation at t_{i+1}, reused as the next step's M
+            m_t = self._data(den(x_pred, t[i + 1]))
+            rho_c = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
+            corr = sum(float(r) * d for r, d in zip(rho_c[:-1], d1s))
+            x = x_lin - B * (corr + float(rho_c[-1]) * (m_t - m0))
+            ms = (ms + [m_t])[-self.order:]
+        return x
