@@ -33,16 +33,26 @@ def released_datasets() -> dict[str, list[int]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def released_coefficients(dataset: str, nfe: int) -> dict:
-    """The released checkpoint for (dataset, nfe); a clear ValueError for a pair the paper did not release."""
+def released_coefficients(dataset: str, nfe: int, run: str | None = None) -> dict:
+    """The released checkpoint for (dataset, nfe); a clear ValueError for a pair the paper did not release.
+
+    A pair may have several checkpoints (cifar10 NFE 4: "00001-cifar-nfe4" with the inception loss and
+    "00002-cifar-nfe4" with the piecewise loss); `run` names one, default the first in the file.
+    """
     avail = released_datasets()
     if dataset not in avail:
         raise ValueError(f"no released DyWeight coefficients for dataset {dataset!r}; accepted: {', '.join(avail)}")
-    for ck in released_checkpoints():
-        if ck["dataset"] == dataset and ck["nfe"] == int(nfe):
+    matches = [ck for ck in released_checkpoints() if ck["dataset"] == dataset and ck["nfe"] == int(nfe)]
+    if not matches:
+        raise ValueError(f"no released DyWeight coefficients for {dataset!r} at NFE {nfe}; "
+                         f"released NFEs: {', '.join(map(str, sorted(set(avail[dataset]))))}")
+    if run is None:
+        return matches[0]
+    for ck in matches:
+        if ck["run"] == run:
             return ck
-    raise ValueError(f"no released DyWeight coefficients for {dataset!r} at NFE {nfe}; "
-                     f"released NFEs: {', '.join(map(str, avail[dataset]))}")
+    raise ValueError(f"no released DyWeight run {run!r} for {dataset!r} at NFE {nfe}; "
+                     f"accepted: {', '.join(ck['run'] for ck in matches)}")
 
 
 def reported_results() -> list[dict]:

@@ -60,14 +60,18 @@ class Solver:
             raise ValueError(f"NFE {nfe} is not a multiple of {evals_per_call} evaluations per call "
                              "(classifier-free guidance spends 2 per call)")
         want = nfe // evals_per_call
-        for n in range(self.min_points, self.min_points + 2 * want + 4):
-            if n < self.min_points + (1 if afs else 0):
-                continue
+        # calls() never decreases with n; where two grid sizes spend the same budget (UniPC: N = max_order and
+        # N = max_order + 1, because the last step's corrector is dropped) take the larger one, which is the
+        # lineage's N = NFE + 1 (+ 1 with AFS).
+        found = None
+        for n in range(self.min_points + (1 if afs else 0), self.min_points + 2 * want + 4):
             c = self.calls(n, afs)
             if c == want:
-                return n
-            if c > want:
+                found = n
+            elif c > want:
                 break
+        if found is not None:
+            return found
         reachable = [self.calls(n, afs) * evals_per_call
                      for n in range(self.min_points + (1 if afs else 0), self.min_points + 8)]
         raise ValueError(f"{self.name} cannot spend exactly NFE={nfe} (afs={afs}); "
@@ -127,6 +131,7 @@ class _Checked:
         self.denoiser = denoiser
         self.batch = batch
         self.flags: list[torch.Tensor] = []
+        self.sigmas: list[torch.Tensor] = []
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         if isinstance(sigma, torch.Tensor):
@@ -137,14 +142,18 @@ class _Checked:
         out = self.denoiser(x, s)
         if out.shape != x.shape:
             raise ValueError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
-        self.flags.append(torch.isfinite(out).all())
+        self.flags.append(torch.isfinite(out).all())     # a tensor: no device sync per call
+        self.sigmas.append(s[0].detach())
         return out
 
     def raise_if_nonfinite(self, x: torch.Tensor, name: str) -> None:
-        if bool(torch.isfinite(x).all()):
+        """NonFiniteError if any denoiser output or the result is NaN/inf (naming the first bad call)."""
+        calls_ok = bool(torch.stack(self.flags).all()) if self.flags else True
+        if calls_ok and bool(torch.isfinite(x).all()):
             return
         bad = [i for i, f in enumerate(self.flags) if not bool(f)]
-        where = (f"the denoiser returned NaN/inf at call {bad[0] + 1} of {len(self.flags)}" if bad
+        where = (f"the denoiser returned NaN/inf at call {bad[0] + 1} of {len(self.flags)} "
+                 f"(sigma={float(self.sigmas[bad[0]]):.6g})" if bad
                  else "the denoiser's outputs were finite, so the solver's update diverged")
         raise NonFiniteError(f"{name}: sampling produced non-finite values; {where}")
 

@@ -85,26 +85,32 @@ class DyWeight(Solver, torch.nn.Module):
     # ---- construction ------------------------------------------------------------------------
     @classmethod
     def from_options(cls, weights=None, time_scale=None, released: str | None = None, nfe: int | None = None,
-                     num_points: int | None = None, afs: bool | None = None, history: int = 3,
+                     run: str | None = None, num_points: int | None = None, afs: bool | None = None, history: int = 3,
                      init: str = "adams_bashforth", time_shift: bool = True, divisor_eps: float = 1e-8):
         """solvers.get("dyweight", ...): from explicit `weights` (+ `time_scale`), from the paper's released
-        coefficients (`released=<dataset>, nfe=<n>`), or freshly initialised for `num_points` (+ `afs`)."""
+        coefficients (`released=<dataset>, nfe=<n>`), or freshly initialised for `num_points` (+ `afs`).
+
+        `run=` picks one released checkpoint where a (dataset, nfe) pair has several: cifar10 NFE 4 has
+        "00001-cifar-nfe4" (inception loss, the default) and "00002-cifar-nfe4" (piecewise loss)."""
         chosen = [weights is not None, released is not None, num_points is not None]
         if sum(chosen) != 1:
             raise ValueError("dyweight needs exactly one of weights=[[...], ...], released=<dataset> (with nfe=), "
                              "or num_points=<N> (a fresh Adams-Bashforth initialisation)")
+        if run is not None and released is None:
+            raise ValueError("dyweight run=... selects a released checkpoint; give released=<dataset> and nfe= too")
         if weights is not None:
             return cls(weights, time_scale, afs=afs, history=None, time_shift=time_shift, divisor_eps=divisor_eps)
         if released is not None:
             if nfe is None:
                 raise ValueError("dyweight released=... needs nfe=<budget> too")
             from baselines import released_coefficients
-            ck = released_coefficients(released, nfe)
+            ck = released_coefficients(released, nfe, run=run)
             return cls(ck["weights_oldest_to_newest"], ck["time_scale"], afs=ck["afs"], history=ck["history"],
                        divisor_eps=divisor_eps,
                        metadata={"released": released, "nfe": nfe, "run": ck["run"], "schedule": ck["schedule"],
                                  "sigma_min": ck["sigma_min_trained"], "sigma_max": ck["sigma_max_trained"],
-                                 "teacher": ck["teacher"], "teacher_steps": ck["teacher_steps"]})
+                                 "teacher": ck["teacher"], "teacher_steps": ck["teacher_steps"],
+                                 "loss": ck.get("loss")})
         if num_points < 2:
             raise ValueError(f"dyweight needs num_points >= 2, got {num_points}")
         if afs and num_points < 3:
