@@ -5,7 +5,10 @@ import importlib
 
 from .base import Metric
 
-_REGISTRY: dict[str, str] = {}
+_REGISTRY: dict[str, str] = {
+    "fd_exact": "bench.metrics.analytic:FDExact",
+    "endpoint_error": "bench.metrics.analytic:EndpointError",
+}
 
 
 def register(name: str, target: str) -> None:

@@ -1,0 +1,390 @@
+"""Grids: TOML files that name models × solvers × NFEs (× schedules) × metrics, and the cells they expand to.
+
+The schema is documented in bench/grids/README.md. `load(name_or_path)` parses and validates a grid before any work
+starts: every bad name, unreachable budget or missing file raises one ValueError/FileNotFoundError naming what is
+accepted. `Grid.cells` is the list of `GridCell`s to evaluate, in a fixed order.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+GRIDS_DIR = Path(__file__).parent / "grids"
+SAMPLING = "sampling"
+KEY_FORMAT = 1          # bump when the meaning of a cell key changes
+
+_TOP_KEYS = {"name", "description", "kind", "nfe", "num_samples", "seed_start", "batch_size", "schedule",
+             "metrics", "skip_unreachable", "models", "solvers"}
+_MODEL_KEYS = {"name", "metrics", "options", "nfe", "num_samples", "batch_size"}
+_SOLVER_KEYS = {"name", "label", "afs", "schedule", "schedule_options", "options", "distill", "distill_from",
+                "released", "models", "nfe", "skip_unreachable"}
+
+
+def names() -> list[str]:
+    """The grids shipped with the package."""
+    return sorted(p.stem for p in GRIDS_DIR.glob("*.toml"))
+
+
+def path_of(name_or_path: str | Path) -> Path:
+    s = str(name_or_path)
+    if s.endswith(".toml") or "/" in s or "\\" in s:
+        p = Path(s).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"no grid file {p}; shipped grids: {', '.join(names())}")
+        return p
+    p = GRIDS_DIR / f"{s}.toml"
+    if not p.exists():
+        raise ValueError(f"unknown grid {s!r}; accepted: {', '.join(names())} (or the path of a .toml file)")
+    return p
+
+
+def read(name_or_path: str | Path) -> dict:
+    """The raw TOML of a grid as a dict (no validation)."""
+    p = path_of(name_or_path)
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"grid file {p} is not valid TOML: {e}") from None
+
+
+def canonical_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys), 16 hex digits."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def safe_filename(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._()+=-]+", "_", label).strip("_") or "solver"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class SolverEntry:
+    """One [[solvers]] table: a registered solver with options, or a learned one (distilled or released)."""
+
+    name: str
+    label: str
+    afs: bool = False
+    schedule: str | None = None             # None: the model's own schedule
+    schedule_options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    distill: dict | None = None             # learned: distil per (model, NFE) with these bench.distill options
+    distill_from: str | None = None         # ... on this other model (transfer)
+    released: bool = False                  # learned: the paper's released coefficients for model.released_key
+    models: list | None = None              # only these models (None: every model of the grid)
+    nfe: list | None = None                 # overrides the grid's NFE list
+    skip_unreachable: bool | None = None
+
+    @property
+    def learned(self) -> bool:
+        return self.distill is not None or self.released
+
+    @property
+    def family(self) -> str:
+        import solvers
+        import torch
+        cls = solvers.solver_class(self.name)
+        return "learned" if self.learned or issubclass(cls, torch.nn.Module) else "handcrafted"
+
+    def identity(self) -> dict:
+        """What determines this entry's samples (the label is a display name and does not)."""
+        return {"name": self.name, "afs": self.afs, "schedule": self.schedule,
+                "schedule_options": self.schedule_options, "options": self.options, "distill": self.distill,
+                "distill_from": self.distill_from, "released": self.released}
+
+
+@dataclass
+class GridCell:
+    """One model × solver entry × NFE cell: everything needed to sample it and to key its results."""
+
+    grid: str
+    model: str
+    model_options: dict
+    entry: SolverEntry
+    nfe: int
+    num_points: int
+    schedule: str                           # the schedule actually used (released: the checkpoint's)
+    metrics: list
+    seed_start: int
+    num_samples: int
+    batch_size: int
+
+    @property
+    def seeds(self) -> range:
+        return range(self.seed_start, self.seed_start + self.num_samples)
+
+    @property
+    def seeds_text(self) -> str:
+        return f"{self.seed_start}-{self.seed_start + self.num_samples - 1}"
+
+    @property
+    def key(self) -> str:
+        """Hash of everything that determines the cell's samples (batch size and world size do not)."""
+        return canonical_hash({"format": KEY_FORMAT, "grid": self.grid, "model": self.model,
+                               "model_options": self.model_options, "solver": self.entry.identity(),
+                               "nfe": self.nfe, "seed_start": self.seed_start, "num_samples": self.num_samples})
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations spent on sampling (not counting distillation or reference solutions)."""
+        return self.nfe * self.num_samples
+
+    def describe(self) -> str:
+        return f"{self.model} / {self.entry.label}{' +AFS' if self.entry.afs else ''} / NFE {self.nfe}"
+
+
+@dataclass
+class Grid:
+    name: str
+    description: str
+    kind: str
+    raw: dict
+    path: Path
+    cells: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)       # (model, label, nfe, reason) dropped by skip_unreachable
+    entries: list = field(default_factory=list)
+    models: dict = field(default_factory=dict)        # name -> Model instance
+
+    @property
+    def config_hash(self) -> str:
+        return canonical_hash(self.raw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def load(name_or_path: str | Path, overrides: dict | None = None) -> Grid:
+    """Read, override (e.g. {"num_samples": 200}) and validate a grid; raise one clear error on bad input."""
+    path = path_of(name_or_path)
+    raw = read(path)
+    for k, v in (overrides or {}).items():
+        raw[k] = v
+        if k in ("num_samples", "batch_size", "nfe"):      # a command-line override beats per-model values
+            for m in raw.get("models", []) if isinstance(raw.get("models"), list) else []:
+                if isinstance(m, dict):
+                    m.pop(k, None)
+            if k == "nfe":
+                for s in raw.get("solvers", []) if isinstance(raw.get("solvers"), list) else []:
+                    if isinstance(s, dict):
+                        s.pop(k, None)
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"grid {path}: 'name' must be a non-empty string")
+    kind = raw.get("kind", SAMPLING)
+    grid = Grid(name=name, description=str(raw.get("description", "")), kind=kind, raw=raw, path=path)
+    if kind != SAMPLING:
+        _study_module(kind)                                  # must exist; the study validates its own table
+        return grid
+    _unknown(raw, _TOP_KEYS, f"grid {name}")
+    _expand(grid)
+    return grid
+
+
+def _study_module(kind: str):
+    import importlib
+    import pkgutil
+
+    import bench.studies as pkg
+    kinds = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+    if not isinstance(kind, str) or kind not in kinds:
+        raise ValueError(f"unknown grid kind {kind!r}; accepted: {', '.join([SAMPLING] + kinds)}")
+    return importlib.import_module(f"bench.studies.{kind}")
+
+
+def _unknown(table: dict, allowed: set, where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise ValueError(f"{where}: unknown key {', '.join(map(repr, extra))}; accepted: {', '.join(sorted(allowed))}")
+
+
+def _int_list(v, where: str) -> list[int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                    for n in v):
+        raise ValueError(f"{where}: 'nfe' must be a positive integer or a non-empty list of them, got {v!r}")
+    return v
+
+
+def _positive_int(v, what: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {v!r}")
+    return v
+
+
+def _expand(grid: Grid) -> None:
+    import bench.metrics
+    import bench.models
+    import solvers
+    from solvers import schedules
+
+    raw, gname = grid.raw, grid.name
+    nfes = _int_list(raw.get("nfe"), f"grid {gname}")
+    num_samples = _positive_int(raw.get("num_samples", 1000), f"grid {gname}: num_samples")
+    batch_size = _positive_int(raw.get("batch_size", 500), f"grid {gname}: batch_size")
+    seed_start = raw.get("seed_start", 0)
+    if not isinstance(seed_start, int) or isinstance(seed_start, bool) or seed_start < 0:
+        raise ValueError(f"grid {gname}: seed_start must be a non-negative integer, got {seed_start!r}")
+    skip_default = bool(raw.get("skip_unreachable", False))
+
+    model_tables = raw.get("models")
+    if not isinstance(model_tables, list) or not model_tables:
+        raise ValueError(f"grid {gname}: needs at least one [[models]] table; models: {', '.join(bench.models.names())}")
+    solver_tables = raw.get("solvers")
+    if not isinstance(solver_tables, list) or not solver_tables:
+        raise ValueError(f"grid {gname}: needs at least one [[solvers]] table; solvers: {', '.join(solvers.names())}")
+
+    # ---- models -------------------------------------------------------------------------------------------
+    model_specs = []
+    for i, mt in enumerate(model_tables):
+        where = f"grid {gname}, models[{i}]"
+        if not isinstance(mt, dict) or "name" not in mt:
+            raise ValueError(f"{where}: needs name = one of {', '.join(bench.models.names())}")
+        _unknown(mt, _MODEL_KEYS, where)
+        mname = mt["name"]
+        if mname not in bench.models.names():
+            raise ValueError(f"{where}: unknown model {mname!r}; accepted: {', '.join(bench.models.names())}")
+        options = mt.get("options", {})
+        if not isinstance(options, dict):
+            raise ValueError(f"{where}: options must be a table")
+        if mname in grid.models:
+            raise ValueError(f"{where}: model {mname!r} is listed twice")
+        grid.models[mname] = bench.models.get(mname, **options)
+        metrics = mt.get("metrics", raw.get("metrics"))
+        if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+            raise ValueError(f"{where}: metrics must be a non-empty list; accepted: {', '.join(bench.metrics.names())}")
+        for m in metrics:
+            if m not in bench.metrics.names():
+                raise ValueError(f"{where}: unknown metric {m!r}; accepted: {', '.join(bench.metrics.names())}")
+            if not bench.metrics.get(m).supports(grid.models[mname]):
+                ok = [n for n in bench.metrics.names() if bench.metrics.get(n).supports(grid.models[mname])]
+                raise ValueError(f"{where}: metric {m!r} does not support model {mname!r}; "
+                                 f"accepted for it: {', '.join(ok) or '(none)'}")
+        model_specs.append({
+            "name": mname, "options": options, "metrics": metrics,
+            "nfe": _int_list(mt["nfe"], where) if "nfe" in mt else nfes,
+            "num_samples": _positive_int(mt.get("num_samples", num_samples), f"{where}: num_samples"),
+            "batch_size": _positive_int(mt.get("batch_size", batch_size), f"{where}: batch_size"),
+        })
+
+    # ---- solver entries -----------------------------------------------------------------------------------
+    labels = set()
+    for i, st in enumerate(solver_tables):
+        where = f"grid {gname}, solvers[{i}]"
+        if not isinstance(st, dict) or "name" not in st:
+            raise ValueError(f"{where}: needs name = one of {', '.join(solvers.names())}")
+        _unknown(st, _SOLVER_KEYS, where)
+        if st["name"] not in solvers.names():
+            raise ValueError(f"{where}: unknown solver {st['name']!r}; accepted: {', '.join(solvers.names())}")
+        e = SolverEntry(name=st["name"], label=str(st.get("label", st["name"])), afs=st.get("afs", False),
+                        schedule=st.get("schedule", raw.get("schedule")),
+                        schedule_options=st.get("schedule_options", {}), options=st.get("options", {}),
+                        distill=st.get("distill"), distill_from=st.get("distill_from"),
+                        released=st.get("released", False), models=st.get("models"),
+                        nfe=_int_list(st["nfe"], where) if "nfe" in st else None,
+                        skip_unreachable=st.get("skip_unreachable"))
+        if not isinstance(e.afs, bool) or not isinstance(e.released, bool):
+            raise ValueError(f"{where}: afs and released must be true or false")
+        if not isinstance(e.options, dict) or not isinstance(e.schedule_options, dict):
+            raise ValueError(f"{where}: options and schedule_options must be tables")
+        if e.schedule is not None and e.schedule not in schedules.KINDS:
+            raise ValueError(f"{where}: unknown schedule {e.schedule!r}; accepted: {', '.join(schedules.KINDS)}")
+        if e.label in labels:
+            raise ValueError(f"{where}: label {e.label!r} is used twice (labels name rows of the results)")
+        labels.add(e.label)
+        if e.distill is not None and not isinstance(e.distill, dict):
+            raise ValueError(f"{where}: distill must be a table of bench.distill options, e.g. distill = {{}}")
+        if (e.distill is not None) + e.released + bool(e.options.get("weights") is not None) > 1:
+            raise ValueError(f"{where}: a learned entry takes exactly one of distill = {{...}}, released = true or "
+                             "options.weights")
+        if e.learned and e.name != "dyweight":
+            raise ValueError(f"{where}: distill/released need name = \"dyweight\" (the learned solver), got {e.name!r}")
+        if e.distill_from is not None:
+            if e.distill is None:
+                raise ValueError(f"{where}: distill_from needs distill = {{...}} too")
+            if e.distill_from not in bench.models.names():
+                raise ValueError(f"{where}: distill_from names unknown model {e.distill_from!r}; "
+                                 f"accepted: {', '.join(bench.models.names())}")
+        if e.models is not None:
+            bad = [m for m in e.models if m not in grid.models]
+            if not isinstance(e.models, list) or bad:
+                raise ValueError(f"{where}: models = {e.models!r} must list models of this grid: "
+                                 f"{', '.join(grid.models)}")
+        if e.distill is not None:
+            _check_distill_options(e.distill, where)
+        if not e.learned and not (e.name == "dyweight" and "weights" not in e.options):
+            try:
+                solvers.get(e.name, **e.options)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{where}: {err}") from None
+        grid.entries.append(e)
+
+    # ---- cells --------------------------------------------------------------------------------------------
+    for ms in model_specs:
+        model = grid.models[ms["name"]]
+        for e in grid.entries:
+            if e.models is not None and ms["name"] not in e.models:
+                continue
+            skip = skip_default if e.skip_unreachable is None else bool(e.skip_unreachable)
+            for nfe in (e.nfe or ms["nfe"]):
+                try:
+                    num_points, schedule = _budget(model, e, nfe)
+                except ValueError as err:
+                    if skip:
+                        grid.skipped.append((ms["name"], e.label, nfe, str(err)))
+                        continue
+                    raise ValueError(f"grid {gname}: {ms['name']} / {e.label} at NFE {nfe}: {err} "
+                                     "(drop that NFE, or set skip_unreachable = true)") from None
+                grid.cells.append(GridCell(
+                    grid=gname, model=ms["name"], model_options=ms["options"], entry=e, nfe=nfe,
+                    num_points=num_points, schedule=schedule, metrics=list(ms["metrics"]), seed_start=seed_start,
+                    num_samples=ms["num_samples"], batch_size=ms["batch_size"]))
+    for e in grid.entries:
+        if e.distill_from is not None and e.distill_from not in grid.models:
+            grid.models[e.distill_from] = bench.models.get(e.distill_from)
+    if not grid.cells:
+        raise ValueError(f"grid {gname} has no cells to run (every cell was skipped as unreachable)")
+
+
+def _budget(model, e: SolverEntry, nfe: int) -> tuple[int, str]:
+    """(grid points, schedule) that spend exactly `nfe` network evaluations; ValueError when unreachable."""
+    import solvers
+    if e.released:
+        if model.released_key is None:
+            raise ValueError(f"model {model.name!r} has no released DyWeight coefficients (released_key is unset)")
+        from baselines import released_coefficients
+        ck = released_coefficients(model.released_key, nfe)
+        if bool(ck["afs"]) != e.afs:
+            raise ValueError(f"the released coefficients were trained with afs={str(ck['afs']).lower()}; "
+                             f"set afs = {str(ck['afs']).lower()}")
+        return int(ck["num_time_points"]), ck["schedule"]
+    if e.name == "dyweight" and "weights" not in e.options:
+        probe = solvers.solver_class("dyweight").budget_probe()
+    else:
+        probe = solvers.get(e.name, **e.options)
+    n = probe.num_points(nfe, afs=e.afs, evals_per_call=model.evals_per_call)
+    return n, e.schedule or model.schedule
+
+
+def _check_distill_options(options: dict, where: str) -> None:
+    """Reject options bench.distill.distill does not accept (when its signature is explicit)."""
+    import inspect
+    try:
+        from bench.distill import distill
+    except ImportError:
+        return
+    params = inspect.signature(distill).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    reserved = {"afs", "seed", "cache_dir"}
+    accepted = [p for p in params if p not in ("solver", "name", "model", "denoiser", "sigmas")]
+    bad = [k for k in options if k not in accepted or (k in reserved and k != "seed")]
+    if bad:
+        raise ValueError(f"{where}: distill has no option {', '.join(map(repr, bad))}; "
+                         f"accepted: {', '.join(p for p in accepted if p not in reserved or p == 'seed')}")
