@@ -1,0 +1,80 @@
+"""Distillation of learned solvers (DyWeight, paper Sec. 3.3 and Algorithm 1).
+
+    from bench.distill import distill
+    solver = distill("dyweight", model_or_denoiser, sigmas, noise_shape=(3, 32, 32), afs=True, seed=0)
+    x = solver.sample(denoiser, x_T, sigmas, afs=True)
+    solver.save(path); solvers.load(path)       # the grid and every training setting travel with it
+
+`model_or_denoiser` is a `bench.models.Model` (noise and condition drawn together per seed, so one solver serves
+the whole condition distribution) or a plain `denoiser(x, sigma)` (then `noise_shape` gives one sample's shape and
+x_T = sigmas[0] z). Options: see `train.Settings` (teacher, teacher_steps, supervision, history, init, time_shift,
+time_scaling, num_samples, steps, batch_size, lr, loss, ...), plus cache_dir (teacher cache; None = the user's
+cache dir, False = no disk cache), cache_id (an explicit model identity for cache keys) and dtype (plain denoisers).
+
+Teacher trajectories are computed once per (model identity, teacher, sigma range, seeds, dtype) and reused by
+every student NFE and ablation (teacher.py explains the cache key).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from solvers.dyweight import DyWeight
+
+from . import losses
+from .teacher import Cache, Source, Teacher, default_cache_dir, endpoints, identity, path_states
+from .train import Settings, relative_error, train
+
+KINDS = ("dyweight",)
+
+
+def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed: int = 0, *, cache_dir=None,
+            cache_id: str | None = None, dtype: torch.dtype | None = None, progress=None, **options) -> DyWeight:
+    """Distil a learned solver of `kind` for the grid `sigmas` from a teacher; return it trained."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown learned solver {kind!r}; accepted: {', '.join(KINDS)}")
+    t_start = time.perf_counter()
+    grid = [float(v) for v in (sigmas.detach().double().cpu() if isinstance(sigmas, torch.Tensor) else sigmas)]
+    if len(grid) < (3 if afs else 2) or any(a <= b for a, b in zip(grid, grid[1:])) or grid[-1] <= 0:
+        raise ValueError(f"sigmas must be a strictly descending grid ending above 0 with at least "
+                         f"{3 if afs else 2} points (afs={afs}), got {grid}")
+    settings = Settings.from_options(options)
+    nfe = len(grid) - 1 - int(afs)
+    settings.resolve(nfe, len(grid) - 1)
+    teacher = Teacher(settings.teacher, settings.teacher_steps, settings.teacher_options, settings.teacher_afs,
+                      settings.teacher_denoise, settings.teacher_schedule)
+    teacher.check()
+    source = Source(target, grid[-1], grid[0], noise_shape, dtype)
+    cache = Cache(None if cache_dir is False else (cache_dir or default_cache_dir()))
+    ident = identity(source, cache_id)
+
+    seeds = range(settings.seed_start, settings.seed_start + settings.num_samples)
+    train_set = endpoints(source, teacher, seeds, ident, cache, settings.teacher_batch_size)
+    eval_set = None
+    if settings.eval_samples:
+        eval_seeds = range(settings.eval_seed_start, settings.eval_seed_start + settings.eval_samples)
+        eval_set = endpoints(source, teacher, eval_seeds, ident, cache, settings.teacher_batch_size)
+    path_set = None
+    if settings.supervision == "path" and len(grid) > 2:
+        path_set = path_states(source, teacher, grid, settings.path_substeps, seeds, ident, cache,
+                               settings.teacher_batch_size)
+    teacher_seconds = sum(s.seconds for s in (train_set, eval_set, path_set) if s is not None)
+
+    torch.manual_seed(seed)
+    student = DyWeight.from_options(num_points=len(grid), afs=afs, history=settings.history, init=settings.init,
+                                    time_shift=settings.time_shift)
+    student.time_scale.requires_grad_(settings.time_scaling)
+    curves = train(student, source, grid, afs, settings, train_set, eval_set, path_set, seed=seed,
+                   progress=progress)
+    student.sigmas = grid
+    student.metadata.update({
+        "distilled": True, "model": source.name, "nfe": nfe, "afs": afs, "seed": seed,
+        "training": {**curves, "wall_time": time.perf_counter() - t_start, "teacher_seconds": teacher_seconds,
+                     "teacher_cache_hit": train_set.cache_hit, "teacher_cache_key": train_set.key,
+                     "model_identity": ident, "seed": seed, "afs": afs, "nfe": nfe, **settings.record()},
+    })
+    return student
+
+
+__all__ = ["distill", "losses", "Settings", "Teacher", "relative_error", "default_cache_dir", "KINDS"]

@@ -1,0 +1,55 @@
+"""Distances between student and teacher outputs (paper Eq. 10's dist(., .)), pluggable by name or callable.
+
+A distance takes (student, teacher), two tensors of shape (B, ...), and returns one value per sample, shape (B,);
+the training loss is its batch mean. "mse" (the default, the paper's choice for latent models) is built in; other
+code registers more, e.g. an Inception-feature distance for pixel images:
+
+    from bench.distill import losses
+    losses.register("inception", my_feature_mse)
+    distill("dyweight", model, sigmas, loss="inception")
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per sample: mean over every non-batch dimension of (student - teacher)^2."""
+    return (student - teacher).pow(2).flatten(1).mean(1)
+
+
+_REGISTRY: dict[str, Distance] = {"mse": mse}
+
+
+def register(name: str, distance: Distance) -> None:
+    """Make `distance(student, teacher) -> (B,)` available as loss=<name>."""
+    if not callable(distance):
+        raise ValueError(f"distance {name!r} must be callable as distance(student, teacher) -> per-sample tensor")
+    _REGISTRY[name] = distance
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(loss) -> tuple[str, Distance]:
+    """(name, distance) for a registered name or a callable (named after its __name__)."""
+    if callable(loss):
+        return getattr(loss, "__name__", type(loss).__name__), loss
+    if isinstance(loss, str) and loss in _REGISTRY:
+        return loss, _REGISTRY[loss]
+    raise ValueError(f"unknown loss {loss!r}; accepted: {', '.join(_REGISTRY)} or a callable "
+                     "distance(student, teacher) -> per-sample tensor")
+
+
+def per_sample(distance: Distance, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Call a distance and check it returned one finite-shaped value per sample."""
+    d = distance(student, teacher)
+    if not isinstance(d, torch.Tensor) or d.shape != (student.shape[0],):
+        got = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
+        raise ValueError(f"a distance must return one value per sample, shape ({student.shape[0]},); got {got}")
+    return d

@@ -1,0 +1,195 @@
+"""The distillation loop (paper Algorithm 1) and its settings.
+
+Adam (0.9, 0.999, 1e-8); the learning rate warms up linearly over the first 10% of the steps from 0.1 lr to lr,
+then follows a cosine down to 0.01 lr (Appendix D.2); gradients are clipped to norm 1. Every step draws a batch of
+teacher pairs (x_T, target) with the run's own generator, runs the student from the same x_T, and descends
+
+    endpoint (Eq. 10):  L = mean_b dist(x_stu(x_T), x_tea(x_T))
+    path (Eq. A.15):    L = mean_b [ sum_{j=1}^{N-2} mse(x_stu_j, x_tea(t_j)) + dist(x_stu_{N-1}, x_tea(x_T)) ]
+
+where x_stu_j is the student state after step j (nominally at grid point t_j) and x_tea(t_j) the teacher's state
+there (teacher.path_states). The relative endpoint error against the teacher on held-out seeds is recorded at
+a few checkpoints (the "eval" curve).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from solvers.dyweight import INITS
+
+from . import losses
+from .teacher import take
+
+SUPERVISIONS = ("endpoint", "path")
+
+
+def default_lr(nfe: int) -> float:
+    """Lower learning rates for more steps (Appendix D.2 uses 5e-2 .. 1e-3)."""
+    return 2e-2 if nfe <= 5 else 1e-2
+
+
+@dataclass
+class Settings:
+    """Every option of `distill` besides the target, grid, AFS and seed (None: a default that depends on NFE)."""
+
+    # the student
+    history: int = 3                      # K, the number of buffered derivatives (1 .. N-1)
+    init: str = "adams_bashforth"         # or "euler", "uniform"
+    time_shift: bool = True               # Eq. 9; off keeps the nominal grid t^_i = t_i
+    time_scaling: bool = True             # learn s_n; off freezes s = 1
+    # the teacher
+    teacher: str = "ipndm"
+    teacher_steps: int = 35
+    teacher_options: dict = None
+    teacher_afs: bool = False
+    teacher_denoise: bool = True          # final D(x, sigma_min)
+    teacher_schedule: str | None = None
+    teacher_batch_size: int = 500
+    # supervision and data
+    supervision: str = "endpoint"         # or "path" (Appendix C)
+    path_substeps: int = 5                # teacher sub-steps per student interval for path targets
+    loss: object = "mse"                  # a registered distance name or a callable
+    num_samples: int = 4096               # teacher pairs for training
+    eval_samples: int = 256               # held-out teacher pairs for the eval curve
+    seed_start: int = 1_000_000_000       # training noise seeds start here (held out from evaluation seeds 0..)
+    eval_seed_start: int = 2_000_000_000
+    # optimisation
+    steps: int | None = None
+    batch_size: int = 16
+    lr: float | None = None
+    warmup: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int | None = None
+
+    @classmethod
+    def from_options(cls, options: dict) -> "Settings":
+        accepted = [f.name for f in fields(cls)]
+        unknown = [k for k in options if k not in accepted]
+        if unknown:
+            raise ValueError(f"distill has no option {', '.join(map(repr, unknown))}; accepted: "
+                             f"{', '.join(accepted)}, cache_dir, cache_id, dtype, noise_shape, afs, seed")
+        s = cls(**options)
+        s.teacher_options = dict(s.teacher_options or {})
+        return s
+
+    def resolve(self, nfe: int, num_steps: int) -> "Settings":
+        """Check every value; fill NFE-dependent defaults. num_steps = N - 1, the student's grid intervals."""
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
+        if self.supervision not in SUPERVISIONS:
+            raise ValueError(f"unknown supervision {self.supervision!r}; accepted: {', '.join(SUPERVISIONS)}")
+        if not isinstance(self.history, int) or not 1 <= self.history <= num_steps:
+            raise ValueError(f"history must be an integer in 1..{num_steps} (the student's steps), got {self.history!r}")
+        for name in ("num_samples", "eval_samples", "batch_size", "path_substeps", "teacher_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < (0 if name == "eval_samples" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("time_shift", "time_scaling", "teacher_afs", "teacher_denoise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        losses.get(self.loss)
+        if self.steps is None:
+            self.steps = 400
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.lr is None:
+            self.lr = default_lr(nfe)
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
+        if self.eval_every is None:
+            self.eval_every = max(1, self.steps // 10)
+        return self
+
+    def record(self) -> dict:
+        d = asdict(self)
+        d["loss"] = losses.get(self.loss)[0]
+        return d
+
+
+def lr_factor(step: int, steps: int, warmup: float = 0.1, start: float = 0.1, final: float = 0.01) -> float:
+    """Linear warm-up from `start` over the first `warmup` of the steps, then a cosine from 1 down to `final`."""
+    w = int(round(warmup * steps))
+    if step < w:
+        return start + (1 - start) * step / w
+    p = (step - w) / max(1, steps - w)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """||x - ref|| / ||ref|| per sample."""
+    return (x - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1).clamp_min(1e-30)
+
+
+def _student_states(student, den, x_T, sigmas, afs, path: bool):
+    if path:
+        states = student.trajectory(den, x_T, sigmas, afs=afs)
+        return states[-1], states[1:-1]
+    return student.sample(den, x_T, sigmas, afs=afs), None
+
+
+@torch.no_grad()
+def evaluate(student, source, sigmas, afs, data, batch_size: int = 500) -> float:
+    """Mean relative endpoint error of the student against the teacher on held-out pairs."""
+    errs = []
+    for lo in range(0, len(data.seeds), batch_size):
+        idx = torch.arange(lo, min(lo + batch_size, len(data.seeds)))
+        den = source.denoiser(take(source.conditions(data.seeds), idx) if source.model is not None else None)
+        x = student.sample(den, data.x_T[idx], sigmas, afs=afs)
+        errs.append(relative_error(x.double(), data.targets[idx].double()))
+    return float(torch.cat(errs).mean())
+
+
+def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eval_set, path_set=None,
+          seed: int = 0, progress=None) -> dict:
+    """Optimise the student's Parameters in place; return the training curves."""
+    name, distance = losses.get(settings.loss)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, settings.steps, settings.warmup))
+    gen = torch.Generator().manual_seed(int(seed))
+    conds = source.conditions(train_set.seeds) if source.model is not None else None
+    n = len(train_set.seeds)
+    curves = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_error": []}
+    order = torch.randperm(n, generator=gen)
+    pos = 0
+    t0 = time.perf_counter()
+    evaluating = eval_set is not None and len(eval_set.seeds) > 0
+    if evaluating:
+        curves["eval_step"].append(0)
+        curves["eval_error"].append(evaluate(student, source, sigmas, afs, eval_set))
+    for step in range(settings.steps):
+        if pos + settings.batch_size > n:                        # a new epoch: reshuffle
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + settings.batch_size]
+        pos += settings.batch_size
+        den = source.denoiser(take(conds, idx))
+        final, mids = _student_states(student, den, train_set.x_T[idx], sigmas, afs, path_set is not None)
+        loss = losses.per_sample(distance, final, train_set.targets[idx])
+        if mids:
+            tea = path_set.targets[idx]
+            loss = loss + sum(losses.mse(m, tea[:, j]) for j, m in enumerate(mids))
+        loss = loss.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        curves["lr"].append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        curves["step"].append(step)
+        curves["loss"].append(float(loss.detach()))
+        last = step == settings.steps - 1
+        if evaluating and ((step + 1) % settings.eval_every == 0 or last):
+            curves["eval_step"].append(step + 1)
+            curves["eval_error"].append(evaluate(student, source, sigmas, afs, eval_set))
+            if progress:
+                progress(f"step {step + 1}/{settings.steps} loss {float(loss.detach()):.3e} "
+                         f"eval {curves['eval_error'][-1]:.4f}")
+    curves["train_seconds"] = time.perf_counter() - t0
+    return curves
