@@ -1,0 +1,163 @@
+"""The paper's reported numbers (`baselines.reported_results()`) as a DataFrame in the project's names, and the
+measured-vs-reported comparison shown beside every measured table that has a published counterpart.
+
+Mapping: a project model is matched to a paper dataset through its `released_key` (bench.models) or, failing
+that, the table PAPER_DATASETS; a measured row is matched to a paper method through its solver's registry name
+and options (PAPER_METHODS). Learned methods the project does not run (AMED, EPD, LD3, DLMS, S4S) appear in the
+reported tables only.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from baselines import reported_results
+
+from . import tables
+
+# paper dataset key -> (paper model, the project's model names for it, best guess before every adapter lands)
+PAPER_DATASETS = {
+    "cifar10": ("edm", ["edm_cifar10", "edm-cifar10", "cifar10"]),
+    "ffhq": ("edm", ["edm_ffhq", "edm-ffhq", "ffhq"]),
+    "afhqv2": ("edm", ["edm_afhqv2", "edm-afhqv2", "afhqv2"]),
+    "imagenet64": ("edm", ["edm_imagenet64", "edm-imagenet64", "imagenet64"]),
+    "lsun_bedroom": ("ldm", ["ldm_lsun_bedroom", "ldm-lsun-bedroom", "lsun_bedroom", "lsun_bedroom_ldm"]),
+    "ms_coco": ("sd-v1.5", ["sd15", "sd-v1.5", "sd_v1_5", "stable_diffusion", "ms_coco"]),
+}
+# released-coefficient keys that differ from the paper tables' dataset keys
+RELEASED_TO_PAPER = {"lsun_bedroom_ldm": "lsun_bedroom"}
+FAMILY = {"handcrafted": "handcrafted", "learnable": "learned"}
+PAPER_METRIC = {"fid": "fid", "fid50k": "fid", "fid_50k": "fid", "clip": "clip", "clip_score": "clip",
+                "hpsv2.1": "hpsv2.1", "hpsv21": "hpsv2.1", "image_reward": "image_reward"}
+
+
+def reported() -> pd.DataFrame:
+    """Every reported cell: table, dataset, paper_model, method, family ("handcrafted"|"learned"), variant,
+    nfe (int), metric, value (float), note."""
+    df = pd.DataFrame(reported_results())
+    df = df.rename(columns={"model": "paper_model"})
+    df["family"] = df.pop("method_family").map(FAMILY)
+    df["nfe"] = df["nfe"].astype(int)
+    df["value"] = df["value"].astype(float)
+    return df
+
+
+def paper_method(solver: str, options: str | dict | None, label: str = "") -> str | None:
+    """The paper's name for a project solver configuration, or None when the paper has no such row."""
+    opts = json.loads(options) if isinstance(options, str) and options else dict(options or {})
+    if solver == "ipndm":
+        return "iPNDM" if opts.get("max_order", 4) == 4 else None
+    if solver == "dpm_solver_pp":
+        return {2: "DPM-Solver++(2M)", 3: "DPM-Solver++(3M)"}.get(int(opts.get("order", 3)))
+    if solver == "unipc":
+        return "UniPC" if int(opts.get("order", 3)) == 3 else "UniPC(2M)" if int(opts.get("order", 3)) == 2 else None
+    if solver == "dyweight":
+        return "DyWeight"
+    return None
+
+
+def paper_dataset(model: str) -> str | None:
+    """The paper dataset a project model stands for (via its released_key), or None (e.g. the analytic models)."""
+    try:
+        from bench import models
+        key = models.get(model).released_key
+        if key:
+            return RELEASED_TO_PAPER.get(key, key)
+    except Exception:
+        pass
+    for dataset, (_, names) in PAPER_DATASETS.items():
+        if model in names:
+            return dataset
+    return None
+
+
+def reported_table(dataset: str, metric: str = "fid", table: str = "1") -> pd.DataFrame:
+    """The paper's table for one dataset in the layout of `tables.pivot` (all methods it reports)."""
+    rep = reported()
+    sel = rep[(rep.dataset == dataset) & (rep.metric == metric) & (rep.table == table) & (rep.variant == "")]
+    if sel.empty:
+        raise ValueError(f"the paper reports no {metric} for {dataset!r} in table {table}")
+    sel = sel.assign(method=sel["method"], group=sel["family"].map(tables.GROUPS))
+    order = list(dict.fromkeys(sel["method"]))
+    t = sel.pivot_table(index=["group", "method"], columns="nfe", values="value", aggfunc="first")
+    rows = sorted(t.index, key=lambda gm: (tables.GROUP_ORDER.index(gm[0]), order.index(gm[1])))
+    t = t.reindex(pd.MultiIndex.from_tuples(rows, names=["group", "method"]))
+    t.columns = pd.Index([int(c) for c in t.columns], name="NFE")
+    return t
+
+
+def tables_for(dataset: str, metric: str = "fid") -> list[str]:
+    """The paper tables that report `metric` for `dataset` (main table first, then the appendix)."""
+    rep = reported()
+    ids = rep[(rep.dataset == dataset) & (rep.metric == metric) & (rep.variant == "")].table.unique().tolist()
+    return sorted(ids, key=lambda t: (not t[0].isdigit(), t))
+
+
+def compare(measured: pd.DataFrame, model: str, metric: str, table: str | None = None) -> pd.DataFrame | None:
+    """Measured beside reported for one model: rows (group, method), columns (NFE, "measured"|"reported"|
+    "ratio"); ratio = measured / reported where both exist. None when the paper has no counterpart."""
+    dataset, pmetric = paper_dataset(model), PAPER_METRIC.get(metric)
+    if dataset is None or pmetric is None:
+        return None
+    candidates = tables_for(dataset, pmetric)
+    if not candidates:
+        return None
+    sel = measured[(measured.model == model) & (measured.metric == metric)]
+    if table is None:  # the table whose NFEs cover most of the measured ones (the main table on ties)
+        want = set(sel.nfe.astype(int))
+        table = max(candidates, key=lambda t: (len(want & set(reported_table(dataset, pmetric, t).columns)),
+                                               -candidates.index(t)))
+    rep = reported_table(dataset, pmetric, table)
+    sel = sel.assign(method=[paper_method(s, o, lbl) for s, o, lbl in zip(sel.solver, sel.options, sel.label)])
+    sel = sel[sel.method.notna() & (sel.status == "ok")]
+    meas = sel.groupby(["method", "nfe"]).value.mean().unstack("nfe") if len(sel) else pd.DataFrame()
+    nfes = sorted(set(rep.columns) | set(meas.columns))
+    cols = pd.MultiIndex.from_product([nfes, ["measured", "reported", "ratio"]], names=["NFE", ""])
+    out = pd.DataFrame(np.nan, index=rep.index, columns=cols)
+    extra = [m for m in meas.index if m not in rep.index.get_level_values("method")]
+    if extra:  # measured methods the paper does not report in this table
+        groups = {m: tables.GROUPS[str(sel[sel.method == m].family.iloc[0])] for m in extra}
+        out = pd.concat([out, pd.DataFrame(np.nan, index=pd.MultiIndex.from_tuples(
+            [(groups[m], m) for m in extra], names=["group", "method"]), columns=cols)])
+    for (group, method) in out.index:
+        for n in nfes:
+            r = rep.loc[(group, method), n] if (group, method) in rep.index and n in rep.columns else np.nan
+            m = meas.loc[method, n] if method in meas.index and n in meas.columns else np.nan
+            out.loc[(group, method), (n, "reported")] = r
+            out.loc[(group, method), (n, "measured")] = m
+            out.loc[(group, method), (n, "ratio")] = m / r if np.isfinite(m) and np.isfinite(r) and r else np.nan
+    return out
+
+
+def compare_markdown(cmp: pd.DataFrame) -> str:
+    """The comparison as GitHub Markdown: "measured / reported (×ratio)" per NFE, "–" where missing."""
+    from tabulate import tabulate
+    nfes = list(dict.fromkeys(cmp.columns.get_level_values(0)))
+    rows, last = [], None
+    for (group, method), r in cmp.iterrows():
+        cells = []
+        for n in nfes:
+            m, rep, q = r[(n, "measured")], r[(n, "reported")], r[(n, "ratio")]
+            cell = f"{tables.fmt(m)} / {tables.fmt(rep)}"
+            if np.isfinite(q):
+                cell += f" (×{q:.2f})"
+            cells.append(cell)
+        rows.append([group if group != last else "", method] + cells)
+        last = group
+    headers = ["", "Method"] + [f"NFE {n}: measured / reported" for n in nfes]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def transfer_reported() -> pd.DataFrame:
+    """Paper Table A.1: FID at NFE 3 of coefficients trained on one dataset (columns) evaluated on another (rows),
+    plus the iPNDM column."""
+    rep = reported()
+    a1 = rep[rep.table == "A.1"]
+    src = a1.variant.str.replace("coefficients_from=", "", regex=False)
+    a1 = a1.assign(source=np.where(a1.variant == "", "iPNDM", "C.-" + src))
+    order_rows = list(dict.fromkeys(a1.dataset))
+    order_cols = [c for c in dict.fromkeys(a1.source) if c != "iPNDM"] + ["iPNDM"]
+    m = a1.pivot_table(index="dataset", columns="source", values="value", aggfunc="first")
+    return m.reindex(index=order_rows, columns=order_cols)
