@@ -9,6 +9,10 @@ from .base import Cell, Model, Requirement, noise
 _REGISTRY: dict[str, str] = {
     "gmm2d": "bench.models.gmm:gmm2d",
     "gmm64": "bench.models.gmm:gmm64",
+    "cifar10": "bench.models.edm:cifar10",
+    "ffhq": "bench.models.edm:ffhq",
+    "afhqv2": "bench.models.edm:afhqv2",
+    "imagenet64": "bench.models.edm:imagenet64",
 }
 
 

@@ -1,0 +1,74 @@
+"""Conditions drawn per seed: class labels and text prompts.
+
+A sample's condition depends only on its seed (one CPU generator per seed, as its noise does), so every solver, batch
+size and run sees the same label or prompt for seed s. The generators are salted so that a condition is not the first
+draw of the very stream that made the seed's noise.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+LABEL_SALT = 1 << 40
+PROMPT_SALT = 2 << 40
+
+
+def _generator(seed: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) + salt)
+
+
+def class_labels(seeds: Sequence[int], num_classes: int) -> torch.Tensor:
+    """One label per seed, uniform over num_classes: a (B,) long tensor."""
+    return torch.tensor([int(torch.randint(num_classes, (1,), generator=_generator(s, LABEL_SALT)))
+                         for s in seeds], dtype=torch.long)
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """EDM's conditional networks read labels as one-hot rows (class_labels of shape (B, label_dim))."""
+    return torch.nn.functional.one_hot(labels, num_classes).to(torch.float32)
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Read prompts from a COCO caption file (.json), a CSV with a 'Prompts'/'prompt'/'caption' column, or a text
+    file with one prompt per line. Raises a one-line error naming the file when it holds no prompts."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "annotations" in data:        # COCO captions_*.json
+            prompts = [a["caption"] for a in data["annotations"]]
+        elif isinstance(data, list):
+            prompts = [p if isinstance(p, str) else p.get("caption") or p.get("prompt") for p in data]
+        else:
+            raise ValueError(f"{path}: expected COCO annotations ({{'annotations': [...]}}) or a list of prompts")
+    elif suffix in (".csv", ".tsv"):
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        columns = {c.lower(): c for c in (rows[0].keys() if rows else [])}
+        key = next((columns[c] for c in ("prompts", "prompt", "caption", "text") if c in columns), None)
+        if key is None:
+            raise ValueError(f"{path}: no 'Prompts', 'prompt', 'caption' or 'text' column (found {list(columns)})")
+        prompts = [r[key] for r in rows]
+    else:
+        prompts = path.read_text(encoding="utf-8").splitlines()
+    prompts = [" ".join(p.split()) for p in prompts if p and p.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts")
+    return prompts
+
+
+def prompts_for_seeds(prompts: Sequence[str], seeds: Sequence[int], mode: str = "random") -> list[str]:
+    """The prompt of each seed: 'random' draws an index from the seed's generator (MS-COCO: 30k captions drawn from
+    the validation set); 'cycle' takes prompt seed mod len (DrawBench: every prompt in order)."""
+    n = len(prompts)
+    if mode == "random":
+        return [prompts[int(torch.randint(n, (1,), generator=_generator(s, PROMPT_SALT)))] for s in seeds]
+    if mode == "cycle":
+        return [prompts[int(s) % n] for s in seeds]
+    raise ValueError(f"unknown prompt mode {mode!r}; accepted: random, cycle")

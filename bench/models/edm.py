@@ -1,0 +1,99 @@
+"""The official EDM checkpoints (Karras et al. 2022): CIFAR-10, FFHQ, AFHQv2 and class-conditional ImageNet-64.
+
+The pickled network (key "ema") already is the EDM denoiser: net(x, sigma, class_labels) = D(x; sigma), with
+c_skip/c_out/c_in/c_noise preconditioning inside. It is rebuilt from the source embedded in the pickle by
+bench.models.edm_pickle (no EDM repository needed). The paper samples on the polynomial grid (rho = 7) over
+[0.002, 80] and uses the analytical first step for these models.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from bench import weights
+from . import conditions
+from .base import Model
+
+
+class EDMModel(Model):
+    sigma_min = 0.002
+    sigma_max = 80.0
+    schedule = "polynomial"
+    schedule_options = {"rho": 7.0}
+
+    def __init__(self, name: str, weights_name: str, shape: tuple, label_dim: int = 0, released_key: str | None = None,
+                 description: str = "", path: str | Path | None = None, device: str = "cpu"):
+        self.name = name
+        self.weights_name = weights_name
+        self.shape = tuple(shape)
+        self.label_dim = label_dim
+        self.released_key = released_key
+        self.description = description
+        self.device = device
+        self._path = Path(path).expanduser() if path else None
+        self._net = None
+
+    # ---- files ---------------------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self._path or weights.path(self.weights_name)
+
+    def requirements(self):
+        req = weights.requirement(self.weights_name)
+        req.path = self.path
+        return [req]
+
+    def network(self) -> torch.nn.Module:
+        """The EDM network (loaded once): checks it is an EDM preconditioned net of the expected shape."""
+        if self._net is None:
+            self.check_available()
+            from . import edm_pickle
+            data = edm_pickle.load(self.path)
+            net = data.get("ema") if isinstance(data, dict) else None
+            if not isinstance(net, torch.nn.Module):
+                raise ValueError(f"{self.path}: expected an EDM network pickle with an 'ema' network, "
+                                 f"found {type(net if isinstance(data, dict) else data).__name__}")
+            got = (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
+            if got != self.shape or int(getattr(net, "label_dim", 0)) != self.label_dim:
+                raise ValueError(f"{self.path}: network is {got} with label_dim {getattr(net, 'label_dim', 0)}, "
+                                 f"but model {self.name!r} expects {self.shape} with label_dim {self.label_dim}")
+            self._net = net.eval().requires_grad_(False).to(self.device)
+        return self._net
+
+    # ---- what the runner calls --------------------------------------------------------------------------------
+    def conditions(self, seeds: Sequence[int]):
+        """One-hot ImageNet labels drawn per seed (None for the unconditional models)."""
+        if not self.label_dim:
+            return None
+        return conditions.one_hot(conditions.class_labels(seeds, self.label_dim), self.label_dim).to(self.device)
+
+    def denoiser(self, cond=None):
+        net = self.network()
+        labels = cond
+
+        def D(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+            s = s.expand(x.shape[0]) if s.numel() == 1 else s
+            return net(x.to(torch.float32), s, class_labels=labels).to(x.dtype)
+
+        return D
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """EDM networks work in image space scaled to [-1, 1]; samples are clipped to it."""
+        return x.clamp(-1, 1)
+
+
+def _factory(name, weights_name, shape, label_dim, released_key, description):
+    def make(**options) -> EDMModel:
+        return EDMModel(name, weights_name, shape, label_dim, released_key, description, **options)
+    make.__doc__ = description
+    return make
+
+
+cifar10 = _factory("cifar10", "edm-cifar10", (3, 32, 32), 0, "cifar10", "EDM CIFAR-10 32x32 (unconditional, VP)")
+ffhq = _factory("ffhq", "edm-ffhq", (3, 64, 64), 0, "ffhq", "EDM FFHQ 64x64 (unconditional, VP)")
+afhqv2 = _factory("afhqv2", "edm-afhqv2", (3, 64, 64), 0, "afhqv2", "EDM AFHQv2 64x64 (unconditional, VP)")
+imagenet64 = _factory("imagenet64", "edm-imagenet64", (3, 64, 64), 1000, "imagenet64",
+                      "EDM ImageNet 64x64 (class-conditional, ADM)")

@@ -1,0 +1,194 @@
+"""Registry of the local files the benchmark needs: checkpoints, reference statistics, prompt lists.
+
+Nothing here downloads at run time. Every entry knows where it is looked for and where it officially comes from;
+`python -m bench download NAME` fetches it for users with internet (bench/commands/download.py).
+
+Where an entry is looked for (first match wins):
+  1. its environment variable, e.g. FEWSTEP_EDM_CIFAR10=/data/edm-cifar10-32x32-uncond-vp.pkl;
+  2. the config file ~/.config/fewstep-bench/paths.toml ($FEWSTEP_CONFIG overrides its location), keys are entry
+     names, either at top level or under a [paths] table:   edm-cifar10 = "/data/edm-cifar10-32x32-uncond-vp.pkl"
+  3. $FEWSTEP_WEIGHTS/<filename> (default root ~/.cache/fewstep-bench).
+
+An entry is one file or a directory of files (a diffusers model folder). sha256 is recorded where the publisher
+gives one (Hugging Face LFS ids) or where it was measured; `download` refuses a file whose checksum differs, and
+says plainly when an entry has no recorded checksum.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.models.base import Requirement
+
+CONFIG_ENV = "FEWSTEP_CONFIG"
+ROOT_ENV = "FEWSTEP_WEIGHTS"
+DEFAULT_CONFIG = "~/.config/fewstep-bench/paths.toml"
+DEFAULT_ROOT = "~/.cache/fewstep-bench"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One downloadable file: its URL, checksum, and where it goes inside a directory entry."""
+
+    url: str
+    sha256: str | None = None
+    path: str = ""                  # relative path inside a directory entry; "" for a single-file entry
+    member: str | None = None       # the file is this member of the zip archive at `url`
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str                       # registry name, e.g. "edm-cifar10"
+    filename: str                   # file (or directory) name under the weights root
+    description: str
+    env: str                        # environment variable that overrides the path
+    files: tuple[RemoteFile, ...] = ()
+    homepage: str = ""              # where a human reads about it (licence, gating)
+    note: str = ""                  # e.g. "gated: accept the licence on the model page and set HF_TOKEN"
+
+    @property
+    def is_dir(self) -> bool:
+        return any(f.path for f in self.files)
+
+    @property
+    def path(self) -> Path:
+        return resolve(self)
+
+    def requirement(self, description: str | None = None) -> Requirement:
+        url = self.homepage or (self.files[0].url if self.files else None)
+        sha = self.files[0].sha256 if len(self.files) == 1 else None
+        return Requirement(name=self.name, path=self.path, env=self.env, url=url, sha256=sha,
+                           description=description or f"{self.description} ({self.name}, from {url})")
+
+
+_ENTRIES: dict[str, Entry] = {}
+
+
+def register(entry: Entry) -> Entry:
+    _ENTRIES[entry.name] = entry
+    return entry
+
+
+def names() -> list[str]:
+    return list(_ENTRIES)
+
+
+def get(name: str) -> Entry:
+    if name not in _ENTRIES:
+        raise ValueError(f"unknown weights entry {name!r}; accepted: {', '.join(_ENTRIES)}")
+    return _ENTRIES[name]
+
+
+def path(name: str) -> Path:
+    return resolve(get(name))
+
+
+def requirement(name: str, description: str | None = None) -> Requirement:
+    return get(name).requirement(description)
+
+
+def config_file() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).expanduser()
+
+
+def root() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT).expanduser()
+
+
+def configured_paths() -> dict[str, str]:
+    """The name -> path table of the config file ({} if there is none); a malformed file is a one-line error."""
+    f = config_file()
+    if not f.exists():
+        return {}
+    try:
+        data = tomllib.loads(f.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"cannot read the paths config {f}: {e}") from None
+    table = dict(data.get("paths", {}))
+    table.update({k: v for k, v in data.items() if isinstance(v, str)})
+    return table
+
+
+def resolve(entry: Entry) -> Path:
+    if os.environ.get(entry.env):
+        return Path(os.environ[entry.env]).expanduser()
+    configured = configured_paths().get(entry.name)
+    if configured:
+        p = Path(configured).expanduser()
+        return p if p.is_absolute() else (config_file().parent / p)
+    return root() / entry.filename
+
+
+# ---- the entries ---------------------------------------------------------------------------------------------
+_EDM = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
+for _key, _file, _what in [
+    ("cifar10", "edm-cifar10-32x32-uncond-vp.pkl", "EDM CIFAR-10 32x32 unconditional (VP) checkpoint"),
+    ("ffhq", "edm-ffhq-64x64-uncond-vp.pkl", "EDM FFHQ 64x64 unconditional (VP) checkpoint"),
+    ("afhqv2", "edm-afhqv2-64x64-uncond-vp.pkl", "EDM AFHQv2 64x64 unconditional (VP) checkpoint"),
+    ("imagenet64", "edm-imagenet-64x64-cond-adm.pkl", "EDM ImageNet 64x64 class-conditional (ADM) checkpoint"),
+]:
+    register(Entry(f"edm-{_key}", _file, _what, f"FEWSTEP_EDM_{_key.upper()}", (RemoteFile(_EDM + _file),),
+                   homepage="https://github.com/NVlabs/edm"))
+
+_FID = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/"
+for _key, _file in [("cifar10", "cifar10-32x32.npz"), ("ffhq", "ffhq-64x64.npz"), ("afhqv2", "afhqv2-64x64.npz"),
+                    ("imagenet64", "imagenet-64x64.npz")]:
+    register(Entry(f"fid-ref-{_key}", _file, f"EDM FID reference statistics (mu, sigma) for {_key}",
+                   f"FEWSTEP_FID_REF_{_key.upper()}", (RemoteFile(_FID + _file),),
+                   homepage="https://github.com/NVlabs/edm"))
+
+
+def _hf(repo: str, paths: list[str], revision: str = "main") -> tuple[RemoteFile, ...]:
+    return tuple(RemoteFile(f"https://huggingface.co/{repo}/resolve/{revision}/{p}", None, p) for p in paths)
+
+
+_TOKENIZER = ["tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+              "tokenizer/vocab.json"]
+register(Entry(
+    "sd-v1.5", "stable-diffusion-v1-5", "Stable Diffusion v1.5 (diffusers folder: unet, vae, text_encoder, tokenizer)",
+    "FEWSTEP_SD15",
+    _hf("stable-diffusion-v1-5/stable-diffusion-v1-5", [
+        "model_index.json", "scheduler/scheduler_config.json",
+        "text_encoder/config.json", "text_encoder/model.safetensors", *_TOKENIZER,
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]),
+    homepage="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5"))
+
+register(Entry(
+    "flux.1-dev", "FLUX.1-dev", "FLUX.1-dev (diffusers folder: transformer, vae, CLIP and T5 text encoders)",
+    "FEWSTEP_FLUX_DEV",
+    _hf("black-forest-labs/FLUX.1-dev", [
+        "model_index.json", "scheduler/scheduler_config.json",
+        "text_encoder/config.json", "text_encoder/model.safetensors", *_TOKENIZER,
+        "text_encoder_2/config.json", "text_encoder_2/model.safetensors.index.json",
+        "text_encoder_2/model-00001-of-00002.safetensors", "text_encoder_2/model-00002-of-00002.safetensors",
+        "tokenizer_2/special_tokens_map.json", "tokenizer_2/spiece.model", "tokenizer_2/tokenizer.json",
+        "tokenizer_2/tokenizer_config.json",
+        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
+        *[f"transformer/diffusion_pytorch_model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)],
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]),
+    homepage="https://huggingface.co/black-forest-labs/FLUX.1-dev",
+    note="gated on Hugging Face: accept the licence on the model page, then set HF_TOKEN for the download"))
+
+register(Entry(
+    "ldm-lsun-bedroom", "ldm-lsun-bedroom",
+    "LSUN-Bedroom latent diffusion model as a diffusers folder (unet: UNet2DModel, vqvae: VQModel, scheduler)",
+    "FEWSTEP_LDM_LSUN_BEDROOM", (),
+    homepage="https://ommer-lab.com/files/latent-diffusion/lsun_bedrooms.zip",
+    note="published only as a CompVis checkpoint (lsun_bedrooms.zip, model.ckpt); this project reads a diffusers "
+         "folder and has no converter yet, so it cannot be downloaded automatically"))
+
+register(Entry(
+    "coco-captions-val2014", "captions_val2014.json", "MS-COCO 2014 validation captions (COCO annotation JSON)",
+    "FEWSTEP_COCO_CAPTIONS",
+    (RemoteFile("http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+                member="annotations/captions_val2014.json"),),
+    homepage="https://cocodataset.org/#download"))
+
+register(Entry(
+    "drawbench-prompts", "drawbench.csv", "DrawBench prompts (CSV with a 'Prompts' column, or one prompt per line)",
+    "FEWSTEP_DRAWBENCH",
+    (RemoteFile("https://docs.google.com/spreadsheets/d/1y7nAbmR4FREi6npB1u-Bo3GFdwdOPYJc617rBOxIRHY/export?format=csv"),),
+    homepage="https://imagen.research.google/"))
