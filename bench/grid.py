@@ -341,6 +341,9 @@ def _expand(grid: Grid) -> None:
                         continue
                     raise ValueError(f"grid {gname}: {ms['name']} / {e.label} at NFE {nfe}: {err} "
                                      "(drop that NFE, or set skip_unreachable = true)") from None
+                if e.distill is not None:
+                    _check_distill_options(e.distill, f"grid {gname}, {e.label} at NFE {nfe}", nfe, num_points,
+                                           e.afs)
                 grid.cells.append(GridCell(
                     grid=gname, model=ms["name"], model_options=ms["options"], entry=e, nfe=nfe,
                     num_points=num_points, schedule=schedule, metrics=list(ms["metrics"]), seed_start=seed_start,
@@ -372,19 +375,20 @@ def _budget(model, e: SolverEntry, nfe: int) -> tuple[int, str]:
     return n, e.schedule or model.schedule
 
 
-def _check_distill_options(options: dict, where: str) -> None:
-    """Reject options bench.distill.distill does not accept (when its signature is explicit)."""
-    import inspect
+def _check_distill_options(options: dict, where: str, nfe: int | None = None, num_points: int | None = None,
+                           afs: bool = False) -> None:
+    """Reject options bench.distill does not accept (and, given a cell's budget, values it would refuse)."""
     try:
-        from bench.distill import distill
-    except ImportError:
+        from bench.distill import Settings
+    except ImportError:                                   # the distillation package is optional at load time
         return
-    params = inspect.signature(distill).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    reserved = {"afs", "seed", "cache_dir"}
-    accepted = [p for p in params if p not in ("solver", "name", "model", "denoiser", "sigmas")]
-    bad = [k for k in options if k not in accepted or (k in reserved and k != "seed")]
-    if bad:
-        raise ValueError(f"{where}: distill has no option {', '.join(map(repr, bad))}; "
-                         f"accepted: {', '.join(p for p in accepted if p not in reserved or p == 'seed')}")
+    opts = {k: v for k, v in options.items() if k not in ("seed", "cache_id", "dtype")}
+    for k in ("afs", "cache_dir", "noise_shape"):
+        if k in opts:
+            raise ValueError(f"{where}: distill option {k!r} is set by the harness; remove it")
+    try:
+        settings = Settings.from_options(opts)
+        if nfe is not None:
+            settings.resolve(nfe, num_points - 1)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None

@@ -1,0 +1,39 @@
+"""`python -m bench run --grid NAME`: evaluate every cell of a grid, resumably (see bench/runner.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "run a grid (models × solvers × NFEs × metrics); rerunning resumes where it stopped"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--grid", required=True, help="a shipped grid name (see `python -m bench list`) or a .toml path")
+    parser.add_argument("--results-dir", default="results", type=Path, help="where results are stored (default: results)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the cells, the files they need and their cost in network evaluations; run nothing")
+    parser.add_argument("--num-samples", type=int, help="override the grid's samples per cell (e.g. a fast check)")
+    parser.add_argument("--batch-size", type=int, help="override the grid's batch size (results do not depend on it)")
+    parser.add_argument("--nfe", type=int, nargs="+", help="override the grid's NFE list")
+    parser.add_argument("--retry-failed", action="store_true", help="recompute cells stored as failed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def overrides(args) -> dict:
+    out = {}
+    for key in ("num_samples", "batch_size", "nfe"):
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
+def main(args) -> int:
+    from bench import grid as grids
+    from bench import runner
+    for key in ("num_samples", "batch_size"):
+        if getattr(args, key) is not None and getattr(args, key) <= 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
+    grid = grids.load(args.grid, overrides(args))
+    if args.dry_run:
+        return runner.dry_run(grid, args.results_dir)
+    runner.run(grid, args.results_dir, progress=not args.no_progress, retry_failed=args.retry_failed)
+    return 0

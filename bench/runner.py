@@ -1,0 +1,424 @@
+"""The runner: grid -> cells -> (distil) -> sample -> metric -> results.
+
+For each cell not yet stored: build the solver (distilling or loading a learned one), build the time grid that
+spends exactly the cell's NFE, draw x_T = model.noise(seeds) (one generator per seed), sample in batches, decode,
+gather every sample on rank 0, compute each metric on all of them, and store the cell in one transaction.
+
+Under `torchrun --nproc_per_node=K`, each cell's seeds are split into K contiguous shards (gloo on CPU, nccl on
+GPU); rank 0 alone distils, computes metrics and writes. Samples do not depend on the batch size or the number of
+processes, because every seed has its own generator.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import bench
+from bench import results as results_mod
+from bench.grid import Grid, GridCell, canonical_hash, safe_filename
+
+
+# ---- processes -------------------------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def broadcast(self, obj):
+        """rank 0's `obj` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list | None:
+        """Every rank's `obj` on rank 0 (in rank order); None elsewhere."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world if self.main else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
+    def shard(self, seeds: range) -> range:
+        """This rank's contiguous block of seeds (concatenating the blocks in rank order gives `seeds`)."""
+        per = -(-len(seeds) // self.world)
+        return seeds[self.rank * per:(self.rank + 1) * per]
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun set up (WORLD_SIZE > 1); a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+# ---- provenance ------------------------------------------------------------------------------------------------
+def code_version() -> str:
+    """`git describe` of the source tree when it is a git checkout, else the package version."""
+    root = Path(bench.__file__).resolve().parent.parent
+    if (root / ".git").exists():
+        try:
+            out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=root, capture_output=True,
+                                 text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return bench.__version__
+
+
+# ---- requirements and plans ------------------------------------------------------------------------------------
+def requirements(grid: Grid) -> list[tuple[str, object]]:
+    """(who needs it, Requirement) for every model and metric of the grid's cells."""
+    import bench.metrics
+    out, seen = [], set()
+    for c in grid.cells:
+        model = grid.models[c.model]
+        if c.model not in seen:
+            out += [(f"model {c.model}", r) for r in model.requirements()]
+        for m in c.metrics:
+            if (c.model, m) not in seen:
+                out += [(f"metric {m} on {c.model}", r) for r in bench.metrics.get(m).requirements(model)]
+                seen.add((c.model, m))
+        seen.add(c.model)
+    return out
+
+
+def check_requirements(grid: Grid) -> None:
+    missing = [f"{who}: {r.missing_message()}" for who, r in requirements(grid) if not r.present]
+    if missing:
+        raise FileNotFoundError(f"grid {grid.name} cannot run here: " + "; ".join(missing))
+
+
+def pending(grid: Grid, store: results_mod.Store, retry_failed: bool = False) -> list[GridCell]:
+    """Cells with a metric not yet stored (or stored as failed, with retry_failed)."""
+    todo = []
+    for c in grid.cells:
+        stored = store.stored(c.key)
+        if any(m not in stored or (retry_failed and stored[m] != "ok") for m in c.metrics):
+            todo.append(c)
+    return todo
+
+
+def solver_path(results_dir: Path, grid: str, model: str, label: str, nfe: int) -> Path:
+    return Path(results_dir) / "solvers" / grid / model / f"{safe_filename(label)}-nfe{nfe}.json"
+
+
+def dry_run(grid: Grid, results_dir: Path, out=print) -> int:
+    """Print the cells, what each needs and the cost in network evaluations; nothing runs. 1 if files are missing."""
+    if grid.kind != "sampling":
+        out(f"grid {grid.name} (kind {grid.kind}): hands its settings to bench.studies.{grid.kind}.run; "
+            f"writes {Path(results_dir) / 'studies' / (grid.name + '.csv')}")
+        return 0
+    store_path = Path(results_dir) / results_mod.DB_NAME
+    stored = results_mod.Store(results_dir) if store_path.exists() else None
+    out(f"grid {grid.name}: {grid.description}")
+    out(f"{'model':<10} {'solver':<24} {'NFE':>4} {'points':>6} {'schedule':<12} {'samples':>8} "
+        f"{'evaluations':>12}  status")
+    total, todo, distils = 0, 0, set()
+    for c in grid.cells:
+        done = stored is not None and all(m in stored.stored(c.key) for m in c.metrics)
+        status = "stored" if done else "to run"
+        if not done:
+            total += c.evaluations
+            todo += 1
+            if c.entry.distill is not None:
+                src = c.entry.distill_from or c.model
+                p = solver_path(results_dir, grid.name, src, c.entry.label, c.nfe)
+                if not p.exists():
+                    distils.add(p)
+                    status += f" (distils {src})"
+        out(f"{c.model:<10} {c.entry.label + (' +AFS' if c.entry.afs else ''):<24} {c.nfe:>4} {c.num_points:>6} "
+            f"{c.schedule:<12} {c.num_samples:>8} {c.evaluations:>12,}  {status}")
+    for model, label, nfe, why in grid.skipped:
+        out(f"skipped: {model} / {label} / NFE {nfe}: {why}")
+    reqs = requirements(grid)
+    missing = [(who, r) for who, r in reqs if not r.present]
+    for who, r in reqs:
+        out(f"needs ({who}): {r.name} at {r.path} [{'present' if r.present else 'MISSING'}]")
+    if not reqs:
+        out("needs: no files (every model and metric of this grid ships with the project)")
+    metric_names = {m for c in grid.cells for m in c.metrics}
+    if "endpoint_error" in metric_names:
+        out("needs: reference ODE solutions (computed once per model and cached in <results_dir>/cache/reference)")
+    out(f"cost: {todo} of {len(grid.cells)} cells to run, {total:,} network evaluations for sampling"
+        + (f", plus {len(distils)} distillations (teacher + training, see bench.distill)" if distils else ""))
+    for who, r in missing:
+        out(f"missing ({who}): {r.missing_message()}")
+    if stored is not None:
+        stored.close()
+    return 1 if missing else 0
+
+
+# ---- building solvers and grids --------------------------------------------------------------------------------
+class Builder:
+    """Solvers and time grids for cells; learned solvers are distilled (rank 0) or loaded, once per run."""
+
+    def __init__(self, grid: Grid, results_dir: Path, dist: Dist, log=print):
+        self.grid, self.results_dir, self.dist, self.log = grid, Path(results_dir), dist, log
+        self._learned: dict[Path, object] = {}
+
+    def sigmas(self, c: GridCell) -> torch.Tensor:
+        model = self.grid.models[c.model]
+        if c.entry.released:
+            return released_grid(model, c.nfe)
+        return model.grid(c.num_points, c.schedule, **c.entry.schedule_options)
+
+    def solver(self, c: GridCell):
+        import solvers
+        e = c.entry
+        model = self.grid.models[c.model]
+        if e.released:
+            return solvers.get("dyweight", released=model.released_key, nfe=c.nfe)
+        if e.distill is not None:
+            return self.distilled(c)
+        if e.name == "dyweight" and "weights" not in e.options:
+            return solvers.get("dyweight", num_points=c.num_points, afs=e.afs, **e.options)
+        return solvers.get(e.name, **e.options)
+
+    def distilled(self, c: GridCell):
+        import solvers
+        from solvers.dyweight import DyWeight
+        e = c.entry
+        source_name = e.distill_from or c.model
+        source = self.grid.models[source_name]
+        n = DyWeight.budget_probe().num_points(c.nfe, afs=e.afs, evals_per_call=source.evals_per_call)
+        sigmas = source.grid(n, e.schedule or source.schedule, **e.schedule_options)
+        options = dict(e.distill)
+        seed = options.pop("seed", 0)
+        settings = {"model": source_name, "model_options": c.model_options if source_name == c.model else {},
+                    "afs": e.afs, "seed": seed, "options": options, "sigmas": [float(s) for s in sigmas]}
+        digest = canonical_hash(settings)
+        path = solver_path(self.results_dir, self.grid.name, source_name, e.label, c.nfe)
+        if path in self._learned:
+            return self._learned[path]
+        solver = _load_matching(path, digest)
+        if solver is None:
+            if self.dist.main:
+                from bench.distill import distill
+                self.log(f"distilling {e.label} for {source_name} at NFE {c.nfe} ...")
+                t0 = time.perf_counter()
+                solver = distill("dyweight", source, sigmas, afs=e.afs, seed=seed,
+                                 cache_dir=self.results_dir / "cache", **options)
+                solver.metadata["harness"] = {"settings_hash": digest, "grid": self.grid.name, "model": source_name,
+                                              "label": e.label, "nfe": c.nfe, "distill_seconds":
+                                              time.perf_counter() - t0}
+                solver.save(path)
+            self.dist.barrier()
+            if not self.dist.main:
+                solver = solvers.load(path)
+        self._learned[path] = solver
+        return solver
+
+
+def _load_matching(path: Path, digest: str):
+    """The saved solver at `path` if it was distilled with the same settings, else None."""
+    import solvers
+    if not path.exists():
+        return None
+    try:
+        solver = solvers.load(path)
+    except (ValueError, KeyError):
+        return None
+    return solver if solver.metadata.get("harness", {}).get("settings_hash") == digest else None
+
+
+def released_grid(model, nfe: int) -> torch.Tensor:
+    """The time grid a released checkpoint was trained on (its schedule and sigma range)."""
+    from baselines import released_coefficients
+    from solvers import schedules
+    ck = released_coefficients(model.released_key, nfe)
+    n = int(ck["num_time_points"])
+    if ck["schedule"] == "discrete":
+        return model.grid(n, "discrete")
+    opts = {"rho": ck["schedule_rho"]} if ck["schedule"] == "polynomial" else {}
+    return schedules.get(ck["schedule"], n, ck["sigma_min_trained"], ck["sigma_max_trained"], **opts)
+
+
+# ---- one cell --------------------------------------------------------------------------------------------------
+def sample_shard(model, solver, sigmas, seeds, afs: bool, batch_size: int, keep_final: bool):
+    """Sample `seeds` in batches: (decoded samples, final states or None); NonFiniteError propagates."""
+    decoded, finals = [], []
+    for i in range(0, len(seeds), batch_size):
+        batch = seeds[i:i + batch_size]
+        x_T = model.noise(batch)
+        den = model.denoiser(model.conditions(batch))
+        with torch.no_grad():
+            x = solver.sample(den, x_T, sigmas, afs=afs)
+            decoded.append(model.decode(x).detach().cpu())
+        if keep_final:
+            finals.append(x.detach().cpu())
+    cat = (lambda xs: torch.cat(xs) if xs else None)
+    return cat(decoded), (cat(finals) if keep_final else None)
+
+
+def run_cell(c: GridCell, model, solver, sigmas, metrics: dict, dist: Dist, cache_dir: Path):
+    """Sample a cell (sharded over ranks) and, on rank 0, compute its metrics: {metric: (value, error)}."""
+    from bench.models.base import Cell
+    from solvers import NonFiniteError
+    keep_final = any(getattr(metrics[m], "uses_noise", False) for m in c.metrics)
+    try:
+        part = ("ok",) + sample_shard(model, solver, sigmas, dist.shard(c.seeds), c.entry.afs, c.batch_size,
+                                      keep_final)
+    except NonFiniteError as e:
+        part = ("failed", str(e), None)
+    parts = dist.gather(part)
+    if not dist.main:
+        return None
+    errors = [p[1] for p in parts if p[0] == "failed"]
+    if errors:
+        return {m: (math.nan, errors[0]) for m in c.metrics}
+    decoded = torch.cat([p[1] for p in parts if p[1] is not None])
+    finals = torch.cat([p[2] for p in parts if p[2] is not None]) if keep_final else None
+    seeds = list(c.seeds)
+    cell = Cell(model=model, samples=decoded, x_T=model.noise(seeds) if keep_final else None, sigmas=sigmas,
+                seeds=seeds, conditions=model.conditions(seeds),
+                extra={"final": finals, "cache_dir": str(cache_dir), "solver": c.entry.label, "nfe": c.nfe,
+                       "afs": c.entry.afs} if keep_final else {"cache_dir": str(cache_dir), "solver": c.entry.label,
+                                                                "nfe": c.nfe, "afs": c.entry.afs})
+    out = {}
+    for m in c.metrics:
+        try:
+            v = float(metrics[m].compute(cell))
+            out[m] = (v, "") if math.isfinite(v) else (math.nan, f"{m} is {v} (non-finite samples statistics)")
+        except (ValueError, FloatingPointError, RuntimeError) as e:
+            out[m] = (math.nan, f"{m} failed: {e}")
+    return out
+
+
+def cell_rows(c: GridCell, values: dict, prov: dict, wall: float, world: int, solver) -> list[dict]:
+    e = c.entry
+    distilled_on = (e.distill_from or c.model) if e.distill is not None else (
+        f"released:{prov['released_key']}" if e.released else "")
+    options = dict(e.options)
+    if e.distill is not None:
+        options["distill"] = e.distill
+    if e.distill_from:
+        options["distill_from"] = e.distill_from
+    if e.released:
+        options["released"] = True
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return [{
+        "grid": c.grid, "model": c.model, "solver": e.name, "label": e.label, "family": e.family,
+        "options": json.dumps(options, sort_keys=True), "nfe": c.nfe, "afs": e.afs, "schedule": c.schedule,
+        "metric": m, "value": v, "status": "ok" if not err else "failed", "error": err,
+        "num_samples": c.num_samples, "seeds": c.seeds_text, "distilled_on": distilled_on,
+        "code_version": prov["code_version"], "config_hash": prov["config_hash"], "cell_key": c.key,
+        "torch_version": torch.__version__, "device": prov["device"], "world_size": world, "wall_time": wall,
+        "created_at": now,
+    } for m, (v, err) in values.items()]
+
+
+# ---- the run ---------------------------------------------------------------------------------------------------
+def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, retry_failed: bool = False,
+        out=print) -> int:
+    """Run every pending cell of `grid`, storing results in `results_dir`; returns the number of cells run."""
+    import bench.metrics
+    results_dir = Path(results_dir)
+    dist = init_distributed()
+    if grid.kind != "sampling":
+        if dist.main:
+            importlib.import_module(f"bench.studies.{grid.kind}").run(grid.raw, results_dir)
+        dist.barrier()
+        return 0
+    check_requirements(grid)
+    store = results_mod.Store(results_dir) if dist.main else None
+    todo_keys = dist.broadcast([c.key for c in pending(grid, store, retry_failed)] if dist.main else None)
+    todo = [c for c in grid.cells if c.key in set(todo_keys)]
+    if dist.main and len(todo) < len(grid.cells):
+        out(f"{len(grid.cells) - len(todo)} of {len(grid.cells)} cells already stored in {results_dir}; "
+            f"running {len(todo)}")
+    metrics = {m: bench.metrics.get(m) for m in {m for c in todo for m in c.metrics}}
+    bar = _progress(len(todo), dist.main and progress)
+    log = (lambda s: _write_progress(s, bar)) if progress else out
+    builder = Builder(grid, results_dir, dist, log=log)
+    prov = {"code_version": code_version(), "config_hash": grid.config_hash}
+    done_samples, t_start = 0, time.perf_counter()
+    try:
+        for c in todo:
+            model = grid.models[c.model]
+            solver = builder.solver(c)
+            sigmas = builder.sigmas(c)
+            t0 = time.perf_counter()
+            values = run_cell(c, model, solver, sigmas, metrics, dist, results_dir / "cache")
+            wall = time.perf_counter() - t0
+            if dist.main:
+                prov.update(device=str(getattr(model, "device", "cpu")), released_key=model.released_key)
+                store.write_cell(cell_rows(c, values, prov, wall, dist.world, solver), replace=retry_failed)
+                failed = [err for _, err in values.values() if err]
+                if failed:
+                    log(f"cell {c.describe()} failed: {failed[0]}")
+                done_samples += c.num_samples
+                if bar is not None:
+                    bar.set_postfix_str(f"{done_samples / (time.perf_counter() - t_start):,.0f} samples/s")
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if store is not None:
+            store.close()
+    if dist.main:
+        out(summary_table(grid, results_dir))
+    dist.barrier()
+    return len(todo)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, unit="cell", desc="cells", dynamic_ncols=True, file=sys.stderr)
+
+
+def _write_progress(msg: str, bar) -> None:
+    if bar is None:
+        print(msg)
+    else:
+        from tqdm.auto import tqdm
+        tqdm.write(msg, file=sys.stderr)
+
+
+def summary_table(grid: Grid, results_dir: Path) -> str:
+    """A compact table of the grid's stored cells: one block per (model, metric), solvers × NFE."""
+    import bench.metrics
+    df = results_mod.load(results_dir)
+    keys = {c.key for c in grid.cells}
+    df = df[df["cell_key"].isin(keys)]
+    if df.empty:
+        return "no results stored for this grid"
+    df = df.assign(solver_label=df["label"] + df["afs"].map({True: " +AFS", False: ""}))
+    blocks = []
+    order = list(dict.fromkeys(c.entry.label + (" +AFS" if c.entry.afs else "") for c in grid.cells))
+    for (model, metric), part in df.groupby(["model", "metric"], sort=False):
+        table = part.pivot_table(index="solver_label", columns="nfe", values="value", aggfunc="first", dropna=False)
+        table = table.reindex([o for o in order if o in table.index])
+        text = table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="failed")
+        better = "higher" if bench.metrics.get(metric).higher_is_better else "lower"
+        blocks.append(f"{model} · {metric} ({better} is better)\n{text}")
+    return "\n\n".join(blocks)
