@@ -1,0 +1,117 @@
+"""FID following EDM's protocol (Karras et al. 2022, fid.py), which the paper's Table 1 numbers come from.
+
+  1. samples in [-1, 1] become uint8 images as EDM's generate.py saves them: (x * 127.5 + 128).clip(0, 255);
+  2. TF-Inception (inception-2015-12-05, from a local TorchScript file; see features.py) maps each image at its own
+     resolution to 2048 pool features (grayscale repeated to 3 channels);
+  3. mu and the unbiased covariance of the features, in float64;
+  4. the Fréchet distance to the dataset's reference statistics (`mu`, `sigma` in EDM's fid-refs/*.npz),
+     computed stably in float64 (frechet.py).
+
+50,000 samples by default (FID-50k); a cell with fewer samples is refused unless the metric is built with a smaller
+`num_samples`, and then it reports itself as FID-<n> so numbers of different sizes are never mixed up.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.models.base import Cell, Model, Requirement
+
+from .base import Metric
+from .features import InceptionFeatures, inception_requirement
+from .frechet import RunningStatistics, frechet_distance, load_statistics, save_statistics
+
+
+@lru_cache(maxsize=4)
+def _extractor(path: str, device: str) -> InceptionFeatures:
+    """One loaded Inception network per (file, device) for the whole process."""
+    return InceptionFeatures(path, device=device)
+
+
+def reference_requirement(model: Model, reference=None) -> Requirement:
+    """The reference statistics file for `model`: an explicit path, else the weights entry `model.fid_reference`
+    (default "fid-ref-<model name>", EDM's fid-refs/*.npz)."""
+    if reference is not None:
+        return Requirement(name=Path(reference).name, path=Path(reference),
+                           description=f"FID reference statistics {Path(reference).name}")
+    from bench import weights
+    key = getattr(model, "fid_reference", None) or f"fid-ref-{model.name}"
+    if key not in weights.names():
+        raise ValueError(f"no FID reference statistics are known for model {model.name!r} (looked for weights entry "
+                         f"{key!r}); pass reference=<path to .npz with mu and sigma>")
+    return weights.requirement(key)
+
+
+def label_for(num_samples: int | None) -> str:
+    if num_samples is None:
+        return "FID"
+    return f"FID-{num_samples // 1000}k" if num_samples % 1000 == 0 else f"FID-{num_samples}"
+
+
+class FID(Metric):
+    name = "fid"
+    higher_is_better = False
+
+    def __init__(self, num_samples: int | None = 50_000, batch_size: int = 250, inception=None, reference=None,
+                 device: str = "cpu"):
+        if num_samples is not None and num_samples < 2:
+            raise ValueError(f"num_samples must be at least 2 (or None for all samples of a cell); got {num_samples}")
+        self.num_samples = num_samples
+        self.batch_size = int(batch_size)
+        self.inception = inception          # path to inception-2015-12-05.pt; default: the weights registry
+        self.reference = reference          # path to reference .npz; default: per model
+        self.device = device
+        self.label = label_for(num_samples)
+
+    # --- files ------------------------------------------------------------------------------------------
+    def supports(self, model: Model) -> bool:
+        """Images (C, H, W) with 1 or 3 channels after decoding, and known reference statistics."""
+        try:
+            self.requirements(model)
+        except ValueError:
+            return False
+        return True
+
+    def requirements(self, model: Model) -> list[Requirement]:
+        return [inception_requirement(self.inception), reference_requirement(model, self.reference)]
+
+    def extractor(self) -> InceptionFeatures:
+        req = inception_requirement(self.inception)
+        if not req.present:
+            raise FileNotFoundError(req.missing_message())
+        return _extractor(str(req.path), str(self.device))
+
+    # --- the metric -------------------------------------------------------------------------------------
+    def statistics(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """mu, sigma (float64) of Inception features of images in [-1, 1], batch by batch."""
+        stats = None
+        for features in self.extractor().batched(images, self.batch_size):
+            stats = stats or RunningStatistics(features.shape[1])      # 2048 for TF-Inception
+            stats.update(features.numpy())
+        if stats is None:
+            raise ValueError("no images to score")
+        return stats.result()
+
+    def compute(self, cell: Cell) -> float:
+        images = cell.samples
+        n = images.shape[0]
+        if self.num_samples is not None:
+            if n < self.num_samples:
+                raise ValueError(f"{self.label} needs {self.num_samples} samples; the cell has {n} "
+                                 f"(build the metric with num_samples={n} for a smaller FID)")
+            images = images[: self.num_samples]
+        ref = reference_requirement(cell.model, self.reference)
+        if not ref.present:
+            raise FileNotFoundError(ref.missing_message())
+        mu_ref, sigma_ref = load_statistics(ref.path)
+        mu, sigma = self.statistics(images)
+        return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+
+
+def write_reference(images: torch.Tensor, path, inception=None, batch_size: int = 250) -> Path:
+    """Reference statistics of real images in [-1, 1] (EDM's `fid.py ref`), saved as .npz with mu and sigma."""
+    mu, sigma = FID(num_samples=None, batch_size=batch_size, inception=inception).statistics(images)
+    return save_statistics(path, mu, sigma)
