@@ -13,6 +13,8 @@ _REGISTRY: dict[str, str] = {
     "ffhq": "bench.models.edm:ffhq",
     "afhqv2": "bench.models.edm:afhqv2",
     "imagenet64": "bench.models.edm:imagenet64",
+    "lsun_bedroom": "bench.models.latent:lsun_bedroom",
+    "sd15": "bench.models.latent:sd15",
 }
 
 

@@ -1,0 +1,279 @@
+"""Latent diffusion models on a discrete VP schedule, through diffusers: LSUN-Bedroom LDM and Stable Diffusion v1.5.
+
+Both predict noise, eps(z_t, t), for z_t = sqrt(abar_t) x + sqrt(1 - abar_t) n at integer steps t = 0..T-1. With
+sigma_t = sqrt((1 - abar_t) / abar_t) and x_edm = z_t / sqrt(abar_t) = x + sigma n (EDM's variance-exploding view):
+
+    D(x; sigma) = x - sigma * eps(x / sqrt(1 + sigma^2), t(sigma)),
+
+where t(sigma) is the fractional step found by interpolating the discrete log-sigmas (and sigma(tau) maps the paper's
+'discrete' grid, tau uniform in [1e-3, 1], onto those log-sigmas: solvers.schedules.vp_discrete_sigma_fn). Stable
+Diffusion adds classifier-free guidance, eps = eps_u + g (eps_c - eps_u) with g = 7.5: two network evaluations per
+denoiser call (evals_per_call = 2), run as one batch of 2B.
+
+The models are read from diffusers folders (LSUN: unet/ UNet2DModel + vqvae/ VQModel + scheduler/; SD v1.5: unet/,
+vae/, text_encoder/, tokenizer/, scheduler/). Tests build the same classes from tiny configs with random weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from bench import weights
+from solvers import schedules
+from . import conditions
+from .base import Model, Requirement
+
+LSUN_BETAS = {"beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+
+def alphas_cumprod(config: dict) -> torch.Tensor:
+    """abar_t of a DDPM-family scheduler config ('linear' or 'scaled_linear' betas), in float64."""
+    T = int(config.get("num_train_timesteps", 1000))
+    b0, b1 = float(config["beta_start"]), float(config["beta_end"])
+    kind = config.get("beta_schedule", "linear")
+    if kind == "scaled_linear":
+        betas = torch.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=torch.float64) ** 2
+    elif kind == "linear":
+        betas = torch.linspace(b0, b1, T, dtype=torch.float64)
+    else:
+        raise ValueError(f"beta_schedule {kind!r} is not supported yet; accepted: linear, scaled_linear")
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def sigma_to_t(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Fractional step t with log sigma linearly interpolated between the two neighbouring discrete steps."""
+    ls = torch.log(sigma.to(torch.float64)).clamp(log_sigmas[0], log_sigmas[-1])
+    hi = torch.searchsorted(log_sigmas, ls.contiguous()).clamp(1, len(log_sigmas) - 1)
+    lo = hi - 1
+    w = (ls - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])
+    return lo.to(torch.float64) + w
+
+
+class DiscreteEpsModel(Model):
+    """An eps-prediction network on a discrete VP schedule, seen as the EDM denoiser above."""
+
+    schedule = "discrete"
+    schedule_options: dict = {}
+
+    def set_schedule(self, scheduler_config: dict) -> None:
+        ac = alphas_cumprod(scheduler_config)
+        self.log_sigmas = torch.log(((1 - ac) / ac).sqrt())            # increasing in t
+        self._sigma_fn = schedules.vp_discrete_sigma_fn(ac)
+        ends = self._sigma_fn(torch.tensor([1e-3, 1.0], dtype=torch.float64))
+        self.sigma_min, self.sigma_max = float(ends[0]), float(ends[1])
+
+    def sigma_fn(self, tau: torch.Tensor) -> torch.Tensor:
+        return self._sigma_fn(tau)
+
+    def t_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma_to_t(self.log_sigmas, sigma)
+
+    def eps(self, x_in: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        raise NotImplementedError
+
+    def denoiser(self, cond=None):
+        self.load()
+
+        def D(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
+            s = s.expand(x.shape[0]) if s.numel() == 1 else s
+            t = self.t_of_sigma(s.cpu()).to(x.device)
+            c_in = (1 / (1 + s ** 2).sqrt()).reshape(-1, *[1] * (x.dim() - 1))
+            e = self.eps((x.to(torch.float64) * c_in).to(self.net_dtype), t.to(torch.float32), cond)
+            return (x.to(torch.float64) - s.reshape(c_in.shape) * e.to(torch.float64)).to(x.dtype)
+
+        return D
+
+    # subclasses fill these
+    net_dtype = torch.float32
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+class LSUNBedroomLDM(DiscreteEpsModel):
+    name = "lsun_bedroom"
+    description = "LSUN-Bedroom 256x256 latent diffusion (VQ-f4 latents 3x64x64)"
+    shape = (3, 64, 64)
+    released_key = "lsun_bedroom_ldm"
+
+    def __init__(self, path: str | Path | None = None, components: dict | None = None, device: str = "cpu",
+                 torch_dtype: torch.dtype = torch.float32):
+        self._path = Path(path).expanduser() if path else None
+        self.device, self.net_dtype = device, torch_dtype
+        self.unet = self.vqvae = None
+        cfg = dict(LSUN_BETAS)
+        if components:
+            self.unet, self.vqvae = components["unet"], components.get("vqvae")
+            cfg.update(components.get("scheduler_config", {}))
+        elif self.path.joinpath("scheduler", "scheduler_config.json").exists():
+            cfg.update(_read_json(self.path / "scheduler" / "scheduler_config.json"))
+        self.set_schedule(cfg)
+        self.shape = tuple(shape_of(self.unet)) if self.unet is not None else self.shape
+
+    @property
+    def path(self) -> Path:
+        return self._path or weights.path("ldm-lsun-bedroom")
+
+    def requirements(self) -> list[Requirement]:
+        if self.unet is not None:
+            return []
+        req = weights.requirement("ldm-lsun-bedroom")
+        req.path = self.path
+        return [req]
+
+    def load(self) -> None:
+        if self.unet is None:
+            self.check_available()
+            from diffusers import UNet2DModel, VQModel
+            self.unet = UNet2DModel.from_pretrained(self.path, subfolder="unet", torch_dtype=self.net_dtype)
+            self.vqvae = VQModel.from_pretrained(self.path, subfolder="vqvae", torch_dtype=self.net_dtype)
+        for m in (self.unet, self.vqvae):
+            if m is not None:
+                m.eval().requires_grad_(False).to(self.device)
+
+    def eps(self, x_in, t, cond):
+        return self.unet(x_in, t).sample
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        self.load()
+        if self.vqvae is None:
+            raise ValueError("this LSUN-Bedroom model was built without its VQ autoencoder, so it cannot decode")
+        with torch.no_grad():
+            return self.vqvae.decode(x.to(self.net_dtype)).sample.float().clamp(-1, 1)
+
+
+def shape_of(unet) -> tuple:
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return (unet.config.in_channels, *size)
+
+
+class StableDiffusion(DiscreteEpsModel):
+    name = "sd15"
+    description = "Stable Diffusion v1.5, 512x512 (latents 4x64x64), classifier-free guidance 7.5"
+    shape = (4, 64, 64)
+    evals_per_call = 2
+    released_key = "ms_coco"
+
+    def __init__(self, path: str | Path | None = None, prompts: str = "coco", prompts_path: str | Path | None = None,
+                 prompt_mode: str | None = None, guidance: float = 7.5, components: dict | None = None,
+                 device: str = "cpu", torch_dtype: torch.dtype = torch.float32):
+        if prompts not in PROMPT_SETS:
+            raise ValueError(f"unknown prompt set {prompts!r}; accepted: {', '.join(PROMPT_SETS)}")
+        self._path = Path(path).expanduser() if path else None
+        self.prompt_set = prompts
+        self._prompts_path = Path(prompts_path).expanduser() if prompts_path else None
+        self.prompt_mode = prompt_mode or PROMPT_SETS[prompts][1]
+        self.guidance = float(guidance)
+        self.device, self.net_dtype = device, torch_dtype
+        self.unet = self.vae = self.text_encoder = self.tokenizer = None
+        self._prompts = None
+        cfg = dict(SD_BETAS)
+        if components:
+            self.unet, self.vae = components["unet"], components.get("vae")
+            self.text_encoder, self.tokenizer = components.get("text_encoder"), components.get("tokenizer")
+            cfg.update(components.get("scheduler_config", {}))
+        elif self.path.joinpath("scheduler", "scheduler_config.json").exists():
+            cfg.update(_read_json(self.path / "scheduler" / "scheduler_config.json"))
+        self.set_schedule(cfg)
+        if self.unet is not None:
+            self.shape = shape_of(self.unet)
+        if self.guidance == 1.0:
+            self.evals_per_call = 1
+
+    @property
+    def path(self) -> Path:
+        return self._path or weights.path("sd-v1.5")
+
+    @property
+    def prompts_path(self) -> Path:
+        return self._prompts_path or weights.path(PROMPT_SETS[self.prompt_set][0])
+
+    def requirements(self) -> list[Requirement]:
+        reqs = []
+        if self.unet is None:
+            reqs.append(weights.requirement("sd-v1.5"))
+            reqs[-1].path = self.path
+        reqs.append(weights.requirement(PROMPT_SETS[self.prompt_set][0]))
+        reqs[-1].path = self.prompts_path
+        return reqs
+
+    def load(self) -> None:
+        if self.unet is None:
+            self.check_available()
+            from diffusers import AutoencoderKL, UNet2DConditionModel
+            from transformers import AutoTokenizer, CLIPTextModel
+            self.unet = UNet2DConditionModel.from_pretrained(self.path, subfolder="unet", torch_dtype=self.net_dtype)
+            self.vae = AutoencoderKL.from_pretrained(self.path, subfolder="vae", torch_dtype=self.net_dtype)
+            self.text_encoder = CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder",
+                                                              torch_dtype=self.net_dtype)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer")
+        for m in (self.unet, self.vae, self.text_encoder):
+            if m is not None:
+                m.eval().requires_grad_(False).to(self.device)
+
+    # ---- conditions: prompts drawn per seed, encoded once per batch ------------------------------------------
+    def prompts(self) -> list[str]:
+        if self._prompts is None:
+            self._prompts = conditions.load_prompts(self.prompts_path)
+        return self._prompts
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP text-encoder hidden states (B, 77, C) of the prompts, padded to the tokenizer's max length."""
+        self.load()
+        max_len = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77), 77)
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0].to(self.net_dtype)
+
+    def conditions(self, seeds: Sequence[int]) -> dict:
+        prompts = conditions.prompts_for_seeds(self.prompts(), seeds, self.prompt_mode)
+        return {"prompts": prompts, "cond": self.encode(prompts), "uncond": self.encode([""])}
+
+    def eps(self, x_in, t, cond):
+        if cond is None:
+            raise ValueError("Stable Diffusion needs conditions (prompt embeddings): call model.conditions(seeds)")
+        c = cond["cond"]
+        if self.guidance == 1.0:
+            return self.unet(x_in, t, encoder_hidden_states=c).sample
+        B = x_in.shape[0]
+        u = cond["uncond"].expand(B, *cond["uncond"].shape[1:])
+        e_u, e_c = self.unet(torch.cat([x_in, x_in]), torch.cat([t, t]),
+                             encoder_hidden_states=torch.cat([u, c])).sample.chunk(2)
+        return e_u + self.guidance * (e_c - e_u)      # classifier-free guidance
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        self.load()
+        if self.vae is None:
+            raise ValueError("this Stable Diffusion model was built without its VAE, so it cannot decode")
+        scale = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        with torch.no_grad():
+            return self.vae.decode((x / scale).to(self.net_dtype)).sample.float().clamp(-1, 1)
+
+
+# prompt set -> (weights entry of the prompt file, default way seeds pick prompts)
+PROMPT_SETS = {"coco": ("coco-captions-val2014", "random"), "drawbench": ("drawbench-prompts", "cycle")}
+
+
+def lsun_bedroom(**options) -> LSUNBedroomLDM:
+    return LSUNBedroomLDM(**options)
+
+
+def sd15(**options) -> StableDiffusion:
+    return StableDiffusion(**options)
+
+
+def sd15_drawbench(**options) -> StableDiffusion:
+    m = StableDiffusion(prompts="drawbench", **options)
+    m.name = "sd15_drawbench"
+    return m
