@@ -65,9 +65,9 @@ class DyWeight(Solver, torch.nn.Module):
             scale = [1.0] * n_calls
         else:
             scale = [float(v) for v in time_scale]
-            if afs is None:
+            if afs is None:                              # infer: N-2 factors with AFS, N-1 without
                 afs = len(scale) == len(rows) - 1
-                n_calls = len(scale)
+                n_calls = len(rows) - (1 if afs else 0)
             if len(scale) != n_calls:
                 raise ValueError(f"dyweight time_scale must have one factor per network call: {n_calls} for "
                                  f"{self.grid_points} grid points with afs={bool(afs)}, got {len(scale)}")

@@ -18,7 +18,7 @@ class CountingDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        self.sigmas.append(float(sigma.reshape(-1)[0]))
+        self.sigmas.append(float(sigma.detach().reshape(-1)[0]))
         return self.denoiser(x, sigma)
 
     @property
