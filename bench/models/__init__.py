@@ -15,6 +15,8 @@ _REGISTRY: dict[str, str] = {
     "imagenet64": "bench.models.edm:imagenet64",
     "lsun_bedroom": "bench.models.latent:lsun_bedroom",
     "sd15": "bench.models.latent:sd15",
+    "flux": "bench.models.flux:flux",
+    "flux_drawbench": "bench.models.flux:flux_drawbench",
 }
 
 
