@@ -136,7 +136,7 @@ def to_latex(table: pd.DataFrame, higher: bool = False, caption: str | None = No
     styles = rk.apply(lambda col: col.map({1: "textbf: --rwrap;", 2: "underline: --rwrap;"}).fillna(""))
     styler = (shown.style.format(fmt, na_rep=MISSING)
               .apply(lambda _: styles, axis=None))
-    tex = styler.to_latex(hrules=True, caption=caption, label=label, position_float="centering",
+    tex = styler.to_latex(hrules=True, caption=None if caption is None else _latex_escape(caption), label=label, position_float="centering",
                           column_format="ll" + "r" * len(shown.columns), sparse_index=True,
                           multirow_align="naive", multicol_align="c", environment="table" if caption or label else None)
     # a rule between the groups (the first row of every group but the first starts with the group's name)
