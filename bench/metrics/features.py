@@ -23,20 +23,21 @@ from typing import Callable
 
 import torch
 
-from bench.models.base import Requirement, weights_path
+from bench.models.base import Requirement
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
-INCEPTION_ENV = "FEWSTEP_INCEPTION"
 INCEPTION_DIM = 2048
 
 
 def inception_requirement(path=None) -> Requirement:
-    return Requirement(
-        name=INCEPTION_FILE,
-        path=Path(path) if path else weights_path(INCEPTION_ENV, f"metrics/{INCEPTION_FILE}"),
-        env=INCEPTION_ENV, url=INCEPTION_URL,
-        description="TF-Inception (2015-12-05) TorchScript feature network inception-2015-12-05.pt")
+    """An explicit path, else the weights entry "inception-2015-12-05" ($FEWSTEP_INCEPTION, config, weights root)."""
+    if path is not None:
+        return Requirement(name=Path(path).name, path=Path(path), url=INCEPTION_URL,
+                           description=f"TF-Inception TorchScript feature network {Path(path).name}")
+    from bench import weights
+    from bench.metrics import files  # noqa: F401  (registers the metric entries)
+    return weights.requirement("inception-2015-12-05")
 
 
 def load_torchscript(path) -> torch.jit.ScriptModule:

@@ -1,0 +1,58 @@
+"""HPSv2.1 (Wu et al. 2023, "Human Preference Score v2") computed through OpenCLIP from the HPS checkpoint.
+
+HPSv2.1 is OpenCLIP ViT-H-14 fine-tuned on human preference pairs; its score for (image, prompt) is the cosine of
+the normalised image and text embeddings (hpsv2's img_score.py: diag(image_features @ text_features.T), no logit
+scale), so the paper's Table 3 values are around 0.27-0.29. The hpsv2 wheel cannot serve here: it lacks its
+tokenizer vocabulary (bpe_simple_vocab_16e6.txt.gz; OpenCLIP bundles the same file) and reloads the checkpoint on
+every call. We build the same network with OpenCLIP (`ViT-H-14`, no pretrained tag), load
+`HPS_v2.1_compressed.pt` (`{"state_dict": ...}`) strictly, tokenize with OpenCLIP's ViT-H-14 tokenizer, and
+preprocess images as hpsv2's validation transform does for square images (resize to 224 bicubic, centre crop,
+CLIP normalisation). The network is loaded once per metric and scores in batches.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .text_image import PromptImageMetric, entry_requirement, require
+
+
+def load_hps(path, arch: str = "ViT-H-14", device: str = "cpu"):
+    """(model, preprocess, tokenizer): OpenCLIP `arch` with the HPS checkpoint's weights."""
+    import open_clip
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cpu")
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected an HPS checkpoint holding a state dict ({{'state_dict': ...}})")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), preprocess, open_clip.get_tokenizer(arch)
+
+
+class HPSv21(PromptImageMetric):
+    name = "hpsv2"
+    label = "HPSv2.1"
+
+    def __init__(self, weights=None, arch: str = "ViT-H-14", batch_size: int = 16, device: str = "cpu"):
+        super().__init__(batch_size, device)
+        self.weights = weights
+        self.arch = arch
+
+    def requirements(self, model):
+        return [entry_requirement("hpsv2.1", self.weights)]
+
+    def load(self):
+        return load_hps(require(self.requirements(None)[0]).path, self.arch, self.device)
+
+    def score(self, images: list, prompts: Sequence[str]) -> torch.Tensor:
+        model, preprocess, tokenizer = self.scorer()
+        for im in images:
+            if im.width != im.height:
+                raise ValueError(f"HPSv2.1 of non-square images ({im.width}x{im.height}) is not supported yet "
+                                 f"(hpsv2 pads them; this implementation matches it for square images only)")
+        pixels = torch.stack([preprocess(im) for im in images]).to(self.device)
+        img = torch.nn.functional.normalize(model.encode_image(pixels).double(), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(tokenizer(list(prompts)).to(self.device)).double(), dim=-1)
+        return (img * txt).sum(dim=-1)

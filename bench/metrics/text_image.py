@@ -1,0 +1,98 @@
+"""What the prompt-image metrics (CLIP score, HPSv2.1, ImageReward) share.
+
+Each scores (image, prompt) pairs: the image is a decoded sample in [-1, 1], written to uint8 as a PNG would be
+(EDM's generate.py rounding) and handed to the scorer's own PIL preprocessing, as the paper's evaluation scripts do
+with saved files; the prompt is the cell's condition for that seed. A metric loads its network once (the first
+`compute`) and scores in batches; the cell's value is the mean score over its samples.
+
+Where prompts are found in a cell, first match wins: `cell.extra["prompts"]`, `cell.conditions` when it is a list
+of strings, `cell.conditions.prompts` / `cell.conditions["prompts"]`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from bench.models.base import Cell, Model, Requirement
+
+from .base import Metric
+from .features import to_uint8
+
+
+def prompts_of(cell: Cell) -> list[str]:
+    candidates = [cell.extra.get("prompts") if cell.extra else None, cell.conditions,
+                  getattr(cell.conditions, "prompts", None),
+                  cell.conditions.get("prompts") if isinstance(cell.conditions, dict) else None]
+    for c in candidates:
+        if isinstance(c, (list, tuple)) and c and all(isinstance(p, str) for p in c):
+            if len(c) != cell.samples.shape[0]:
+                raise ValueError(f"the cell has {cell.samples.shape[0]} samples but {len(c)} prompts")
+            return list(c)
+    raise ValueError(f"model {cell.model.name!r} gives no prompts with its samples; text-image metrics need one "
+                     f"prompt per sample (cell.extra['prompts'] or list-of-strings conditions)")
+
+
+def pil_images(samples: torch.Tensor) -> list:
+    """Samples (B, 3, H, W) in [-1, 1] -> PIL RGB images, rounded to uint8 as saved PNGs are."""
+    from PIL import Image
+    if samples.ndim != 4 or samples.shape[1] != 3:
+        raise ValueError(f"expected RGB images of shape (B, 3, H, W); got {tuple(samples.shape)}")
+    arrays = to_uint8(samples.detach().cpu()).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(np.ascontiguousarray(a), mode="RGB") for a in arrays]
+
+
+def entry_requirement(entry: str, path=None) -> Requirement:
+    """An explicit local path, else the weights registry entry (registered by bench.metrics.files)."""
+    if path is not None:
+        from pathlib import Path
+        return Requirement(name=Path(path).name, path=Path(path), description=f"{entry} file {Path(path).name}")
+    from bench import weights
+    from bench.metrics import files  # noqa: F401
+    return weights.requirement(entry)
+
+
+def require(req: Requirement) -> Requirement:
+    if not req.present:
+        raise FileNotFoundError(req.missing_message())
+    return req
+
+
+class PromptImageMetric(Metric):
+    """Mean of a per-pair score over a cell; subclasses implement `load()` and `score(images, prompts)`."""
+
+    higher_is_better = True
+
+    def __init__(self, batch_size: int = 32, device: str = "cpu"):
+        self.batch_size = int(batch_size)
+        self.device = device
+        self._loaded = None
+
+    def supports(self, model: Model) -> bool:
+        return len(getattr(model, "shape", ())) == 3
+
+    def load(self):
+        """Build the scorer from local files (called once)."""
+        raise NotImplementedError
+
+    def scorer(self):
+        if self._loaded is None:
+            self._loaded = self.load()
+        return self._loaded
+
+    def score(self, images: list, prompts: Sequence[str]) -> torch.Tensor:
+        """Scores of PIL images against prompts, shape (B,)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def scores(self, samples: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Per-sample scores (float64) of samples in [-1, 1], batch by batch."""
+        out = []
+        for start in range(0, samples.shape[0], self.batch_size):
+            chunk = samples[start:start + self.batch_size]
+            out.append(self.score(pil_images(chunk), prompts[start:start + self.batch_size]).double().cpu())
+        return torch.cat(out)
+
+    def compute(self, cell: Cell) -> float:
+        return float(self.scores(cell.samples, prompts_of(cell)).mean())
