@@ -57,10 +57,12 @@ class Entry:
         return resolve(self)
 
     def requirement(self, description: str | None = None) -> Requirement:
-        url = self.homepage or (self.files[0].url if self.files else None)
-        sha = self.files[0].sha256 if len(self.files) == 1 else None
+        single = len(self.files) == 1 and not self.is_dir
+        url = self.files[0].url if single else (self.homepage if self.files else None)
+        sha = self.files[0].sha256 if single else None
+        where = f"from {url}" if url else f"see {self.homepage}: {self.note}"
         return Requirement(name=self.name, path=self.path, env=self.env, url=url, sha256=sha,
-                           description=description or f"{self.description} ({self.name}, from {url})")
+                           description=description or f"{self.description} ({self.name}, {where})")
 
 
 _ENTRIES: dict[str, Entry] = {}
