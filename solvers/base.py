@@ -50,10 +50,11 @@ class Solver:
         """Number of denoiser calls `sample` makes on a grid of `num_points` points."""
         raise NotImplementedError
 
-    def num_points(self, nfe: int, afs: bool = False, evals_per_call: int = 1) -> int:
+    def num_points(self, nfe: int, afs: bool = False, evals_per_call: int = 1, ends_at_zero: bool = False) -> int:
         """The grid size that spends exactly `nfe` network evaluations (inverse of `calls`).
 
         evals_per_call = 2 for classifier-free guidance (each call evaluates the network twice).
+        ends_at_zero: the grid's last point is 0 (e.g. flow models); Heun then skips its last correction.
         Raises ValueError when no grid size gives exactly that budget.
         """
         if nfe % evals_per_call:
@@ -65,16 +66,17 @@ class Solver:
         # lineage's N = NFE + 1 (+ 1 with AFS).
         found = None
         for n in range(self.min_points + (1 if afs else 0), self.min_points + 2 * want + 4):
-            c = self.calls(n, afs)
+            c = self.calls(n, afs, ends_at_zero)
             if c == want:
                 found = n
             elif c > want:
                 break
         if found is not None:
             return found
-        reachable = [self.calls(n, afs) * evals_per_call
+        reachable = [self.calls(n, afs, ends_at_zero) * evals_per_call
                      for n in range(self.min_points + (1 if afs else 0), self.min_points + 8)]
-        raise ValueError(f"{self.name} cannot spend exactly NFE={nfe} (afs={afs}); "
+        raise ValueError(f"{self.name} cannot spend exactly NFE={nfe} (afs={afs}"
+                         f"{', grid ending at 0' if ends_at_zero else ''}); "
                          f"reachable budgets start {sorted(set(reachable))[:6]}...")
 
     @classmethod

@@ -110,11 +110,14 @@ def grid_for(solver, nfe: int, kind: str = "polynomial", sigma_min: float = 0.00
     """The grid that gives `solver` (an object or a name) exactly `nfe` network evaluations.
 
     evals_per_call = 2 under classifier-free guidance. This is the one place that maps a budget to grid points.
+    A grid that ends at 0 (flow_shift with t_min=0) saves Heun its last correction; the size accounts for that.
     """
     if isinstance(solver, str):
         from . import solver_class
         solver = solver_class(solver).budget_probe()
-    return get(kind, solver.num_points(nfe, afs=afs, evals_per_call=evals_per_call), sigma_min, sigma_max, **opts)
+    ends_at_zero = float(get(kind, 3, sigma_min, sigma_max, **opts)[-1]) == 0.0
+    n = solver.num_points(nfe, afs=afs, evals_per_call=evals_per_call, ends_at_zero=ends_at_zero)
+    return get(kind, n, sigma_min, sigma_max, **opts)
 
 
 def _check(n: int, sigma_min: float, sigma_max: float) -> None:

@@ -64,6 +64,25 @@ def test_nfe_counted_equals_calls_and_budget(name, opts, afs):
         assert cfg.evaluations == 2 * nfe
 
 
+@pytest.mark.parametrize("afs", [False, True], ids=["noafs", "afs"])
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=IDS)
+def test_nfe_on_grids_ending_at_zero(name, opts, afs):
+    """Flow models' grids end at sigma = 0: no call is made there, so Heun spends one call less per grid (odd
+    budgets without AFS, even with) and grid_for accounts for it; the others are unchanged."""
+    x_T = 80.0 * torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for nfe in range(2, 11):
+        kw = dict(kind="flow_shift", sigma_min=None, sigma_max=80.0, t_min=0.0, afs=afs)
+        if name == "heun" and (nfe + int(afs)) % 2 == 0:
+            with pytest.raises(ValueError, match="grid ending at 0"):
+                schedules.grid_for("heun", nfe, **kw)
+            continue
+        grid = schedules.grid_for(name if name == "dyweight" else build(name, opts), nfe, **kw)
+        assert float(grid[-1]) == 0.0
+        counter = solvers.CountingDenoiser(gauss_denoiser())
+        build(name, opts, len(grid), afs).sample(counter, x_T, grid, afs=afs)
+        assert counter.calls == nfe and 0.0 not in counter.sigmas
+
+
 def test_cfg_odd_budget_is_an_error():
     with pytest.raises(ValueError, match="not a multiple of 2"):
         schedules.grid_for("ipndm", 7, evals_per_call=2)
