@@ -29,7 +29,7 @@ SUPERVISIONS = ("endpoint", "path")
 
 def default_lr(nfe: int) -> float:
     """Lower learning rates for more steps (Appendix D.2 uses 5e-2 .. 1e-3)."""
-    return 2e-2 if nfe <= 5 else 1e-2
+    return 2e-2 if nfe <= 3 else 1e-2 if nfe <= 5 else 5e-3 if nfe <= 7 else 3e-3
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Settings:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         losses.get(self.loss)
         if self.steps is None:
-            self.steps = 400
+            self.steps = 1000
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if self.lr is None:
