@@ -165,11 +165,23 @@ class DyWeight(Solver, torch.nn.Module):
             w = W[i, K - p:]
             combined = sum(w[j] * buffer[-p + j] for j in range(p))    # gradient weighting
             x = x + (t[i + 1] - t_hat) * combined
+            if getattr(self, "_states", None) is not None:     # trajectory(): keep every state
+                self._states.append(x)
             if self.time_shift:
                 t_hat = t_hat + w.sum() * (t[i + 1] - t_hat)             # time shifting
             else:
                 t_hat = t[i + 1]
         return x
+
+    def trajectory(self, denoiser, x_T, sigmas, afs: bool = False) -> list:
+        """Every state [x_0 = x_T, x_1, ..., x_{N-1}] of one `sample` run (x_i nominally at grid point t_i);
+        used by path supervision in bench.distill (paper Appendix C)."""
+        self._states = [x_T]
+        try:
+            self.sample(denoiser, x_T, sigmas, afs=afs)
+            return self._states
+        finally:
+            self._states = None
 
     # ---- persistence -------------------------------------------------------------------------
     def state(self) -> dict:
