@@ -163,3 +163,21 @@ def test_lsun_runs_solver_steps_with_afs_and_decodes():
             assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()
         img = m.decode(out)
     assert img.shape == (2, 3, 16, 16) and img.abs().max() <= 1
+
+
+def test_prompt_conditions_are_lazy_and_read_every_prompt_format(tmp_path):
+    from bench.models import conditions
+    m = latent.StableDiffusion(components=tiny_sd_components(), prompts_path=prompts_file(tmp_path))
+    c = m.conditions(range(50))
+    assert len(c.prompts) == 50 and c["prompts"] == c.prompts and c._encoded is None   # nothing encoded yet
+    assert set(c.prompts) <= {"a photo of a cat", "a red dog", "an astronaut", "a bedroom"}
+    (tmp_path / "db.csv").write_text("Prompts,Category\nA red cube.,Colors\n\"Two, cats\",Counting\n")
+    (tmp_path / "p.txt").write_text("one\n\n two  words \n")
+    assert conditions.load_prompts(tmp_path / "db.csv") == ["A red cube.", "Two, cats"]
+    assert conditions.load_prompts(tmp_path / "p.txt") == ["one", "two words"]
+    assert conditions.prompts_for_seeds(["a", "b", "c"], [4, 5, 9], "cycle") == ["b", "c", "a"]
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="holds no prompts"):
+        conditions.load_prompts(tmp_path / "empty.txt")
+    with pytest.raises(ValueError, match="accepted: random, cycle"):
+        conditions.prompts_for_seeds(["a"], [0], "shuffle")

@@ -72,3 +72,31 @@ def prompts_for_seeds(prompts: Sequence[str], seeds: Sequence[int], mode: str = 
     if mode == "cycle":
         return [prompts[int(s) % n] for s in seeds]
     raise ValueError(f"unknown prompt mode {mode!r}; accepted: random, cycle")
+
+
+class Prompts:
+    """The prompts of a batch of seeds; their text-encoder embeddings are computed on first use.
+
+    `cond["prompts"]` or `cond.prompts` gives the strings (what prompt-image metrics read); any other key (e.g.
+    "cond", "uncond" for Stable Diffusion, "pooled", "txt" for FLUX) triggers `encode(prompts)` once. So the
+    conditions of a whole cell cost nothing until a denoiser needs them.
+    """
+
+    def __init__(self, prompts: Sequence[str], encode):
+        self.prompts = list(prompts)
+        self._encode = encode
+        self._encoded = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def encoded(self) -> dict:
+        if self._encoded is None:
+            self._encoded = self._encode(self.prompts)
+        return self._encoded
+
+    def __getitem__(self, key: str):
+        return self.prompts if key == "prompts" else self.encoded()[key]
+
+    def __repr__(self) -> str:
+        return f"Prompts({len(self.prompts)} prompts, encoded={self._encoded is not None})"

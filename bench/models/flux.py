@@ -167,9 +167,10 @@ class FluxModel(Model):
         txt = self.text_encoder_2(ids2, output_hidden_states=False)[0]
         return {"pooled": pooled.to(self.net_dtype), "txt": txt.to(self.net_dtype)}
 
-    def conditions(self, seeds: Sequence[int]) -> dict:
+    def conditions(self, seeds: Sequence[int]) -> conditions.Prompts:
+        """The seeds' prompts; encoded on first use as {"pooled": (B, 768), "txt": (B, L, 4096)}."""
         prompts = conditions.prompts_for_seeds(self.prompts(), seeds, self.prompt_mode)
-        return {"prompts": prompts, **self.encode(prompts)}
+        return conditions.Prompts(prompts, self.encode)
 
     # ---- the denoiser ------------------------------------------------------------------------------------------
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:

@@ -236,9 +236,10 @@ class StableDiffusion(DiscreteEpsModel):
                              return_tensors="pt").input_ids.to(self.device)
         return self.text_encoder(ids)[0].to(self.net_dtype)
 
-    def conditions(self, seeds: Sequence[int]) -> dict:
+    def conditions(self, seeds: Sequence[int]) -> conditions.Prompts:
+        """The seeds' prompts; encoded on first use as {"cond": (B, 77, C), "uncond": (1, 77, C)}."""
         prompts = conditions.prompts_for_seeds(self.prompts(), seeds, self.prompt_mode)
-        return {"prompts": prompts, "cond": self.encode(prompts), "uncond": self.encode([""])}
+        return conditions.Prompts(prompts, lambda p: {"cond": self.encode(p), "uncond": self.encode([""])})
 
     def eps(self, x_in, t, cond):
         if cond is None:
