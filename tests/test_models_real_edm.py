@@ -1,10 +1,13 @@
 """EDM checkpoints: the restricted unpickler on pickles built here in EDM's persistence format, and the adapter."""
 from __future__ import annotations
 
+import collections
+import io
 import pickle
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,7 +117,8 @@ def _exec(src, name):
 def build_pickle(tmp_path, monkeypatch, label_dim=0, res=8, extra=True):
     _persistence(monkeypatch)
     torch.manual_seed(0)
-    net = _exec(NET_SRC, "test_embedded_net").EDMPrecond(res, 3, label_dim=label_dim).eval()
+    net = _exec(NET_SRC, "test_embedded_net").EDMPrecond(res, 3, label_dim=label_dim,
+                                                          sigma_data=np.float64(0.5)).eval()   # a numpy scalar
     data = {"ema": net}
     if extra:
         data["augment_pipe"] = _exec(AUG_SRC, "test_embedded_aug").AugmentPipe(0.12)
@@ -209,3 +213,31 @@ def test_adapter_refuses_a_network_of_the_wrong_shape(tmp_path, monkeypatch):
     m = edm.cifar10(path=path)
     with pytest.raises(ValueError, match=r"expects \(3, 32, 32\)"):
         m.denoiser()
+
+
+class _LegacyStorage:
+    """Pickles like a torch 1.x FloatStorage: torch.storage._load_from_bytes(<legacy torch.save bytes>)."""
+
+    def __init__(self, values):
+        import warnings
+        warnings.simplefilter("ignore")
+        st = torch.FloatStorage(len(values))
+        for i, v in enumerate(values):
+            st[i] = v
+        self.buf = io.BytesIO()
+        torch.save(st, self.buf, _use_new_zipfile_serialization=False)
+
+    def __reduce__(self):
+        return (torch.storage._load_from_bytes, (self.buf.getvalue(),))
+
+
+class _LegacyTensor:
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2,
+                (_LegacyStorage([1.0, 2.0, 3.0, 4.0]), 0, (2, 2), (2, 1), False, collections.OrderedDict()))
+
+
+def test_reads_tensors_saved_by_old_torch_versions(tmp_path):
+    path = tmp_path / "old.pkl"
+    path.write_bytes(pickle.dumps({"w": _LegacyTensor()}, protocol=2))
+    assert torch.equal(edm_pickle.load(path)["w"], torch.tensor([[1.0, 2.0], [3.0, 4.0]]))

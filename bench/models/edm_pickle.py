@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import codecs
 import collections
 import copyreg
 import hashlib
@@ -179,6 +180,7 @@ class EDMUnpickler(pickle.Unpickler):
         ("torch", "device"): torch.device,
         ("torch", "Size"): torch.Size,
         ("copyreg", "_reconstructor"): copyreg._reconstructor,
+        ("_codecs", "encode"): codecs.encode,          # how pickle protocol 2 writes bytes
         ("builtins", "object"): object,
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
