@@ -8,6 +8,11 @@ from .base import Metric
 _REGISTRY: dict[str, str] = {
     "fd_exact": "bench.metrics.analytic:FDExact",
     "endpoint_error": "bench.metrics.analytic:EndpointError",
+    "fid": "bench.metrics.fid:FID",
+    "clip_score": "bench.metrics.clip_score:CLIPScore",
+    "clip_score_b16": "bench.metrics.clip_score:clip_score_b16",
+    "hpsv2": "bench.metrics.hpsv2:HPSv21",
+    "image_reward": "bench.metrics.image_reward:ImageReward",
 }
 
 
