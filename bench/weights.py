@@ -141,6 +141,20 @@ for _key, _file in [("cifar10", "cifar10-32x32.npz"), ("ffhq", "ffhq-64x64.npz")
                    f"FEWSTEP_FID_REF_{_key.upper()}", (RemoteFile(_FID + _file),),
                    homepage="https://github.com/NVlabs/edm"))
 
+register(Entry(
+    "fid-ref-lsun_bedroom", "VIRTUAL_lsun_bedroom256.npz",
+    "LSUN-Bedroom 256x256 FID reference batch (guided-diffusion evaluation suite: mu, sigma of TF-Inception pool "
+    "features)", "FEWSTEP_FID_REF_LSUN_BEDROOM",
+    (RemoteFile("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/lsun/bedroom/"
+                "VIRTUAL_lsun_bedroom256.npz"),),
+    homepage="https://github.com/openai/guided-diffusion/tree/main/evaluations"))
+register(Entry(
+    "fid-ref-ms_coco", "ms_coco_val2014_512.npz",
+    "MS-COCO val2014 FID reference statistics at 512x512 (mu, sigma of TF-Inception pool features)",
+    "FEWSTEP_FID_REF_MS_COCO", (), homepage="https://cocodataset.org/#download",
+    note="no official statistics are published: compute mu and sigma from the val2014 images (center-cropped and "
+         "resized to 512x512) with the same Inception network and point this entry at the .npz"))
+
 
 def _hf(repo: str, paths: list[str], revision: str = "main") -> tuple[RemoteFile, ...]:
     return tuple(RemoteFile(f"https://huggingface.co/{repo}/resolve/{revision}/{p}", None, p) for p in paths)

@@ -72,6 +72,7 @@ class FluxModel(Model):
     schedule = "flow_shift"
     evals_per_call = 1
     released_key = None               # the paper released no FLUX coefficients
+    fid_reference = "fid-ref-ms_coco"
 
     def __init__(self, path: str | Path | None = None, prompts: str = "coco", prompts_path: str | Path | None = None,
                  prompt_mode: str | None = None, guidance: float = 3.5, resolution: int = 512, shift: float | None = None,

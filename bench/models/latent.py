@@ -104,6 +104,7 @@ class LSUNBedroomLDM(DiscreteEpsModel):
     description = "LSUN-Bedroom 256x256 latent diffusion (VQ-f4 latents 3x64x64)"
     shape = (3, 64, 64)
     released_key = "lsun_bedroom_ldm"
+    fid_reference = "fid-ref-lsun_bedroom"       # weights entry of the FID reference statistics
 
     def __init__(self, path: str | Path | None = None, components: dict | None = None, device: str = "cpu",
                  torch_dtype: torch.dtype = torch.float32):
@@ -163,6 +164,7 @@ class StableDiffusion(DiscreteEpsModel):
     shape = (4, 64, 64)
     evals_per_call = 2
     released_key = "ms_coco"
+    fid_reference = "fid-ref-ms_coco"
 
     def __init__(self, path: str | Path | None = None, prompts: str = "coco", prompts_path: str | Path | None = None,
                  prompt_mode: str | None = None, guidance: float = 7.5, components: dict | None = None,
