@@ -107,8 +107,8 @@ def test_reported_numbers_include_methods_the_project_does_not_run():
 def test_measured_beside_reported_with_ratio():
     vals = {"Euler": [50, 20, 10, 5], "iPNDM": [49.1, 8, 4, 3], "DPM-Solver++(3M)": [NAN, 20, 5, 4],
             "DyWeight": [8.16, 3.3, 2.5, 2.2]}
-    df = synthetic(vals, model="edm_cifar10", metric="fid")
-    cmp = paper.compare(df, "edm_cifar10", "fid")
+    df = synthetic(vals, model="cifar10", metric="fid")
+    cmp = paper.compare(df, "cifar10", "fid")
     assert cmp.loc[("Handcrafted", "iPNDM"), (3, "reported")] == 24.55
     assert cmp.loc[("Handcrafted", "iPNDM"), (3, "ratio")] == pytest.approx(2.0)
     assert cmp.loc[("Learnable", "DyWeight"), (3, "ratio")] == pytest.approx(1.0)
@@ -117,6 +117,15 @@ def test_measured_beside_reported_with_ratio():
     md = paper.compare_markdown(cmp)
     assert "49.10 / 24.55 (×2.00)" in md and "– / 18.49" in md
     assert paper.compare(synthetic(), "gmm64", "endpoint_error") is None          # no published counterpart
+
+
+def test_project_models_map_to_the_papers_tables():
+    assert paper.paper_key("lsun_bedroom") == ("lsun_bedroom", "ldm")
+    assert paper.paper_key("gmm2d") is None
+    sd = paper.reported_table("ms_coco", "fid", "1", "sd-v1.5")
+    flux = paper.reported_table("ms_coco", "fid", "2", "flux.1-dev")
+    assert list(sd.columns) == [8, 12, 16, 20] and ("Learnable", "DyWeight") in flux.index
+    assert paper.tables_for("drawbench", "hpsv2.1", "flux.1-dev") == ["3"]
 
 
 def test_transfer_reported_is_table_a1():

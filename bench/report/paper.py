@@ -1,14 +1,15 @@
 """The paper's reported numbers (`baselines.reported_results()`) as a DataFrame in the project's names, and the
 measured-vs-reported comparison shown beside every measured table that has a published counterpart.
 
-Mapping: a project model is matched to a paper dataset through its `released_key` (bench.models) or, failing
-that, the table PAPER_DATASETS; a measured row is matched to a paper method through its solver's registry name
+Mapping: a project model is matched to a paper (dataset, model) through PROJECT_MODELS or, failing that, its
+`released_key` (bench.models); a measured row is matched to a paper method through its solver's registry name
 and options (PAPER_METHODS). Learned methods the project does not run (AMED, EPD, LD3, DLMS, S4S) appear in the
 reported tables only.
 """
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -17,25 +18,29 @@ from baselines import reported_results
 
 from . import tables
 
-# paper dataset key -> (paper model, the project's model names for it, best guess before every adapter lands)
-PAPER_DATASETS = {
-    "cifar10": ("edm", ["edm_cifar10", "edm-cifar10", "cifar10"]),
-    "ffhq": ("edm", ["edm_ffhq", "edm-ffhq", "ffhq"]),
-    "afhqv2": ("edm", ["edm_afhqv2", "edm-afhqv2", "afhqv2"]),
-    "imagenet64": ("edm", ["edm_imagenet64", "edm-imagenet64", "imagenet64"]),
-    "lsun_bedroom": ("ldm", ["ldm_lsun_bedroom", "ldm-lsun-bedroom", "lsun_bedroom", "lsun_bedroom_ldm"]),
-    "ms_coco": ("sd-v1.5", ["sd15", "sd-v1.5", "sd_v1_5", "stable_diffusion", "ms_coco"]),
+# project model name -> (paper dataset key, paper model) of the paper's tables (names of bench.models, plus aliases)
+PROJECT_MODELS = {
+    "cifar10": ("cifar10", "edm"), "ffhq": ("ffhq", "edm"), "afhqv2": ("afhqv2", "edm"),
+    "imagenet64": ("imagenet64", "edm"), "lsun_bedroom": ("lsun_bedroom", "ldm"),
+    "sd15": ("ms_coco", "sd-v1.5"), "flux": ("ms_coco", "flux.1-dev"), "flux_drawbench": ("drawbench", "flux.1-dev"),
 }
+PAPER_MODEL_OF = {"cifar10": "edm", "ffhq": "edm", "afhqv2": "edm", "imagenet64": "edm", "lsun_bedroom": "ldm",
+                  "ms_coco": "sd-v1.5"}
 # released-coefficient keys that differ from the paper tables' dataset keys
 RELEASED_TO_PAPER = {"lsun_bedroom_ldm": "lsun_bedroom"}
 FAMILY = {"handcrafted": "handcrafted", "learnable": "learned"}
 PAPER_METRIC = {"fid": "fid", "fid50k": "fid", "fid_50k": "fid", "clip": "clip", "clip_score": "clip",
-                "hpsv2.1": "hpsv2.1", "hpsv21": "hpsv2.1", "image_reward": "image_reward"}
+                "hpsv2.1": "hpsv2.1", "hpsv2": "hpsv2.1", "image_reward": "image_reward"}
 
 
 def reported() -> pd.DataFrame:
     """Every reported cell: table, dataset, paper_model, method, family ("handcrafted"|"learned"), variant,
     nfe (int), metric, value (float), note."""
+    return _reported().copy()
+
+
+@lru_cache(maxsize=1)
+def _reported() -> pd.DataFrame:
     df = pd.DataFrame(reported_results())
     df = df.rename(columns={"model": "paper_model"})
     df["family"] = df.pop("method_family").map(FAMILY)
@@ -58,25 +63,33 @@ def paper_method(solver: str, options: str | dict | None, label: str = "") -> st
     return None
 
 
-def paper_dataset(model: str) -> str | None:
-    """The paper dataset a project model stands for (via its released_key), or None (e.g. the analytic models)."""
-    try:
+def paper_key(model: str) -> tuple[str, str] | None:
+    """(paper dataset, paper model) a project model stands for, or None (e.g. the analytic models)."""
+    if model in PROJECT_MODELS:
+        return PROJECT_MODELS[model]
+    try:                                   # a model registered later: its released-coefficient key
         from bench import models
         key = models.get(model).released_key
-        if key:
-            return RELEASED_TO_PAPER.get(key, key)
     except Exception:
-        pass
-    for dataset, (_, names) in PAPER_DATASETS.items():
-        if model in names:
-            return dataset
+        key = None
+    if key:
+        dataset = RELEASED_TO_PAPER.get(key, key)
+        if dataset in PAPER_MODEL_OF:
+            return dataset, PAPER_MODEL_OF[dataset]
     return None
 
 
-def reported_table(dataset: str, metric: str = "fid", table: str = "1") -> pd.DataFrame:
+def paper_dataset(model: str) -> str | None:
+    key = paper_key(model)
+    return None if key is None else key[0]
+
+
+def reported_table(dataset: str, metric: str = "fid", table: str = "1", paper_model: str | None = None) -> pd.DataFrame:
     """The paper's table for one dataset in the layout of `tables.pivot` (all methods it reports)."""
     rep = reported()
     sel = rep[(rep.dataset == dataset) & (rep.metric == metric) & (rep.table == table) & (rep.variant == "")]
+    if paper_model is not None:
+        sel = sel[sel.paper_model == paper_model]
     if sel.empty:
         raise ValueError(f"the paper reports no {metric} for {dataset!r} in table {table}")
     sel = sel.assign(method=sel["method"], group=sel["family"].map(tables.GROUPS))
@@ -88,9 +101,10 @@ def reported_table(dataset: str, metric: str = "fid", table: str = "1") -> pd.Da
     return t
 
 
-def tables_for(dataset: str, metric: str = "fid") -> list[str]:
+def tables_for(dataset: str, metric: str = "fid", paper_model: str | None = None) -> list[str]:
     """The paper tables that report `metric` for `dataset` (main table first, then the appendix)."""
     rep = reported()
+    rep = rep if paper_model is None else rep[rep.paper_model == paper_model]
     ids = rep[(rep.dataset == dataset) & (rep.metric == metric) & (rep.variant == "")].table.unique().tolist()
     return sorted(ids, key=lambda t: (not t[0].isdigit(), t))
 
@@ -98,18 +112,19 @@ def tables_for(dataset: str, metric: str = "fid") -> list[str]:
 def compare(measured: pd.DataFrame, model: str, metric: str, table: str | None = None) -> pd.DataFrame | None:
     """Measured beside reported for one model: rows (group, method), columns (NFE, "measured"|"reported"|
     "ratio"); ratio = measured / reported where both exist. None when the paper has no counterpart."""
-    dataset, pmetric = paper_dataset(model), PAPER_METRIC.get(metric)
-    if dataset is None or pmetric is None:
+    key, pmetric = paper_key(model), PAPER_METRIC.get(metric)
+    if key is None or pmetric is None:
         return None
-    candidates = tables_for(dataset, pmetric)
+    dataset, pmodel = key
+    candidates = tables_for(dataset, pmetric, pmodel)
     if not candidates:
         return None
     sel = measured[(measured.model == model) & (measured.metric == metric)]
     if table is None:  # the table whose NFEs cover most of the measured ones (the main table on ties)
         want = set(sel.nfe.astype(int))
-        table = max(candidates, key=lambda t: (len(want & set(reported_table(dataset, pmetric, t).columns)),
+        table = max(candidates, key=lambda t: (len(want & set(reported_table(dataset, pmetric, t, pmodel).columns)),
                                                -candidates.index(t)))
-    rep = reported_table(dataset, pmetric, table)
+    rep = reported_table(dataset, pmetric, table, pmodel)
     sel = sel.assign(method=[paper_method(s, o, lbl) for s, o, lbl in zip(sel.solver, sel.options, sel.label)])
     sel = sel[sel.method.notna() & (sel.status == "ok")]
     meas = sel.groupby(["method", "nfe"]).value.mean().unstack("nfe") if len(sel) else pd.DataFrame()
