@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from bench import weights
-from . import conditions
+from . import conditions, devices
 from .base import Model
 
 
@@ -24,14 +24,14 @@ class EDMModel(Model):
     schedule_options = {"rho": 7.0}
 
     def __init__(self, name: str, weights_name: str, shape: tuple, label_dim: int = 0, released_key: str | None = None,
-                 description: str = "", path: str | Path | None = None, device: str = "cpu"):
+                 description: str = "", path: str | Path | None = None, device: str | None = None):
         self.name = name
         self.weights_name = weights_name
         self.shape = tuple(shape)
         self.label_dim = label_dim
         self.released_key = released_key
         self.description = description
-        self.device = device
+        self.device = devices.device(device)
         self._path = Path(path).expanduser() if path else None
         self._net = None
 

@@ -29,7 +29,7 @@ import torch
 
 from bench import weights
 from solvers import schedules
-from . import conditions
+from . import conditions, devices
 from .base import Model, Requirement
 from .latent import PROMPT_SETS
 
@@ -76,8 +76,8 @@ class FluxModel(Model):
 
     def __init__(self, path: str | Path | None = None, prompts: str = "coco", prompts_path: str | Path | None = None,
                  prompt_mode: str | None = None, guidance: float = 3.5, resolution: int = 512, shift: float | None = None,
-                 max_sequence_length: int = 512, components: dict | None = None, device: str = "cpu",
-                 torch_dtype: torch.dtype = torch.float32):
+                 max_sequence_length: int = 512, components: dict | None = None, device: str | None = None,
+                 torch_dtype: torch.dtype | str = torch.float32):
         if prompts not in PROMPT_SETS:
             raise ValueError(f"unknown prompt set {prompts!r}; accepted: {', '.join(PROMPT_SETS)}")
         self._path = Path(path).expanduser() if path else None
@@ -85,7 +85,7 @@ class FluxModel(Model):
         self._prompts_path = Path(prompts_path).expanduser() if prompts_path else None
         self.prompt_mode = prompt_mode or PROMPT_SETS[prompts][1]
         self.max_sequence_length = max_sequence_length
-        self.device, self.net_dtype = device, torch_dtype
+        self.device, self.net_dtype = devices.device(device), devices.dtype(torch_dtype)
         self.transformer = self.vae = None
         self.text_encoder = self.tokenizer = self.text_encoder_2 = self.tokenizer_2 = None
         self._prompts = None

@@ -23,7 +23,7 @@ import torch
 
 from bench import weights
 from solvers import schedules
-from . import conditions
+from . import conditions, devices
 from .base import Model, Requirement
 
 LSUN_BETAS = {"beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -106,10 +106,10 @@ class LSUNBedroomLDM(DiscreteEpsModel):
     released_key = "lsun_bedroom_ldm"
     fid_reference = "fid-ref-lsun_bedroom"       # weights entry of the FID reference statistics
 
-    def __init__(self, path: str | Path | None = None, components: dict | None = None, device: str = "cpu",
-                 torch_dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str | Path | None = None, components: dict | None = None, device: str | None = None,
+                 torch_dtype: torch.dtype | str = torch.float32):
         self._path = Path(path).expanduser() if path else None
-        self.device, self.net_dtype = device, torch_dtype
+        self.device, self.net_dtype = devices.device(device), devices.dtype(torch_dtype)
         self.unet = self.vqvae = None
         cfg = dict(LSUN_BETAS)
         if components:
@@ -168,7 +168,7 @@ class StableDiffusion(DiscreteEpsModel):
 
     def __init__(self, path: str | Path | None = None, prompts: str = "coco", prompts_path: str | Path | None = None,
                  prompt_mode: str | None = None, guidance: float = 7.5, components: dict | None = None,
-                 device: str = "cpu", torch_dtype: torch.dtype = torch.float32):
+                 device: str | None = None, torch_dtype: torch.dtype | str = torch.float32):
         if prompts not in PROMPT_SETS:
             raise ValueError(f"unknown prompt set {prompts!r}; accepted: {', '.join(PROMPT_SETS)}")
         self._path = Path(path).expanduser() if path else None
@@ -176,7 +176,7 @@ class StableDiffusion(DiscreteEpsModel):
         self._prompts_path = Path(prompts_path).expanduser() if prompts_path else None
         self.prompt_mode = prompt_mode or PROMPT_SETS[prompts][1]
         self.guidance = float(guidance)
-        self.device, self.net_dtype = device, torch_dtype
+        self.device, self.net_dtype = devices.device(device), devices.dtype(torch_dtype)
         self.unet = self.vae = self.text_encoder = self.tokenizer = None
         self._prompts = None
         cfg = dict(SD_BETAS)

@@ -1,0 +1,25 @@
+"""Where and in which precision the real networks run (options of the EDM, latent and FLUX adapters).
+
+Grid files pass options as TOML values, so a dtype may be given by name ("float16", "bfloat16", "float32").
+Sampling state, grids and the EDM-form arithmetic stay float32/float64 whatever the network's precision.
+"""
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def device(name: str | None = None) -> str:
+    """The given device, or CUDA (the current device, which the harness sets per rank) when there is one."""
+    if name is None or name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(name)
+
+
+def dtype(value) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    if value in DTYPES:
+        return DTYPES[value]
+    raise ValueError(f"unknown torch_dtype {value!r}; accepted: {', '.join(DTYPES)}")
