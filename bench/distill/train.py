@@ -107,8 +107,9 @@ class Settings:
         return self
 
     def record(self) -> dict:
+        """The settings for metadata["training"]; the distance is recorded as "distance" ("loss" is the curve)."""
         d = asdict(self)
-        d["loss"] = losses.get(self.loss)[0]
+        d["distance"] = losses.get(d.pop("loss"))[0]
         return d
 
 
