@@ -8,6 +8,8 @@ from .base import Metric
 _REGISTRY: dict[str, str] = {
     "fd_exact": "bench.metrics.analytic:FDExact",
     "endpoint_error": "bench.metrics.analytic:EndpointError",
+    "fd_digits": "bench.metrics.digits:FDDigits",
+    "fd_pixels": "bench.metrics.digits:FDPixels",
     "fid": "bench.metrics.fid:FID",
     "clip_score": "bench.metrics.clip_score:CLIPScore",
     "clip_score_b16": "bench.metrics.clip_score:clip_score_b16",

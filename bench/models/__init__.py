@@ -9,6 +9,7 @@ from .base import Cell, Model, Requirement, noise
 _REGISTRY: dict[str, str] = {
     "gmm2d": "bench.models.gmm:gmm2d",
     "gmm64": "bench.models.gmm:gmm64",
+    "digits": "bench.models.digits:digits",
     "cifar10": "bench.models.edm:cifar10",
     "ffhq": "bench.models.edm:ffhq",
     "afhqv2": "bench.models.edm:afhqv2",
