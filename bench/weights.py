@@ -189,12 +189,12 @@ register(Entry(
     note="gated on Hugging Face: accept the licence on the model page, then set HF_TOKEN for the download"))
 
 register(Entry(
-    "ldm-lsun-bedroom", "ldm-lsun-bedroom",
-    "LSUN-Bedroom latent diffusion model as a diffusers folder (unet: UNet2DModel, vqvae: VQModel, scheduler)",
-    "FEWSTEP_LDM_LSUN_BEDROOM", (),
-    homepage="https://ommer-lab.com/files/latent-diffusion/lsun_bedrooms.zip",
-    note="published only as a CompVis checkpoint (lsun_bedrooms.zip, model.ckpt); this project reads a diffusers "
-         "folder and has no converter yet, so it cannot be downloaded automatically"))
+    "ldm-lsun-bedroom", "ldm-lsun-bedrooms-model.ckpt",
+    "LSUN-Bedroom latent diffusion checkpoint (CompVis latent-diffusion lsun_bedrooms/model.ckpt, converted to "
+    "diffusers modules on load; a diffusers folder with unet/ and vqvae/ also works)",
+    "FEWSTEP_LDM_LSUN_BEDROOM",
+    (RemoteFile("https://ommer-lab.com/files/latent-diffusion/lsun_bedrooms.zip", member="model.ckpt"),),
+    homepage="https://github.com/CompVis/latent-diffusion"))
 
 register(Entry(
     "coco-captions-val2014", "captions_val2014.json", "MS-COCO 2014 validation captions (COCO annotation JSON)",

@@ -106,7 +106,7 @@ def test_unverified_entries_warn_and_bad_names_fail(server, registry, capsys):
     assert f"not verified (sha256 of what arrived: {sha(body)})" in capsys.readouterr().err
     assert cli.main(["download", "no-such-thing"]) == 2
     assert "unknown weights entry 'no-such-thing'; accepted: " in capsys.readouterr().err
-    assert cli.main(["download", "ldm-lsun-bedroom"]) == 2
+    assert cli.main(["download", "fid-ref-ms_coco"]) == 2
     assert "cannot be downloaded automatically" in capsys.readouterr().err
     weights.register(Entry("t-404", "x.bin", "x", "T_404", (RemoteFile(url + "missing.bin", sha(b"")),)))
     assert cli.main(["download", "t-404"]) == 2

@@ -11,7 +11,8 @@ Diffusion adds classifier-free guidance, eps = eps_u + g (eps_c - eps_u) with g 
 denoiser call (evals_per_call = 2), run as one batch of 2B.
 
 The models are read from diffusers folders (LSUN: unet/ UNet2DModel + vqvae/ VQModel + scheduler/; SD v1.5: unet/,
-vae/, text_encoder/, tokenizer/, scheduler/). Tests build the same classes from tiny configs with random weights.
+vae/, text_encoder/, tokenizer/, scheduler/); LSUN also straight from CompVis' model.ckpt (bench.models.ldm_convert).
+Tests build the same classes from tiny configs with random weights.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ class LSUNBedroomLDM(DiscreteEpsModel):
         if components:
             self.unet, self.vqvae = components["unet"], components.get("vqvae")
             cfg.update(components.get("scheduler_config", {}))
-        elif self.path.joinpath("scheduler", "scheduler_config.json").exists():
+        elif self.path.joinpath("scheduler", "scheduler_config.json").is_file():
             cfg.update(_read_json(self.path / "scheduler" / "scheduler_config.json"))
         self.set_schedule(cfg)
         self.shape = tuple(shape_of(self.unet)) if self.unet is not None else self.shape
@@ -134,9 +135,14 @@ class LSUNBedroomLDM(DiscreteEpsModel):
     def load(self) -> None:
         if self.unet is None:
             self.check_available()
-            from diffusers import UNet2DModel, VQModel
-            self.unet = UNet2DModel.from_pretrained(self.path, subfolder="unet", torch_dtype=self.net_dtype)
-            self.vqvae = VQModel.from_pretrained(self.path, subfolder="vqvae", torch_dtype=self.net_dtype)
+            if self.path.is_file():                 # the CompVis checkpoint: rename its weights into diffusers
+                from . import ldm_convert
+                self.unet, self.vqvae = ldm_convert.build(ldm_convert.read_state_dict(self.path))
+                self.unet, self.vqvae = self.unet.to(self.net_dtype), self.vqvae.to(self.net_dtype)
+            else:
+                from diffusers import UNet2DModel, VQModel
+                self.unet = UNet2DModel.from_pretrained(self.path, subfolder="unet", torch_dtype=self.net_dtype)
+                self.vqvae = VQModel.from_pretrained(self.path, subfolder="vqvae", torch_dtype=self.net_dtype)
         for m in (self.unet, self.vqvae):
             if m is not None:
                 m.eval().requires_grad_(False).to(self.device)
