@@ -174,3 +174,22 @@ def test_coefficient_matrix_fig_a1_layout():
     assert list(m.index) == ["AFS", "step 1", "step 2"]
     assert m.loc["step 2", "Σw"] == pytest.approx(1.1) and m.loc["step 1", "s"] == 0.9
     assert np.isnan(m.loc["AFS", "s"]) and np.isnan(m.loc["AFS", "w[n-1]"])
+
+
+def test_transfer_matrix_from_distilled_on():
+    from bench.report.render import _has_transfer, transfer_measured
+    rows = []
+    for model in ("gmm2d", "gmm64"):
+        rows.append(dict(model=model, solver="ipndm", label="iPNDM", family="handcrafted", distilled_on="",
+                         metric="fd", nfe=3, value=1.0, status="ok"))
+        for i, src in enumerate(("gmm2d", "gmm64")):
+            rows.append(dict(model=model, solver="dyweight", label=f"DyWeight (C.-{src})", family="learned",
+                             distilled_on=src, metric="fd", nfe=3, value=0.1 if src == model else 0.5 + i,
+                             status="ok"))
+    df = pd.DataFrame(rows)
+    m = transfer_measured(df, "fd", 3)
+    assert list(m.columns) == ["C.-gmm2d", "C.-gmm64", "iPNDM"] and list(m.index) == ["gmm2d", "gmm64"]
+    assert m.loc["gmm2d", "C.-gmm2d"] == 0.1 and m.loc["gmm2d", "C.-gmm64"] == 1.5
+    assert m.loc["gmm64", "C.-gmm2d"] == 0.5 and m.loc["gmm64", "iPNDM"] == 1.0
+    native = df[df.distilled_on == df.model]
+    assert not _has_transfer(native) and transfer_measured(native, "fd", 3) is None

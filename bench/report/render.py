@@ -36,11 +36,19 @@ def _provenance(g: pd.DataFrame) -> str:
     ])
 
 
+def _has_transfer(df: pd.DataFrame) -> bool:
+    """Whether some learned solver was evaluated on a model other than the one it was distilled on."""
+    if "distilled_on" not in df:
+        return False
+    src = df.distilled_on.fillna("").astype(str)
+    return bool(((src != "") & (src != df.model.astype(str))).any())
+
+
 def transfer_measured(df: pd.DataFrame, metric: str, nfe: int) -> pd.DataFrame | None:
     """Rows = evaluated on, columns = "C.-<model the coefficients were distilled on>" (native DyWeight rows count
     for their own model) plus every handcrafted solver of the grid; None without transfer rows."""
     sel = df[(df.metric == metric) & (df.nfe == nfe)]
-    if "distilled_on" not in sel or not (sel.distilled_on.astype(str) != "").any():
+    if not _has_transfer(sel):
         return None
     sel = sel.assign(value=sel.value.where(sel.status == "ok"))
     learned = sel[sel.solver == "dyweight"]
@@ -91,7 +99,7 @@ def render_grid(df: pd.DataFrame, grid: str, results_dir: Path, reports_dir: Pat
                 md += ["Failed cells:", ""] + [f"- {r.label} NFE {r.nfe}: {r.error}" for r in failed.itertuples()]
                 md += [""]
     # transfer matrix (Table A.1 analogue)
-    if "distilled_on" in g and (g.distilled_on.astype(str) != "").any():
+    if _has_transfer(g):
         md += ["## Cross-model transfer (paper Table A.1 analogue)", ""]
         for metric in dict.fromkeys(g.metric):
             nfe = int(g.nfe.min())
