@@ -153,6 +153,8 @@ def _malicious_pickle(payload_src=None, global_=None):
     ("import torch\neval(\"open('{flag}', 'w')\")\nclass X: pass\n", "forbidden name 'eval'"),
     ("import torch\nx = ().__class__.__base__.__subclasses__()\nclass X: pass\n", "forbidden attribute"),
     ("import torch\ntorch.hub.load('x', 'y')\nclass X: pass\n", "forbidden attribute '(hub|load)'"),
+    ("from torch import hub\nclass X: pass\n", "imports the forbidden name 'hub' from torch"),
+    ("from torch_utils import misc\nimport subprocess\nclass X: pass\n", "imports 'subprocess'"),
 ])
 def test_refuses_malicious_embedded_source(tmp_path, monkeypatch, src, words):
     _persistence(monkeypatch)

@@ -53,7 +53,9 @@ FORBIDDEN_NAMES = {"eval", "exec", "compile", "open", "__import__", "getattr", "
 ALLOWED_DUNDERS = {"__init__", "__name__", "__class__", "__doc__"}
 FORBIDDEN_ATTRS = {"hub", "load", "save", "cpp_extension", "system", "popen", "spawn", "remove", "unlink", "rmtree",
                    "fromfile", "tofile", "memmap", "ctypeslib", "ctypes", "subprocess", "_C", "ops", "library",
-                   "jit", "classes", "rename", "write", "write_bytes", "write_text", "chdir", "environ"}
+                   "jit", "classes", "rename", "write", "write_bytes", "write_text", "chdir", "environ",
+                   "from_file", "package", "compile", "distributed", "savez", "savez_compressed", "savetxt",
+                   "loadtxt", "genfromtxt", "fromregex", "multiprocessing", "utils"}
 SAFE_BUILTINS = {name: getattr(builtins, name) for name in [
     "abs", "all", "any", "bool", "dict", "enumerate", "float", "int", "isinstance", "issubclass", "len", "list",
     "map", "max", "min", "object", "print", "range", "reversed", "round", "set", "sorted", "staticmethod",
@@ -114,6 +116,10 @@ def check_source(src: str, class_name: str = "?") -> str | None:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 raise UnsafePickleError(f"embedded source of {class_name!r} uses a relative import")
+            for a in node.names:
+                if a.name == "*" or a.name in FORBIDDEN_ATTRS | FORBIDDEN_NAMES or a.name.startswith("__"):
+                    raise UnsafePickleError(f"embedded source of {class_name!r} imports the forbidden name "
+                                            f"{a.name!r} from {node.module}")
             mods = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in ALLOWED_IMPORTS | SKIPPED_IMPORTS
                     else node.module for a in node.names]
         else:
@@ -148,6 +154,9 @@ def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):
         raise ImportError("use `from torch_utils import persistence`")
     if name not in ALLOWED_IMPORTS:
         raise ImportError(f"embedded network source may not import {name!r}")
+    bad = [n for n in (fromlist or ()) if n in FORBIDDEN_ATTRS or n.startswith("__")]
+    if bad:
+        raise ImportError(f"embedded network source may not import {bad[0]!r} from {name!r}")
     return builtins.__import__(name, globals, locals, fromlist, level)
 
 
