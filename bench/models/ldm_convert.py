@@ -63,7 +63,10 @@ class _CkptUnpickler(pickle.Unpickler):
             return _Inert
         if module.startswith("numpy") and name in ("scalar", "dtype", "_reconstruct", "ndarray"):
             import numpy as np
-            from numpy._core import multiarray
+            try:
+                from numpy._core import multiarray
+            except ImportError:                       # numpy < 2
+                from numpy.core import multiarray
             return {"scalar": multiarray.scalar, "_reconstruct": multiarray._reconstruct, "dtype": np.dtype,
                     "ndarray": np.ndarray}[name]
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from an LDM checkpoint (not on the allow-list)")
