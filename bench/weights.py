@@ -16,11 +16,15 @@ says plainly when an entry has no recorded checksum.
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.models.base import Requirement
+
+try:
+    import tomllib
+except ModuleNotFoundError:             # Python 3.10
+    import tomli as tomllib
 
 CONFIG_ENV = "FEWSTEP_CONFIG"
 ROOT_ENV = "FEWSTEP_WEIGHTS"
