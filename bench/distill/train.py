@@ -138,9 +138,10 @@ def _student_states(student, den, x_T, sigmas, afs, path: bool):
 def evaluate(student, source, sigmas, afs, data, batch_size: int = 500) -> float:
     """Mean relative endpoint error of the student against the teacher on held-out pairs."""
     errs = []
+    conds = source.conditions(data.seeds) if source.model is not None else None
     for lo in range(0, len(data.seeds), batch_size):
         idx = torch.arange(lo, min(lo + batch_size, len(data.seeds)))
-        den = source.denoiser(take(source.conditions(data.seeds), idx) if source.model is not None else None)
+        den = source.denoiser(take(conds, idx))
         x = student.sample(den, data.x_T[idx], sigmas, afs=afs)
         errs.append(relative_error(x.double(), data.targets[idx].double()))
     return float(torch.cat(errs).mean())
