@@ -177,22 +177,29 @@ def transfer_heatmap(matrix: pd.DataFrame, base: Path, title: str, value_label: 
 
 # ---- training curves (Fig. 5) -------------------------------------------------------------------
 def training_curves(solvers: list[dict], base: Path, title: str) -> list[Path]:
-    """Loss (left) and held-out error (right) against the optimisation step, one line per distilled solver."""
+    """Loss (left) and held-out error (right) against the optimisation step, one line per distilled solver.
+    A run whose metadata lacks a curve (e.g. "loss" holding the loss's name, not its values) skips that panel."""
     runs = [(f"{s['model']} {s['name']}", s["state"].get("metadata", {}).get("training") or {}) for s in solvers]
-    runs = [(n, t) for n, t in runs if t.get("step")]
+    has_loss = lambda t: isinstance(t.get("loss"), list) and isinstance(t.get("step"), list)  # noqa: E731
+    has_eval = lambda t: isinstance(t.get("eval_error"), list) and len(t.get("eval_error")) > 0  # noqa: E731
+    runs = [(n, t) for n, t in runs if has_loss(t) or has_eval(t)]
     if not runs:
         raise ValueError("no training curves recorded in the distilled solvers")
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     palette = sns.color_palette("tab10", len(runs))
     for color, (name, t) in zip(palette, runs):
-        a.plot(t["step"], t["loss"], color=color, label=name, linewidth=1)
-        if t.get("eval_step"):
+        if has_loss(t):
+            a.plot(t["step"][:len(t["loss"])], t["loss"], color=color, label=name, linewidth=1)
+        if has_eval(t):
             b.plot(t["eval_step"], t["eval_error"], color=color, marker="o", markersize=3, label=name)
-    for ax, y in ((a, "training loss"), (b, "held-out error")):
+    for ax, y in ((a, "training loss"), (b, "held-out error vs teacher")):
         ax.set_xlabel("optimisation step")
         ax.set_ylabel(y)
-        ax.set_yscale("log")
-    a.legend(fontsize=6)
+        if ax.lines:
+            ax.set_yscale("log")
+            ax.legend(fontsize=6)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, base)

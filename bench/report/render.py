@@ -130,10 +130,11 @@ def render_grid(df: pd.DataFrame, grid: str, results_dir: Path, reports_dir: Pat
             md += ["| solver | steps | final loss | final held-out error | wall time (s) |", "|---|---|---|---|---|"]
             for s in solvers:
                 t = s["state"].get("metadata", {}).get("training", {})
-                if t.get("loss"):
-                    ev = tables.fmt(t["eval_error"][-1]) if t.get("eval_error") else "–"
-                    md.append(f"| {s['model']} {s['name']} | {t['step'][-1]} | {t['loss'][-1]:.3g} | {ev} | "
-                              f"{t.get('wall_time', float('nan')):.1f} |")
+                loss = tables.fmt(t["loss"][-1]) if isinstance(t.get("loss"), list) and t["loss"] else "–"
+                ev = tables.fmt(t["eval_error"][-1]) if isinstance(t.get("eval_error"), list) and t["eval_error"] else "–"
+                steps = t["step"][-1] + 1 if isinstance(t.get("step"), list) and t["step"] else t.get("steps", "–")
+                md.append(f"| {s['model']} {s['name']} | {steps} | {loss} | {ev} | "
+                          f"{float(t.get('wall_time', float('nan'))):.1f} |")
             md.append("")
         except ValueError:
             pass
