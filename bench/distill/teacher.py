@@ -84,12 +84,14 @@ class Source:
                 raise ValueError(f"noise_shape {tuple(noise_shape)} differs from the model's shape "
                                  f"{tuple(target.shape)}; leave it out for a Model")
             self.dtype = dtype or target.dtype
+            self.device = target.device
         elif callable(target):
             self.model = None
             if noise_shape is None:
                 raise ValueError("distilling a plain denoiser(x, sigma) needs noise_shape=(...), one sample's shape")
             self.shape = tuple(int(v) for v in noise_shape)
             self.dtype = dtype or torch.float32
+            self.device = "cpu"
         else:
             raise ValueError(f"distill needs a bench.models.Model or a callable denoiser(x, sigma), got "
                              f"{type(target).__name__}")
@@ -207,6 +209,7 @@ class Cache:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{key}.{os.getpid()}.tmp"
+        data = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
         torch.save({**data, "key": key, "format": CACHE_FORMAT}, tmp)
         os.replace(tmp, self.root / f"{key}.pt")
 
@@ -246,7 +249,7 @@ def endpoints(source: Source, teacher: Teacher, seeds: Sequence[int], ident: dic
     key = cache_key(parts)
     hit = cache.load(key)
     if hit is not None:
-        return TeacherSet(list(seeds), hit["x_T"], hit["targets"], key, True, 0.0)
+        return TeacherSet(list(seeds), hit["x_T"].to(source.device), hit["targets"].to(source.device), key, True, 0.0)
     t0 = time.perf_counter()
     solver = teacher.build()
     x_T, out = _run(source, seeds, batch_size, lambda den, x: solver.sample(
@@ -284,7 +287,7 @@ def path_states(source: Source, teacher: Teacher, sigmas: Sequence[float], subst
     key = cache_key(parts)
     hit = cache.load(key)
     if hit is not None:
-        return TeacherSet(list(seeds), hit["x_T"], hit["targets"], key, True, 0.0)
+        return TeacherSet(list(seeds), hit["x_T"].to(source.device), hit["targets"].to(source.device), key, True, 0.0)
     t0 = time.perf_counter()
     solver = teacher.build()
 
