@@ -1,0 +1,316 @@
+"""The harness: grid validation, cells, determinism, learned solvers, failed cells (bench/grid.py, bench/runner.py)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench.models
+from bench import grid as grids
+from bench import results, runner
+from bench.models.gmm import GaussianMixture, gmm2d
+from solvers.dyweight import DyWeight
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = """
+name = "{name}"
+nfe = {nfe}
+num_samples = {num_samples}
+batch_size = {batch_size}
+[[models]]
+name = "{model}"
+metrics = ["fd_exact", "endpoint_error"]
+"""
+
+
+def write_grid(tmp_path: Path, solvers_toml: str, name: str = "t", nfe="[3, 5]", num_samples: int = 40,
+               batch_size: int = 16, model: str = "gmm2d", extra: str = "") -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(BASE.format(name=name, nfe=nfe, num_samples=num_samples, batch_size=batch_size, model=model)
+                 + extra + solvers_toml)
+    return p
+
+
+IPNDM = '[[solvers]]\nname = "ipndm"\nlabel = "iPNDM"\nafs = true\n'
+EULER = '[[solvers]]\nname = "euler"\nlabel = "Euler"\n'
+
+
+# ---- grids ------------------------------------------------------------------------------------------------------
+def test_quick_grid_expands_to_its_cells():
+    g = grids.load("quick")
+    assert {c.model for c in g.cells} >= {"gmm2d", "gmm64"}
+    labels = {c.entry.label for c in g.cells}
+    assert {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"} <= labels
+    assert {c.nfe for c in g.cells} == {3, 5, 7, 9}
+    assert all(c.entry.afs for c in g.cells)
+    for c in g.cells:                                   # one evaluation per step, AFS saves one: N = NFE + 2
+        assert c.num_points == c.nfe + 2
+    assert len({c.key for c in g.cells}) == len(g.cells)
+    assert all(set(c.metrics) == {"fd_exact", "endpoint_error"} for c in g.cells if c.model.startswith("gmm"))
+
+
+def test_cell_key_ignores_batch_size_and_label_but_not_seeds(tmp_path):
+    a = grids.load(write_grid(tmp_path, IPNDM)).cells[0]
+    b = grids.load(write_grid(tmp_path, IPNDM.replace('"iPNDM"', '"other"'), batch_size=3)).cells[0]
+    c = grids.load(write_grid(tmp_path, IPNDM, num_samples=41)).cells[0]
+    assert a.key == b.key and a.key != c.key
+
+
+@pytest.mark.parametrize("solvers_toml, extra, needle", [
+    ('[[solvers]]\nname = "nope"\n', "", "unknown solver 'nope'; accepted: euler"),
+    (IPNDM + 'schedule = "cosine"\n', "", "unknown schedule 'cosine'; accepted: polynomial"),
+    (IPNDM + "colour = 1\n", "", "unknown key 'colour'"),
+    (IPNDM + "options = { max_order = 9 }\n", "", "max_order must be"),
+    ('[[solvers]]\nname = "heun"\nlabel = "Heun"\n', "", "heun cannot spend exactly NFE=3"),
+    ('[[solvers]]\nname = "dyweight"\nreleased = true\nafs = true\n', "", "has no released DyWeight coefficients"),
+    ('[[solvers]]\nname = "ipndm"\ndistill = {}\n', "", 'need name = "dyweight"'),
+    (IPNDM + IPNDM, "", "label 'iPNDM' is used twice"),
+])
+def test_bad_solver_entries_are_rejected_naming_what_is_accepted(tmp_path, solvers_toml, extra, needle):
+    with pytest.raises(ValueError, match=None) as err:
+        grids.load(write_grid(tmp_path, solvers_toml, extra=extra))
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_models_metrics_and_files_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'nope'; accepted: gmm2d"):
+        grids.load(write_grid(tmp_path, IPNDM, model="nope"))
+    p = write_grid(tmp_path, IPNDM)
+    p.write_text(p.read_text().replace('"endpoint_error"', '"nope_metric"'))
+    with pytest.raises(ValueError, match="unknown metric 'nope_metric'; accepted: .*fd_exact"):
+        grids.load(p)
+    p.write_text("name = [unclosed\n")
+    with pytest.raises(ValueError, match="is not valid TOML"):
+        grids.load(p)
+    with pytest.raises(ValueError, match="unknown grid 'nope'; accepted: .*quick"):
+        grids.load("nope")
+    with pytest.raises(FileNotFoundError, match="no grid file"):
+        grids.load(tmp_path / "absent.toml")
+    p.write_text('name = "k"\nkind = "mystery"\n')
+    with pytest.raises(ValueError, match="unknown grid kind 'mystery'; accepted: sampling, numerical_study"):
+        grids.load(p)
+    with pytest.raises(ValueError, match="'nfe' must be"):
+        grids.load(write_grid(tmp_path, IPNDM, nfe="[0]"))
+
+
+def test_unreachable_budgets_can_be_skipped(tmp_path):
+    heun = '[[solvers]]\nname = "heun"\nlabel = "Heun"\nskip_unreachable = true\n'
+    g = grids.load(write_grid(tmp_path, IPNDM + heun, nfe="[3, 4]"))
+    assert [(c.entry.label, c.nfe) for c in g.cells] == [("iPNDM", 3), ("iPNDM", 4), ("Heun", 4)]
+    assert [(s[1], s[2]) for s in g.skipped] == [("Heun", 3)]
+
+
+class MissingWeights(GaussianMixture):
+    def requirements(self):
+        return [bench.models.Requirement("tiny-weights.pt", Path("/nonexistent/tiny-weights.pt"), env="TINY_PATH")]
+
+
+def missing_weights_model():
+    g = gmm2d()
+    m = MissingWeights("needs_weights", g.pi, g.mu, g.U @ torch.diag_embed(g.lam) @ g.U.transpose(1, 2))
+    return m
+
+
+def test_missing_weights_stop_the_run_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.models._REGISTRY, "needs_weights", "test_harness:missing_weights_model")
+    g = grids.load(write_grid(tmp_path, IPNDM, model="needs_weights"))
+    with pytest.raises(FileNotFoundError, match="tiny-weights.pt at /nonexistent/tiny-weights.pt; set TINY_PATH"):
+        runner.run(g, tmp_path / "res", progress=False, out=lambda s: None)
+    assert results.load(tmp_path / "res").empty
+    lines = []
+    assert runner.dry_run(g, tmp_path / "res", out=lines.append) == 1
+    assert any("MISSING" in line for line in lines)
+
+
+# ---- running ----------------------------------------------------------------------------------------------------
+def test_samples_do_not_depend_on_batch_size():
+    g = grids.load("quick", {"num_samples": 23, "nfe": [5]})
+    c = next(c for c in g.cells if c.model == "gmm64" and c.entry.label == "UniPC")
+    model, b = g.models["gmm64"], runner.Builder(g, Path("."), runner.Dist())
+    solver, sigmas = b.solver(c), b.sigmas(c)
+    full, _ = runner.sample_shard(model, solver, sigmas, c.seeds, True, 23, False)
+    small, _ = runner.sample_shard(model, solver, sigmas, c.seeds, True, 4, False)
+    shards = [runner.sample_shard(model, solver, sigmas, runner.Dist(r, 3).shard(c.seeds), True, 5, False)[0]
+              for r in range(3)]
+    torch.testing.assert_close(small, full, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(torch.cat(shards), full, rtol=1e-13, atol=1e-13)
+
+
+def test_run_stores_every_cell_with_its_columns(tmp_path):
+    g = grids.load(write_grid(tmp_path, IPNDM + EULER))
+    lines = []
+    assert runner.run(g, tmp_path, progress=False, out=lines.append) == 4
+    df = results.load(tmp_path)
+    assert len(df) == 4 * 2 and (df["status"] == "ok").all()
+    for col in ("grid", "model", "solver", "label", "family", "options", "nfe", "afs", "schedule", "metric", "value",
+                "status", "error", "num_samples", "seeds", "code_version", "config_hash", "torch_version", "device",
+                "wall_time", "created_at"):
+        assert col in df.columns
+    row = df[(df.label == "iPNDM") & (df.nfe == 5) & (df.metric == "endpoint_error")].iloc[0]
+    assert row.solver == "ipndm" and row.family == "handcrafted" and bool(row.afs) and row.seeds == "0-39"
+    assert row.schedule == "polynomial" and row.num_samples == 40 and 0 < row.value < 1
+    assert "iPNDM +AFS" in lines[-1] and "endpoint_error" in lines[-1]     # the compact table
+    # a second run finds everything stored and computes nothing
+    assert runner.run(g, tmp_path, progress=False, out=lines.append) == 0
+    assert len(results.load(tmp_path)) == 8
+
+
+def test_endpoint_error_matches_a_direct_computation(tmp_path):
+    g = grids.load(write_grid(tmp_path, EULER, nfe="[4]", num_samples=12))
+    runner.run(g, tmp_path, progress=False, out=lambda s: None)
+    value = results.load(tmp_path).query("metric == 'endpoint_error'").value.item()
+    model = gmm2d()
+    sigmas = model.grid(5)
+    x_T = model.noise(range(12))
+    import solvers
+    x = solvers.get("euler").sample(model.denoiser(), x_T, sigmas)
+    ref = model.reference_solution(x_T, 80.0, 0.002)
+    expect = ((x - ref).norm(dim=1) / ref.norm(dim=1)).mean().item()
+    assert value == pytest.approx(expect, rel=1e-9)
+    assert list((tmp_path / "cache" / "reference").glob("gmm2d-*.pt"))            # cached for later cells
+
+
+class NanAbove(GaussianMixture):
+    """A denoiser that returns NaN at sigma_max for the samples whose first coordinate is large."""
+
+    def denoiser(self, cond=None):
+        def den(x, sigma):
+            out = self.denoise(x, sigma)
+            return torch.where((x[:, :1] > 40) & (sigma[:, None] > 79), torch.nan, out)
+        return den
+
+
+def nan_model():
+    g = gmm2d()
+    return NanAbove("nan_gmm", g.pi, g.mu, g.U @ torch.diag_embed(g.lam) @ g.U.transpose(1, 2))
+
+
+def test_a_cell_with_nonfinite_samples_is_stored_as_failed_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.models._REGISTRY, "nan_gmm", "test_harness:nan_model")
+    no_afs = IPNDM.replace("afs = true", "afs = false")
+    g = grids.load(write_grid(tmp_path, no_afs + EULER.replace("Euler", "Euler AFS") + "afs = true\n",
+                              model="nan_gmm", nfe="[4]", num_samples=200))
+    runner.run(g, tmp_path, progress=False, out=lambda s: None)
+    df = results.load(tmp_path)
+    bad = df[df.label == "iPNDM"]
+    assert (bad.status == "failed").all() and bad.value.isna().all()
+    assert bad.error.str.contains("non-finite").all()
+    ok = df[df.label == "Euler AFS"]                       # AFS skips the call at sigma_max: no NaN
+    assert (ok.status == "ok").all() and ok.value.notna().all()
+
+
+# ---- learned solvers ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def fake_distill(monkeypatch):
+    """bench.distill replaced by a recorder that returns an Adams-Bashforth-initialised DyWeight."""
+    calls = []
+
+    def distill(kind, model, sigmas, afs=True, seed=0, cache_dir=None, **options):
+        calls.append({"kind": kind, "model": model.name, "n": len(sigmas), "afs": afs, "seed": seed,
+                      "cache_dir": cache_dir, "options": options})
+        s = DyWeight.from_options(num_points=len(sigmas), afs=afs)
+        with torch.no_grad():
+            s.time_scale.fill_(0.99)
+        s.metadata["training"] = {"step": [0], "loss": [1.0]}
+        return s
+
+    monkeypatch.setitem(sys.modules, "bench.distill", types.SimpleNamespace(distill=distill))
+    return calls
+
+
+DYW = '[[solvers]]\nname = "dyweight"\nlabel = "DyWeight"\nafs = true\ndistill = { seed = 3, steps = 7 }\n'
+
+
+def test_distilled_solvers_are_saved_and_reused(tmp_path, fake_distill):
+    g = grids.load(write_grid(tmp_path, DYW, name="dg"))
+    runner.run(g, tmp_path, progress=False, out=lambda s: None)
+    assert [(c["model"], c["n"], c["seed"], c["options"]) for c in fake_distill] == \
+        [("gmm2d", 5, 3, {"steps": 7}), ("gmm2d", 7, 3, {"steps": 7})]
+    assert fake_distill[0]["cache_dir"] == tmp_path / "cache"
+    path = tmp_path / "solvers" / "dg" / "gmm2d" / "DyWeight-nfe3.json"
+    saved = json.loads(path.read_text())
+    assert saved["metadata"]["training"]["loss"] == [1.0] and saved["time_scale"] == [0.99] * 3
+    df = results.load(tmp_path)
+    assert (df.family == "learned").all() and (df.distilled_on == "gmm2d").all()
+    # new samples count -> new cells, but the distilled solvers are reused from disk
+    runner.run(grids.load(write_grid(tmp_path, DYW, name="dg", num_samples=30)), tmp_path, progress=False,
+               out=lambda s: None)
+    assert len(fake_distill) == 2 and len(results.load(tmp_path)) == 8
+    # changed distillation settings -> distilled again
+    runner.run(grids.load(write_grid(tmp_path, DYW.replace("steps = 7", "steps = 8"), name="dg")), tmp_path,
+               progress=False, out=lambda s: None)
+    assert len(fake_distill) == 4
+
+
+def test_transfer_distils_on_the_source_model_only_once(tmp_path, fake_distill):
+    toml = write_grid(tmp_path, DYW.replace('"DyWeight"', '"DyWeight (gmm64)"') + 'distill_from = "gmm64"\n',
+                      name="tr", nfe="[3]")
+    toml.write_text(toml.read_text().replace('[[solvers]]', '[[models]]\nname = "gmm64"\n'
+                                             'metrics = ["fd_exact"]\n\n[[solvers]]', 1))
+    g = grids.load(toml)
+    runner.run(g, tmp_path, progress=False, out=lambda s: None)
+    assert [c["model"] for c in fake_distill] == ["gmm64"]
+    df = results.load(tmp_path)
+    assert set(df.model) == {"gmm2d", "gmm64"} and set(df.distilled_on) == {"gmm64"}
+    assert (tmp_path / "solvers" / "tr" / "gmm64" / "DyWeight_(gmm64)-nfe3.json").exists()
+
+
+def test_transfer_quick_grid_pairs_every_embedded_model():
+    g = grids.load("transfer_quick")
+    learned = [c for c in g.cells if c.entry.distill_from]
+    sources = {c.entry.distill_from for c in learned}
+    targets = {c.model for c in g.cells}
+    assert {"gmm2d", "gmm64"} <= sources and sources == targets
+    assert {(c.entry.distill_from, c.model) for c in learned} == {(s, t) for s in sources for t in targets}
+
+
+def released_gmm():
+    m = gmm2d()
+    m.released_key = "cifar10"
+    return m
+
+
+def test_released_coefficients_use_the_checkpoint_grid(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.models._REGISTRY, "gmm_rel", "test_harness:released_gmm")
+    rel = '[[solvers]]\nname = "dyweight"\nlabel = "DyWeight (released)"\nafs = true\nreleased = true\n'
+    g = grids.load(write_grid(tmp_path, rel, model="gmm_rel", nfe="[3, 5]", num_samples=8))
+    assert [c.num_points for c in g.cells] == [5, 7]
+    runner.run(g, tmp_path, progress=False, out=lambda s: None)
+    df = results.load(tmp_path)
+    assert (df.status == "ok").all() and (df.distilled_on == "released:cifar10").all()
+    with pytest.raises(ValueError, match="trained with afs=true"):
+        grids.load(write_grid(tmp_path, rel.replace("afs = true", "afs = false"), model="gmm_rel"))
+    with pytest.raises(ValueError, match="released NFEs"):
+        grids.load(write_grid(tmp_path, rel, model="gmm_rel", nfe="[30]"))
+
+
+# ---- world sizes --------------------------------------------------------------------------------------------------
+def test_two_gloo_processes_give_the_results_of_one(tmp_path):
+    toml = write_grid(tmp_path, IPNDM + EULER, name="ws", nfe="[3]", num_samples=90, batch_size=16, model="gmm64")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", str(toml), "--results-dir",
+                          str(tmp_path / "one"), "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "bench", "run", "--grid", str(toml), "--results-dir", str(tmp_path / "two"),
+                          "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr
+    a, b = results.load(tmp_path / "one"), results.load(tmp_path / "two")
+    assert len(a) == len(b) == 4
+    assert (b.world_size == 2).all() and (a.world_size == 1).all()
+    key = ["label", "nfe", "metric"]
+    a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    assert (a.cell_key == b.cell_key).all()
+    for x, y in zip(a.value, b.value):
+        assert math.isclose(x, y, rel_tol=1e-10)   # FD is full-rank here (90 samples > 64 dims)
