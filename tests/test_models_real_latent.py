@@ -181,3 +181,11 @@ def test_prompt_conditions_are_lazy_and_read_every_prompt_format(tmp_path):
         conditions.load_prompts(tmp_path / "empty.txt")
     with pytest.raises(ValueError, match="accepted: random, cycle"):
         conditions.prompts_for_seeds(["a"], [0], "shuffle")
+
+
+def test_random_prompts_are_distinct_across_the_first_seeds():
+    from bench.models import conditions
+    prompts = [f"caption {i}" for i in range(1000)]
+    got = conditions.prompts_for_seeds(prompts, range(1000))
+    assert len(set(got)) == 1000 and got != prompts                      # a shuffle, no repeats
+    assert conditions.prompts_for_seeds(prompts, [7, 3]) == [got[7], got[3]]

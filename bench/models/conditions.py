@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -63,12 +64,19 @@ def load_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+@lru_cache(maxsize=8)
+def _permutation(n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(PROMPT_SALT))
+
+
 def prompts_for_seeds(prompts: Sequence[str], seeds: Sequence[int], mode: str = "random") -> list[str]:
-    """The prompt of each seed: 'random' draws an index from the seed's generator (MS-COCO: 30k captions drawn from
-    the validation set); 'cycle' takes prompt seed mod len (DrawBench: every prompt in order)."""
+    """The prompt of each seed. 'random': seed s takes entry s (mod len) of one fixed shuffle of the prompt list, so
+    seeds 0..n-1 get n distinct prompts in random order (MS-COCO: 30k distinct captions of the validation set);
+    'cycle': prompt s mod len in file order (DrawBench: every prompt in turn)."""
     n = len(prompts)
     if mode == "random":
-        return [prompts[int(torch.randint(n, (1,), generator=_generator(s, PROMPT_SALT)))] for s in seeds]
+        perm = _permutation(n)
+        return [prompts[int(perm[int(s) % n])] for s in seeds]
     if mode == "cycle":
         return [prompts[int(s) % n] for s in seeds]
     raise ValueError(f"unknown prompt mode {mode!r}; accepted: random, cycle")
