@@ -176,6 +176,10 @@ def test_prompt_conditions_are_lazy_and_read_every_prompt_format(tmp_path):
     assert conditions.load_prompts(tmp_path / "db.csv") == ["A red cube.", "Two, cats"]
     assert conditions.load_prompts(tmp_path / "p.txt") == ["one", "two words"]
     assert conditions.prompts_for_seeds(["a", "b", "c"], [4, 5, 9], "cycle") == ["b", "c", "a"]
+    coco = {"annotations": [{"id": 3, "image_id": 1, "caption": "b second"}, {"id": 1, "image_id": 1, "caption": "a"},
+                            {"id": 2, "image_id": 2, "caption": " c  "}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    assert conditions.load_prompts(tmp_path / "coco.json") == ["a", "c"]          # one caption per image
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ValueError, match="holds no prompts"):
         conditions.load_prompts(tmp_path / "empty.txt")

@@ -34,7 +34,7 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def load_prompts(path: str | Path) -> list[str]:
-    """Read prompts from a COCO caption file (.json), a CSV with a 'Prompts'/'prompt'/'caption' column, or a text
+    """Read prompts from a COCO caption file (.json; the first caption of each image), a CSV with a 'Prompts'/'prompt'/'caption' column, or a text
     file with one prompt per line. Raises a one-line error naming the file when it holds no prompts."""
     path = Path(path)
     if not path.exists():
@@ -42,8 +42,11 @@ def load_prompts(path: str | Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and "annotations" in data:        # COCO captions_*.json
-            prompts = [a["caption"] for a in data["annotations"]]
+        if isinstance(data, dict) and "annotations" in data:        # COCO captions_*.json: one caption per image
+            first = {}
+            for a in sorted(data["annotations"], key=lambda a: a.get("id", 0)):
+                first.setdefault(a.get("image_id", id(a)), a["caption"])
+            prompts = list(first.values())
         elif isinstance(data, list):
             prompts = [p if isinstance(p, str) else p.get("caption") or p.get("prompt") for p in data]
         else:
