@@ -234,3 +234,19 @@ def test_bad_target_and_kind_fail_clearly(gmm, grid):
         distill("dyweight", gmm, list(grid)[::-1], cache_dir=False)
     with pytest.raises(ValueError, match="a bench.models.Model or a callable"):
         distill("dyweight", "gmm2d", grid, cache_dir=False)
+
+
+def test_explicit_cache_id_replaces_the_fingerprint(gmm, grid, tmp_path):
+    a = distill("dyweight", gmm.denoiser(), grid, noise_shape=(2,), dtype=torch.float64, seed=0, cache_dir=tmp_path,
+                cache_id="my-model-v1", **SMALL)
+    assert a.metadata["training"]["model_identity"] == {"cache_id": "my-model-v1"}
+    # the caller vouches for the identity: a cache hit even though this callable is a different object
+    b = distill("dyweight", lambda x, s: gmm.denoiser()(x, s), grid, noise_shape=(2,), dtype=torch.float64, seed=0,
+                cache_dir=tmp_path, cache_id="my-model-v1", **SMALL)
+    assert b.metadata["training"]["teacher_cache_hit"] and torch.equal(a.weights, b.weights)
+
+
+def test_without_afs(gmm):
+    g = gmm.grid(4)
+    s = distill("dyweight", gmm, g, afs=False, seed=0, cache_dir=False, **SMALL)
+    assert s.afs is False and s.time_scale.shape == (3,) and s.metadata["training"]["nfe"] == 3
