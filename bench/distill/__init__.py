@@ -12,7 +12,17 @@ time_scaling, num_samples, steps, batch_size, lr, loss, ...), plus cache_dir (te
 cache dir, False = no disk cache), cache_id (an explicit model identity for cache keys) and dtype (plain denoisers).
 
 Teacher trajectories are computed once per (model identity, teacher, sigma range, seeds, dtype) and reused by
-every student NFE and ablation (teacher.py explains the cache key).
+every student NFE and ablation (teacher.py explains the cache key and the model identity).
+
+Defaults (paper Appendix D.2 where it gives them; the rest measured on gmm64 with `python -m bench distill-bench`):
+teacher iPNDM, 35 steps, no AFS, final D(x, sigma_min); 4096 teacher pairs (seeds from 1e9, held out from the
+evaluation seeds 0..) plus 256 held-out pairs (seeds from 2e9) for the eval curve; K = 3, Adams-Bashforth init,
+time shifting and scaling on; endpoint MSE; Adam (0.9, 0.999, 1e-8), batch 16, 1000 steps, lr 2e-2 (NFE <= 3),
+1e-2 (<= 5), 5e-3 (<= 7), 3e-3 (more), 10% linear warm-up from 0.1 lr, cosine to 0.01 lr, grad-norm clip 1.
+
+Ablation switches (options): time_shift=False, time_scaling=False, history=K (1..N-1), supervision="path" (with
+path_substeps, see train.py), teacher=<solver>, teacher_steps=M, teacher_options={...}, num_samples=n,
+init="euler"|"uniform".
 """
 from __future__ import annotations
 
