@@ -100,6 +100,17 @@ def test_matches_scipy_sqrtm(rank):
     assert frechet.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(fd_sqrtm(mu1, s1, mu2, s2), rel=1e-6)
 
 
+def test_cholesky_and_eigh_routes_agree():
+    s1, s2 = random_covariance(80, 200, 7), random_covariance(80, 30, 8)
+    a = frechet.trace_sqrt_product(s1, s2, method="cholesky")
+    assert a == pytest.approx(frechet.trace_sqrt_product(s1, s2, method="eigh"), abs=1e-6)   # S2 singular
+    singular = random_covariance(80, 30, 9)
+    with pytest.raises(np.linalg.LinAlgError):
+        frechet.trace_sqrt_product(singular, s2, method="cholesky")
+    assert frechet.trace_sqrt_product(singular, s2) == pytest.approx(               # auto falls back to eigh
+        frechet.trace_sqrt_product(singular, s2, method="eigh"), rel=1e-12)
+
+
 def test_bad_statistics_are_refused():
     with pytest.raises(ValueError, match="dimension"):
         frechet.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))

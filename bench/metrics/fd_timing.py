@@ -17,7 +17,7 @@ from .frechet import feature_statistics, frechet_distance
 
 
 def fd_sqrtm(mu1, s1, mu2, s2) -> float:
-    root, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    root = scipy.linalg.sqrtm(s1 @ s2)
     return float(np.square(mu1 - mu2).sum() + np.trace(s1 + s2 - 2 * np.real(root)))
 
 
