@@ -186,6 +186,13 @@ def test_fid_50k_refuses_a_small_cell(inception_file, tmp_path):
         fid.compute(Cell(model=ImageModel(), samples=images(8, 0)))
 
 
+def test_registered_fid_metrics():
+    import bench.metrics
+    assert bench.metrics.get("fid").label == "FID-50k" and bench.metrics.get("fid").num_samples == 50_000
+    assert bench.metrics.get("fid_30k").label == "FID-30k"
+    assert not bench.metrics.get("fid").higher_is_better
+
+
 def test_missing_files_are_named(tmp_path, inception_file):
     fid = FID(inception=tmp_path / "inception-2015-12-05.pt", reference=tmp_path / "cifar10-32x32.npz")
     missing = [r for r in fid.requirements(ImageModel()) if not r.present]

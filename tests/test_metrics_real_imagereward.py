@@ -184,6 +184,13 @@ def test_larger_images_are_resized_and_cropped(files):
     assert metric.scores(big, PROMPTS[:2]).shape == (2,)
 
 
+def test_supports_text_to_image_models_only():
+    class TextToImage(PromptModel):
+        def prompts(self):
+            return PROMPTS
+    assert ImageReward().supports(TextToImage()) and not ImageReward().supports(PromptModel())
+
+
 def test_missing_files_are_named(tmp_path, files):
     _, ckpt, _ = files
     with pytest.raises(FileNotFoundError, match="ImageReward.pt"):

@@ -11,6 +11,7 @@ _REGISTRY: dict[str, str] = {
     "fd_digits": "bench.metrics.digits:FDDigits",
     "fd_pixels": "bench.metrics.digits:FDPixels",
     "fid": "bench.metrics.fid:FID",
+    "fid_30k": "bench.metrics.fid:fid_30k",
     "clip_score": "bench.metrics.clip_score:CLIPScore",
     "clip_score_b16": "bench.metrics.clip_score:clip_score_b16",
     "hpsv2": "bench.metrics.hpsv2:HPSv21",

@@ -7,8 +7,9 @@
   4. the Fréchet distance to the dataset's reference statistics (`mu`, `sigma` in EDM's fid-refs/*.npz),
      computed stably in float64 (frechet.py).
 
-50,000 samples by default (FID-50k); a cell with fewer samples is refused unless the metric is built with a smaller
-`num_samples`, and then it reports itself as FID-<n> so numbers of different sizes are never mixed up.
+50,000 samples by default (FID-50k, metric "fid"; "fid_30k" is the paper's MS-COCO protocol for SD and FLUX). A
+cell with fewer samples is refused; a metric built with another `num_samples` reports itself as FID-<n>, so numbers
+of different sizes are never mixed up.
 """
 from __future__ import annotations
 
@@ -109,6 +110,12 @@ class FID(Metric):
         mu_ref, sigma_ref = load_statistics(ref.path)
         mu, sigma = self.statistics(images)
         return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+
+
+def fid_30k(**options) -> FID:
+    """FID on 30,000 samples: the paper's MS-COCO protocol for Stable Diffusion and FLUX."""
+    options.setdefault("num_samples", 30_000)
+    return FID(**options)
 
 
 def write_reference(images: torch.Tensor, path, inception=None, batch_size: int = 250) -> Path:

@@ -70,7 +70,8 @@ class PromptImageMetric(Metric):
         self._loaded = None
 
     def supports(self, model: Model) -> bool:
-        return len(getattr(model, "shape", ())) == 3
+        """Text-to-image models: they draw a prompt per seed (a `prompts()` method, as SD and FLUX adapters have)."""
+        return callable(getattr(model, "prompts", None))
 
     def load(self):
         """Build the scorer from local files (called once)."""
