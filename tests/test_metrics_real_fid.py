@@ -16,7 +16,8 @@ import scipy.linalg
 import torch
 
 from bench.metrics import frechet
-from bench.metrics.features import InceptionFeatures, inception_mse, latent_mse, load_detector, to_uint8
+from bench.metrics.features import (InceptionFeatures, inception_feature_mse, inception_mse, latent_mse,
+                                    load_detector, to_uint8)
 from bench.metrics.fid import FID, write_reference
 from bench.models.base import Cell, Model
 
@@ -290,6 +291,16 @@ def test_inception_feature_distance(inception_file):
     d.mean().backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
     torch.testing.assert_close(dist(teacher, teacher), torch.zeros(4))
+
+
+def test_configured_inception_distance_reads_the_weights_entry(inception_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEWSTEP_INCEPTION", str(tmp_path / "absent.pt"))
+    x = images(2, 4)
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        inception_feature_mse(x, x)
+    monkeypatch.setenv("FEWSTEP_INCEPTION", str(inception_file))
+    torch.testing.assert_close(inception_feature_mse(x, x.flip(0)),
+                               inception_mse(InceptionFeatures(inception_file))(x, x.flip(0)))
 
 
 def test_latent_mse_is_per_sample():

@@ -19,6 +19,7 @@ the paper uses plain MSE in latent space (`latent_mse`).
 from __future__ import annotations
 
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -117,6 +118,20 @@ def inception_mse(extractor: InceptionFeatures) -> Callable[[torch.Tensor, torch
 
     return inception_feature_mse
 
+
+
+@lru_cache(maxsize=2)
+def _default_extractor(path: str) -> InceptionFeatures:
+    return InceptionFeatures(path)
+
+
+def inception_feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """`inception_mse` with the configured TF-Inception file (weights entry "inception-2015-12-05"), loaded once:
+    the paper's distillation distance for pixel-space models, ready for bench.distill.losses.register."""
+    req = inception_requirement()
+    if not req.present:
+        raise FileNotFoundError(req.missing_message())
+    return inception_mse(_default_extractor(str(req.path)))(student, teacher)
 
 
 def latent_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
