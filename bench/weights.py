@@ -212,3 +212,6 @@ register(Entry(
     "FEWSTEP_DRAWBENCH",
     (RemoteFile("https://docs.google.com/spreadsheets/d/1y7nAbmR4FREi6npB1u-Bo3GFdwdOPYJc617rBOxIRHY/export?format=csv"),),
     homepage="https://imagen.research.google/"))
+
+# The real metrics' files (TF-Inception, CLIP, HPSv2.1, ImageReward, BERT vocabulary) are registered beside these.
+from bench.metrics import files as _metric_files  # noqa: E402,F401
