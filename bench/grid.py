@@ -164,6 +164,9 @@ def load(name_or_path: str | Path, overrides: dict | None = None) -> Grid:
     path = path_of(name_or_path)
     raw = read(path)
     for k, v in (overrides or {}).items():
+        if "." in k or "[" in k:
+            set_path(raw, k, v)
+            continue
         raw[k] = v
         if k in ("num_samples", "batch_size", "nfe"):      # a command-line override beats per-model values
             for m in raw.get("models", []) if isinstance(raw.get("models"), list) else []:
@@ -184,6 +187,50 @@ def load(name_or_path: str | Path, overrides: dict | None = None) -> Grid:
     _unknown(raw, _TOP_KEYS, f"grid {name}")
     _expand(grid)
     return grid
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """'solvers[DyWeight].distill.steps=20' -> (path, 20); the value is read as TOML (a bare word as a string)."""
+    if "=" not in text:
+        raise ValueError(f"--set needs KEY=VALUE (e.g. num_samples=200 or solvers[DyWeight].distill.steps=20), "
+                         f"got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def set_path(raw: dict, path: str, value: Any) -> None:
+    """Set a dotted path in a grid; `models[NAME]` / `solvers[LABEL]` pick a table (`solvers[*]`: every one)."""
+    parts = path.split(".")
+    targets = [raw]
+    for depth, part in enumerate(parts):
+        m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(.+)\])?", part)
+        if not m:
+            raise ValueError(f"cannot read override path {path!r} at {part!r}")
+        name, sel = m.groups()
+        last = depth == len(parts) - 1
+        nxt = []
+        for t in targets:
+            if sel is None:
+                if last:
+                    t[name] = value
+                else:
+                    nxt.append(t.setdefault(name, {}))
+                continue
+            tables = t.get(name)
+            if not isinstance(tables, list):
+                raise ValueError(f"override {path!r}: {name!r} is not a list of tables")
+            found = [x for x in tables if sel == "*" or sel in (x.get("label"), x.get("name"))]
+            if not found:
+                have = [x.get("label", x.get("name")) for x in tables]
+                raise ValueError(f"override {path!r}: no {name} entry {sel!r}; accepted: {', '.join(map(str, have))}")
+            if last:
+                raise ValueError(f"override {path!r} must name a key inside {name}[{sel}]")
+            nxt += found
+        targets = nxt
 
 
 def _study_module(kind: str):

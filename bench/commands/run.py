@@ -14,6 +14,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-samples", type=int, help="override the grid's samples per cell (e.g. a fast check)")
     parser.add_argument("--batch-size", type=int, help="override the grid's batch size (results do not depend on it)")
     parser.add_argument("--nfe", type=int, nargs="+", help="override the grid's NFE list")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any grid value, e.g. --set num_samples=200 or "
+                             "--set 'solvers[DyWeight].distill.steps=50' (repeatable; values are TOML)")
     parser.add_argument("--retry-failed", action="store_true", help="recompute cells stored as failed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -23,6 +26,10 @@ def overrides(args) -> dict:
     for key in ("num_samples", "batch_size", "nfe"):
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
+    from bench.grid import parse_assignment
+    for text in getattr(args, "set", None) or []:
+        key, value = parse_assignment(text)
+        out[key] = value
     return out
 
 

@@ -1,0 +1,118 @@
+"""The command line: `python -m bench run|list`, bad input as one line before any work, the quick grid end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench.models
+from bench import results
+from bench.cli import main
+from bench.models.gmm import GaussianMixture, gmm2d
+
+SMALL = """
+name = "small"
+nfe = [3]
+num_samples = 16
+batch_size = 8
+[[models]]
+name = "gmm2d"
+metrics = ["fd_exact"]
+[[solvers]]
+name = "euler"
+label = "Euler"
+"""
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A results directory holding one finished small grid."""
+    (tmp_path / "small.toml").write_text(SMALL)
+    assert main(["run", "--grid", str(tmp_path / "small.toml"), "--results-dir", str(tmp_path / "res"),
+                 "--no-progress"]) == 0
+    return tmp_path
+
+
+class NeedsWeights(GaussianMixture):
+    def requirements(self):
+        return [bench.models.Requirement("tiny.pt", Path("/nonexistent/tiny.pt"), env="TINY_WEIGHTS")]
+
+
+def needs_weights():
+    g = gmm2d()
+    return NeedsWeights("needs_weights", g.pi, g.mu, g.U @ torch.diag_embed(g.lam) @ g.U.transpose(1, 2))
+
+
+@pytest.mark.parametrize("grid_text, args, needle", [
+    (None, ["--grid", "no_such_grid"], "unknown grid 'no_such_grid'; accepted: "),
+    ("name = [broken", [], "is not valid TOML"),
+    (SMALL.replace('name = "gmm2d"', 'name = "gmm3d"'), [], "unknown model 'gmm3d'; accepted: gmm2d, gmm64"),
+    (SMALL.replace('name = "euler"', 'name = "rk4"'), [], "unknown solver 'rk4'; accepted: euler, heun"),
+    (SMALL.replace('"fd_exact"', '"fid50k"'), [], "unknown metric 'fid50k'; accepted: "),
+    (SMALL.replace('name = "euler"', 'name = "heun"'), [], "heun cannot spend exactly NFE=3"),
+    (SMALL.replace('name = "gmm2d"', 'name = "needs_weights"'), [], "missing tiny.pt at /nonexistent/tiny.pt"),
+    (SMALL, ["--num-samples", "0"], "--num-samples must be a positive integer"),
+    (SMALL, ["--set", "solvers[Heun].afs=true"], "no solvers entry 'Heun'; accepted: Euler"),
+])
+def test_bad_input_is_one_line_with_a_nonzero_exit_and_keeps_stored_results(stored, capsys, monkeypatch, grid_text,
+                                                                           args, needle):
+    monkeypatch.setitem(bench.models._REGISTRY, "needs_weights", "test_cli:needs_weights")
+    res = stored / "res"
+    before = results.load(res)
+    capsys.readouterr()
+    if grid_text is not None:
+        (stored / "bad.toml").write_text(grid_text)
+        args = ["--grid", str(stored / "bad.toml")] + args
+    for extra in ([], ["--dry-run"]):
+        code = main(["run", *args, "--results-dir", str(res), "--no-progress", *extra])
+        out, err = capsys.readouterr()
+        if extra and needle.startswith("missing"):       # a dry run prints its whole plan, then what is missing
+            assert code == 1 and needle in out and "MISSING" in out
+            continue
+        assert code == 2
+        assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+    after = results.load(res)
+    assert len(before) == 1 and after.equals(before)
+
+
+def test_dry_run_lists_cells_needs_and_cost_and_runs_nothing(tmp_path, capsys):
+    assert main(["run", "--grid", "quick", "--dry-run", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "gmm64" in out and "DPM-Solver++(3M) +AFS" in out and "distils gmm64" in out
+    assert "cost: 40 of 40 cells to run, " in out and "network evaluations" in out and "8 distillations" in out
+    assert not (tmp_path / results.DB_NAME).exists()
+
+
+def test_dry_run_of_a_stored_grid_has_nothing_left(stored, capsys):
+    capsys.readouterr()
+    assert main(["run", "--grid", str(stored / "small.toml"), "--dry-run", "--results-dir", str(stored / "res")]) == 0
+    out = capsys.readouterr().out
+    assert "stored" in out and "cost: 0 of 1 cells to run, 0 network evaluations" in out
+
+
+def test_list_shows_grids_models_solvers_metrics_and_what_runs_here(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for section in ("grids:", "models:", "solvers:", "metrics:"):
+        assert section in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "runnable" in lines["quick"] and "runnable" in lines["gmm64"] and "runnable" in lines["unipc"]
+    assert "gmm2d" in lines["fd_exact"]
+
+
+def test_quick_grid_runs_end_to_end_on_a_reduced_sample_count(tmp_path, capsys):
+    """The README's main command with 48 samples per cell and a short distillation (mechanics, not quality)."""
+    args = ["run", "--grid", "quick", "--results-dir", str(tmp_path), "--num-samples", "48", "--no-progress",
+            "--set", "solvers[DyWeight].distill.steps=8", "--set", "solvers[DyWeight].distill.num_samples=64",
+            "--set", "solvers[DyWeight].distill.eval_samples=0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    df = results.load(tmp_path)
+    assert len(df) == 40 * 2 and (df.status == "ok").all() and df.value.notna().all()
+    assert set(df.label) == {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"}
+    assert "gmm64 · endpoint_error" in out and "DyWeight +AFS" in out
+    assert len(list((tmp_path / "solvers" / "quick").glob("*/DyWeight-nfe*.json"))) == 8
+    assert main(args) == 0                                            # resumes: nothing left to do
+    assert "40 of 40 cells already stored" in capsys.readouterr().out
+    assert len(results.load(tmp_path)) == 80
