@@ -116,3 +116,14 @@ def test_quick_grid_runs_end_to_end_on_a_reduced_sample_count(tmp_path, capsys):
     assert main(args) == 0                                            # resumes: nothing left to do
     assert "40 of 40 cells already stored" in capsys.readouterr().out
     assert len(results.load(tmp_path)) == 80
+
+
+def test_perf_command_prints_ratios_and_diffusers_computes_the_same_samples(capsys):
+    pytest.importorskip("diffusers")
+    assert main(["perf", "--nfe", "5", "--repeats", "1", "--batch", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "worst overhead:" in out and "diffusers/ours" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("dpm_solver_pp /", "unipc / "))]
+    assert len(rows) == 2 and all(float(r[-1]) < 1e-5 for r in rows)      # same grid, same updates
+    overheads = [line.split() for line in out.splitlines() if line.split()[:1] in (["euler"], ["unipc"])]
+    assert all(float(r[-1]) > 1.0 for r in overheads if len(r) >= 9)

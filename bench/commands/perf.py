@@ -1,0 +1,219 @@
+"""`python -m bench perf`: solver overhead and a diffusers comparison, measured in one run and printed as ratios.
+
+overhead = wall time of solver.sample / (NFE × the time of one denoiser call), on a small CPU conv network, for every
+registered solver at NFE 5 and 10 (target <= 1.05). The pure-call time is measured as a loop of exactly the
+solver's NFE denoiser calls on the same batch, interleaved with the solver runs; medians over repeats. The
+"implied" column adds the solver's own time per call (sample() with an identity denoiser) to one network call:
+1 + solver ms/call / call ms, which a busy machine disturbs less than the direct ratio.
+
+diffusers: the same sampling loop through DPMSolverMultistepScheduler / UniPCMultistepScheduler, on the same
+denoiser and the same grid (their `sigmas` replaced by ours, run in VP scaling x_VP = x / sqrt(1 + sigma^2),
+data prediction), reported as diffusers' wall time / ours, with the largest relative difference of the outputs
+(it shows that both loops compute the same thing).
+
+--quick also times the `quick` grid end to end in a fresh results directory.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+
+HELP = "measure solver overhead vs pure network time, diffusers' loop for comparison, and the quick grid's wall time"
+
+SIGMA_DATA = 0.5
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10], help="budgets to measure (default 5 10)")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats per measurement (median)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size of the conv network's input")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier timings)")
+    parser.add_argument("--quick", action="store_true", help="also run the quick grid end to end and time it")
+
+
+class ConvDenoiser(torch.nn.Module):
+    """A small EDM-preconditioned conv net: D(x, s) = c_skip x + c_out F(c_in x, c_noise) (random weights)."""
+
+    def __init__(self, channels: int = 3, width: int = 32):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(channels + 1, width, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(width, channels, 3, padding=1))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
+        c_skip = SIGMA_DATA ** 2 / (s ** 2 + SIGMA_DATA ** 2)
+        c_out = s * SIGMA_DATA / (s ** 2 + SIGMA_DATA ** 2).sqrt()
+        c_in = 1 / (s ** 2 + SIGMA_DATA ** 2).sqrt()
+        c_noise = (s.log() / 4).expand(x.shape[0], 1, *x.shape[2:])
+        return c_skip * x + c_out * self.net(torch.cat([c_in * x, c_noise], 1))
+
+
+def _identity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _plan(name: str, nfe: int):
+    """(solver, afs, num_points) for a budget: AFS when the solver can spend exactly nfe with it, else without."""
+    import solvers
+    solver = (solvers.get("dyweight", num_points=3, afs=True) if name == "dyweight" else solvers.get(name))
+    for afs in (True, False):
+        try:
+            n = solver.num_points(nfe, afs=afs)
+        except ValueError:
+            continue
+        if name == "dyweight":
+            solver = solvers.get("dyweight", num_points=n, afs=afs)
+        return solver, afs, n
+    return None
+
+
+def _median_times(fns: list, repeats: int) -> list[float]:
+    """Median wall time of each function, run interleaved (fns[0], fns[1], ..., fns[0], ...) `repeats` times."""
+    times = [[] for _ in fns]
+    for f in fns:                                  # warm-up
+        f()
+    for _ in range(repeats):
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def solver_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
+    import solvers
+    from solvers import schedules
+    rows = []
+    out(f"{'solver':<16} {'NFE':>4} {'AFS':>4} {'calls':>6} {'sample ms':>10} {'NFE x call ms':>14} {'overhead':>9}"
+        f" {'solver ms/call':>15} {'implied':>8}")
+    for nfe in nfe_list:
+        for name in solvers.names():
+            plan = _plan(name, nfe)
+            if plan is None:
+                out(f"{name:<16} {nfe:>4}  cannot spend exactly this NFE")
+                continue
+            solver, afs, n = plan
+            sigmas = schedules.polynomial(n, 0.002, 80.0)
+            counter = solvers.CountingDenoiser(den)
+            with torch.no_grad():
+                solver.sample(counter, x_T, sigmas, afs=afs)
+            calls = counter.calls
+            s_batch = [torch.full((x_T.shape[0],), float(s)) for s in sigmas]
+
+            def pure():
+                x = x_T
+                for i in range(calls):
+                    x = den(x, s_batch[i % len(s_batch)])
+
+            def run():
+                solver.sample(den, x_T, sigmas, afs=afs)
+
+            def bare():                                 # the solver's own work: an identity "network"
+                solver.sample(_identity, x_T, sigmas, afs=afs)
+
+            with torch.no_grad():
+                t_pure, t_sample, t_bare = _median_times([pure, run, bare], repeats)
+            t_call = t_pure / calls
+            implied = 1 + t_bare / calls / t_call
+            rows.append({"solver": name, "nfe": nfe, "afs": afs, "calls": calls, "sample": t_sample,
+                         "pure": t_pure, "overhead": t_sample / t_pure, "solver_per_call": t_bare / calls,
+                         "implied": implied})
+            flag = "" if max(t_sample / t_pure, implied) <= 1.05 else "  > 1.05"
+            out(f"{name:<16} {nfe:>4} {'yes' if afs else 'no':>4} {calls:>6} {1e3 * t_sample:>10.2f} "
+                f"{1e3 * t_pure:>14.2f} {t_sample / t_pure:>9.3f} {1e3 * t_bare / calls:>15.3f} {implied:>8.3f}{flag}")
+    return rows
+
+
+def _diffusers_loop(kind: str, den, x_T, t):
+    """One sampling run through a diffusers multistep scheduler on our grid `t` (no AFS; data prediction)."""
+    import diffusers
+    common = dict(solver_order=3, prediction_type="sample", lower_order_final=True, final_sigmas_type="sigma_min")
+    if kind == "dpm_solver_pp":
+        sch = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint", **common)
+    else:
+        sch = diffusers.UniPCMultistepScheduler(solver_type="bh2", predict_x0=True, disable_corrector=[], **common)
+    sch.set_timesteps(len(t) - 1)
+    sch.sigmas = t.to(torch.float32).clone()
+    alpha = 1 / (1 + t ** 2).sqrt()
+    x = x_T * float(alpha[0])
+    batch = x_T.shape[0]
+    for i, ts in enumerate(sch.timesteps):
+        D = den(x / float(alpha[i]), t[i].to(x.dtype).expand(batch))
+        x = sch.step(D, ts, x).prev_sample
+    return x / float(alpha[-1])
+
+
+def diffusers_comparison(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        out("diffusers is not installed: comparison skipped (pip install diffusers)")
+        return []
+    import solvers
+    from solvers import schedules
+    rows = []
+    out(f"{'solver':<16} {'NFE':>4} {'ours ms':>9} {'diffusers ms':>13} {'diffusers/ours':>15} {'max rel diff':>13}")
+    for nfe in nfe_list:
+        n = nfe + 1                                   # no AFS on either side: one call per step
+        t = schedules.polynomial(n, 0.002, 80.0)
+        for kind, scheduler in (("dpm_solver_pp", "DPMSolverMultistep"), ("unipc", "UniPCMultistep")):
+            ours = solvers.get(kind, order=3)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a = ours.sample(den, x_T, t)
+                b = _diffusers_loop(kind, den, x_T, t)
+                t_ours, t_theirs = _median_times([lambda: ours.sample(den, x_T, t),
+                                                  lambda: _diffusers_loop(kind, den, x_T, t)], repeats)
+            diff = float((a - b).abs().max() / a.abs().max())
+            rows.append({"solver": kind, "nfe": nfe, "ours": t_ours, "diffusers": t_theirs, "ratio": t_theirs / t_ours,
+                         "max_rel_diff": diff})
+            out(f"{kind + ' / ' + scheduler:<16.16} {nfe:>4} {1e3 * t_ours:>9.2f} {1e3 * t_theirs:>13.2f} "
+                f"{t_theirs / t_ours:>15.3f} {diff:>13.2e}")
+    return rows
+
+
+def quick_wall_time(out=print) -> float:
+    from bench import grid as grids
+    from bench import runner
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        runner.run(grids.load("quick"), d, progress=True, out=lambda s: None)
+        wall = time.perf_counter() - t0
+    out(f"quick grid end to end (fresh results directory, {torch.get_num_threads()} threads): {wall:.1f} s "
+        f"({wall / 60:.1f} min; budget 10 min)")
+    return wall
+
+
+def main(args) -> int:
+    torch.set_num_threads(args.threads)
+    den = ConvDenoiser().eval()
+    x_T = 80.0 * torch.randn(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t_call = _median_times([lambda: den(x_T, torch.full((args.batch,), 1.0))], args.repeats)[0]
+    out = print
+    out(f"denoiser: conv net 4->32->32->3 channels, batch {args.batch}x3x32x32, {torch.get_num_threads()} thread(s): "
+        f"{1e3 * t_call:.2f} ms per call")
+    out("\nsolver overhead = solver.sample / (NFE x one denoiser call), target <= 1.05")
+    rows = solver_overheads(den, x_T, args.nfe, args.repeats, out)
+    worst = max(rows, key=lambda r: r["overhead"])
+    worst_implied = max(rows, key=lambda r: r["implied"])
+    out(f"worst overhead: {worst['solver']} at NFE {worst['nfe']}: {worst['overhead']:.3f} measured directly; "
+        f"{worst_implied['solver']} at NFE {worst_implied['nfe']}: {worst_implied['implied']:.3f} implied by the "
+        "solver's own time per call (1 + solver ms/call / call ms; steadier on a busy machine)")
+    out("\ndiffusers' loop on the same denoiser and grid (no AFS), ratio > 1 means ours is faster")
+    diffusers_comparison(den, x_T, args.nfe, args.repeats, out)
+    if args.quick:
+        out("")
+        quick_wall_time(out)
+    return 0
