@@ -294,23 +294,52 @@ def test_released_coefficients_use_the_checkpoint_grid(tmp_path, monkeypatch):
 
 
 # ---- world sizes --------------------------------------------------------------------------------------------------
+FAKE_DISTILL_CLI = """
+import os, sys, types
+from pathlib import Path
+from solvers.dyweight import DyWeight
+
+def distill(kind, model, sigmas, afs=True, seed=0, cache_dir=None, **options):
+    with open(os.environ["DISTILL_LOG"], "a") as f:
+        f.write(f"{os.environ.get('RANK', '0')} {model.name} {len(sigmas)}\\n")
+    return DyWeight.from_options(num_points=len(sigmas), afs=afs)
+
+sys.modules["bench.distill"] = types.SimpleNamespace(distill=distill)
+from bench.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
 def test_two_gloo_processes_give_the_results_of_one(tmp_path):
-    toml = write_grid(tmp_path, IPNDM + EULER, name="ws", nfe="[3]", num_samples=90, batch_size=16, model="gmm64")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", str(toml), "--results-dir",
-                          str(tmp_path / "one"), "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    toml = write_grid(tmp_path, IPNDM + EULER + DYW, name="ws", nfe="[3]", num_samples=90, batch_size=16,
+                      model="gmm64")
+    (tmp_path / "fakecli.py").write_text(FAKE_DISTILL_CLI)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DISTILL_LOG": str(tmp_path / "log")}
+    args = ["run", "--grid", str(toml), "--no-progress", "--results-dir"]
+    one = subprocess.run([sys.executable, str(tmp_path / "fakecli.py"), *args, str(tmp_path / "one")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "bench", "run", "--grid", str(toml), "--results-dir", str(tmp_path / "two"),
-                          "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+                          str(tmp_path / "fakecli.py"), *args, str(tmp_path / "two")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
+    assert (tmp_path / "log").read_text().splitlines() == ["0 gmm64 5", "0 gmm64 5"]   # rank 0 alone distils
     a, b = results.load(tmp_path / "one"), results.load(tmp_path / "two")
-    assert len(a) == len(b) == 4
+    assert len(a) == len(b) == 6
     assert (b.world_size == 2).all() and (a.world_size == 1).all()
     key = ["label", "nfe", "metric"]
     a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
     assert (a.cell_key == b.cell_key).all()
     for x, y in zip(a.value, b.value):
         assert math.isclose(x, y, rel_tol=1e-10)   # FD is full-rank here (90 samples > 64 dims)
+
+
+def test_other_grid_kinds_are_handed_to_their_study(tmp_path, monkeypatch):
+    import bench.studies.numerical_study as study
+    seen = []
+    monkeypatch.setattr(study, "run", lambda grid, results_dir: seen.append((grid, results_dir)))
+    p = tmp_path / "s.toml"
+    p.write_text('name = "s"\nkind = "numerical_study"\n[study]\nproblems = 2\n')
+    g = grids.load(p)
+    assert runner.run(g, tmp_path, progress=False) == 0
+    assert seen == [({"name": "s", "kind": "numerical_study", "study": {"problems": 2}}, tmp_path)]
