@@ -10,6 +10,7 @@ import pytest
 import torch
 
 open_clip = pytest.importorskip("open_clip")
+T = pytest.importorskip("torchvision.transforms")
 
 from bench.metrics.clip_score import CLIPScore  # noqa: E402
 from bench.metrics.hpsv2 import HPSv21  # noqa: E402
@@ -48,10 +49,11 @@ def cell(n=5, seed=0):
     return Cell(model=PromptModel(), samples=samples, conditions=PROMPTS[:n])
 
 
-def reference_cosines(arch, path, c):
+def reference_cosines(arch, path, c, transform=None):
     """Independent route: the OpenCLIP model's own forward (normalised features) on the same PIL images."""
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path))
     model.eval()
+    preprocess = transform or preprocess
     tokenizer = open_clip.get_tokenizer(arch)
     with torch.no_grad():
         images = torch.stack([preprocess(im) for im in pil_images(c.samples)])
@@ -113,7 +115,12 @@ def test_hps_is_the_cosine_of_the_hps_checkpoint(tiny_clip, tmp_path):
     torch.save({"state_dict": torch.load(path, weights_only=True)}, hps_file)
     c = cell()
     metric = HPSv21(weights=hps_file, arch=arch, batch_size=3)
-    cos = reference_cosines(arch, path, c)
+    # hpsv2's preprocess_val: to tensor first, then resize the tensor (unlike OpenCLIP, which resizes the PIL image)
+    hpsv2_val = T.Compose([T.ToTensor(), T.Resize(32, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+                           T.CenterCrop(32), T.Normalize((0.48145466, 0.4578275, 0.40821073),
+                                                         (0.26862954, 0.26130258, 0.27577711))])
+    cos = reference_cosines(arch, path, c, hpsv2_val)
+    assert not torch.allclose(cos, reference_cosines(arch, path, c), atol=1e-4)     # the transforms do differ
     torch.testing.assert_close(metric.scores(c.samples, prompts_of(c)), cos, rtol=1e-5, atol=1e-5)
     assert metric.compute(c) == pytest.approx(float(cos.mean()), abs=1e-5)
 

@@ -6,8 +6,10 @@ scale), so the paper's Table 3 values are around 0.27-0.29. The hpsv2 wheel cann
 tokenizer vocabulary (bpe_simple_vocab_16e6.txt.gz; OpenCLIP bundles the same file) and reloads the checkpoint on
 every call. We build the same network with OpenCLIP (`ViT-H-14`, no pretrained tag), load
 `HPS_v2.1_compressed.pt` (`{"state_dict": ...}`) strictly, tokenize with OpenCLIP's ViT-H-14 tokenizer, and
-preprocess images as hpsv2's validation transform does for square images (resize to 224 bicubic, centre crop,
-CLIP normalisation). The network is loaded once per metric and scores in batches.
+preprocess images exactly as hpsv2's validation transform does, which differs from OpenCLIP's: the image becomes a
+float tensor first and is then resized on the tensor (torch bicubic, antialiased, short side to 224), centre
+cropped and CLIP-normalised (OpenCLIP resizes the PIL image; the two differ by up to ~0.5 in normalised pixels).
+The network is loaded once per metric and scores in batches.
 """
 from __future__ import annotations
 
@@ -31,6 +33,19 @@ def load_hps(path, arch: str = "ViT-H-14", device: str = "cpu"):
     return model.to(device).eval(), preprocess, open_clip.get_tokenizer(arch)
 
 
+def hps_preprocess(image, size) -> torch.Tensor:
+    """hpsv2's preprocess_val: ToTensor, then Resize(short side, bicubic, antialias) on the tensor, CenterCrop,
+    Normalize(CLIP mean, std)."""
+    import numpy as np
+    import torchvision.transforms.functional as TF
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = TF.resize(x, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    x = TF.center_crop(x, [size, size])
+    return TF.normalize(x, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
+
+
 class HPSv21(PromptImageMetric):
     name = "hpsv2"
     label = "HPSv2.1"
@@ -47,12 +62,8 @@ class HPSv21(PromptImageMetric):
         return load_hps(require(self.requirements(None)[0]).path, self.arch, self.device)
 
     def score(self, images: list, prompts: Sequence[str]) -> torch.Tensor:
-        model, preprocess, tokenizer = self.scorer()
-        for im in images:
-            if im.width != im.height:
-                raise ValueError(f"HPSv2.1 of non-square images ({im.width}x{im.height}) is not supported yet "
-                                 f"(hpsv2 pads them; this implementation matches it for square images only)")
-        pixels = torch.stack([preprocess(im) for im in images]).to(self.device)
+        model, _, tokenizer = self.scorer()
+        pixels = torch.stack([hps_preprocess(im, model.visual.image_size) for im in images]).to(self.device)
         img = torch.nn.functional.normalize(model.encode_image(pixels).double(), dim=-1)
         txt = torch.nn.functional.normalize(model.encode_text(tokenizer(list(prompts)).to(self.device)).double(), dim=-1)
         return (img * txt).sum(dim=-1)
