@@ -183,6 +183,7 @@ class Builder:
     def __init__(self, grid: Grid, results_dir: Path, dist: Dist, log=print):
         self.grid, self.results_dir, self.dist, self.log = grid, Path(results_dir), dist, log
         self._learned: dict[Path, object] = {}
+        self.distill_seconds = 0.0
 
     def sigmas(self, c: GridCell) -> torch.Tensor:
         model = self.grid.models[c.model]
@@ -226,9 +227,10 @@ class Builder:
                 t0 = time.perf_counter()
                 solver = distill("dyweight", source, sigmas, afs=e.afs, seed=seed,
                                  cache_dir=self.results_dir / "cache", **options)
+                seconds = time.perf_counter() - t0
+                self.distill_seconds += seconds
                 solver.metadata["harness"] = {"settings_hash": digest, "grid": self.grid.name, "model": source_name,
-                                              "label": e.label, "nfe": c.nfe, "distill_seconds":
-                                              time.perf_counter() - t0}
+                                              "label": e.label, "nfe": c.nfe, "distill_seconds": seconds}
                 solver.save(path)
             self.dist.barrier()
             if not self.dist.main:
@@ -385,6 +387,9 @@ def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, 
             store.close()
     if dist.main:
         out(summary_table(grid, results_dir))
+        if todo:
+            out(f"\n{len(todo)} cells in {time.perf_counter() - t_start:.1f} s wall time"
+                f" (distillation {builder.distill_seconds:.1f} s); results in {results_dir}")
     dist.barrier()
     return len(todo)
 

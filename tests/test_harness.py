@@ -158,7 +158,8 @@ def test_run_stores_every_cell_with_its_columns(tmp_path):
     row = df[(df.label == "iPNDM") & (df.nfe == 5) & (df.metric == "endpoint_error")].iloc[0]
     assert row.solver == "ipndm" and row.family == "handcrafted" and bool(row.afs) and row.seeds == "0-39"
     assert row.schedule == "polynomial" and row.num_samples == 40 and 0 < row.value < 1
-    assert "iPNDM +AFS" in lines[-1] and "endpoint_error" in lines[-1]     # the compact table
+    assert "iPNDM +AFS" in lines[-2] and "endpoint_error" in lines[-2]     # the compact table
+    assert "4 cells in" in lines[-1]
     # a second run finds everything stored and computes nothing
     assert runner.run(g, tmp_path, progress=False, out=lines.append) == 0
     assert len(results.load(tmp_path)) == 8
