@@ -22,7 +22,14 @@ def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (student - teacher).pow(2).flatten(1).mean(1)
 
 
-_REGISTRY: dict[str, Distance] = {"mse": mse}
+def inception(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The paper's pixel-space distance: per-sample MSE of TF-Inception pool features of images in [-1, 1]
+    (bench.metrics.features.inception_feature_mse; the network file is loaded once, on first use)."""
+    from bench.metrics.features import inception_feature_mse
+    return inception_feature_mse(student, teacher)
+
+
+_REGISTRY: dict[str, Distance] = {"mse": mse, "inception": inception}
 
 
 def register(name: str, distance: Distance) -> None:
