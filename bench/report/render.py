@@ -86,8 +86,9 @@ def render_grid(df: pd.DataFrame, grid: str, results_dir: Path, reports_dir: Pat
             name = f"{grid}_{model}_{metric}".replace("/", "_")
             md += [f"### {tables.metric_label(metric)} ({'higher' if hib else 'lower'} is better) — measured", "",
                    tables.to_markdown(t, hib), ""]
-            md += [_img(plots.metric_vs_nfe(g, model, metric, figs / name)[0], reports_dir,
-                        f"{metric} vs NFE on {model}"), ""]
+            if len(t.columns) > 1:                # a line plot needs more than one NFE
+                md += [_img(plots.metric_vs_nfe(g, model, metric, figs / name)[0], reports_dir,
+                            f"{metric} vs NFE on {model}"), ""]
             tex += [tables.to_latex(t, hib, caption=f"{tables.metric_label(metric)} on {model} (grid {grid}), "
                                                     f"measured.", label=f"tab:{name}"), ""]
             cmp = paper.compare(g, model, metric)
