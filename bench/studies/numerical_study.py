@@ -18,7 +18,8 @@ Our reading of the paper where it is not explicit (also written into the report)
 - N(0, 0.1/sqrt(D)) for the coupling is read as a standard deviation; N(0, 4I) for C as a variance (std 2).
 - Start-up: the first O states are exact (Appendix D.1: "the first O history steps", which gives the stated
   (S-O+1) x O weight matrix). Section 3.2 says "the same four ground-truth states" instead; `exact_start = 4`
-  in the grid selects that reading.
+  in the grid selects that reading. At the quick size both readings give the same four verdicts (optimised/
+  standard median error ratio 0.536 either way).
 - Every run optimises its own problem (white box): the coefficients are fitted and evaluated on the same draw.
   The loss is summed over the problems of a batch, which keeps their Adam updates independent (Adam is
   element-wise), so a batch of problems is exactly as many independent runs.
