@@ -80,7 +80,7 @@ def test_dry_run_lists_cells_needs_and_cost_and_runs_nothing(tmp_path, capsys):
     assert main(["run", "--grid", "quick", "--dry-run", "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "gmm64" in out and "DPM-Solver++(3M) +AFS" in out and "distils gmm64" in out
-    assert "cost: 40 of 40 cells to run, " in out and "network evaluations" in out and "8 distillations" in out
+    assert "cost: 48 of 48 cells to run, " in out and "network evaluations" in out and "8 distillations" in out
     assert not (tmp_path / results.DB_NAME).exists()
 
 
@@ -109,13 +109,13 @@ def test_quick_grid_runs_end_to_end_on_a_reduced_sample_count(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     df = results.load(tmp_path)
-    assert len(df) == 40 * 2 and (df.status == "ok").all() and df.value.notna().all()
+    assert len(df) == 48 * 2 and (df.status == "ok").all() and df.value.notna().all()   # 40 mixture + 8 digits cells
     assert set(df.label) == {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"}
     assert "gmm64 · endpoint_error" in out and "DyWeight +AFS" in out
     assert len(list((tmp_path / "solvers" / "quick").glob("*/DyWeight-nfe*.json"))) == 8
     assert main(args) == 0                                            # resumes: nothing left to do
-    assert "40 of 40 cells already stored" in capsys.readouterr().out
-    assert len(results.load(tmp_path)) == 80
+    assert "48 of 48 cells already stored" in capsys.readouterr().out
+    assert len(results.load(tmp_path)) == 96
 
 
 def test_perf_command_prints_ratios_and_diffusers_computes_the_same_samples(capsys):
