@@ -10,12 +10,19 @@ h = lambda_{i+1} - lambda_i, r0 = h_prev / h, r1 = h_prevprev / h.
 Order at step s = i+1 (lower order final): s if s < order, else min(order, N - s).
 AFS: M_0 = x_0 - t_0 d_0. A step that ends at sigma = 0 is taken at order 1 (x_{i+1} = M_i): the higher-order
 terms are undefined there (the lineage's grids end at sigma_min and never reach this case).
+
+Every update is linear in x_i and the buffered M's, so `step_coefficients` evaluates the equations above on
+coefficient vectors (M_i, M_{i-1}, M_{i-2} as unit vectors), once per grid, and the sampling loop spends one fused
+linear combination per step on the tensors.
 """
 from __future__ import annotations
 
+import functools
 import math
 
-from .base import Solver, afs_derivative
+import numpy as np
+
+from .base import Solver, afs_derivative, combine
 from .thresholding import dynamic_threshold
 
 
@@ -48,32 +55,40 @@ class DPMSolverPP(Solver):
         return s if s < self.order else min(self.order, n - s)
 
     def _sample(self, den, x, t, afs):
-        n = len(t)
-        lam = [-math.log(v) if v > 0 else math.inf for v in t]
-        ms = []                                                  # data predictions, oldest first
-        for i in range(n - 1):
+        ms = []                                                  # data predictions, newest first
+        key = tuple(t)                                           # the coefficients are cached per grid
+        for i in range(len(t) - 1):
             if afs and i == 0:
                 m = x - t[0] * afs_derivative(x, t[0])           # M_0 = x_0 - t_0 d_0
             else:
                 m = den(x, t[i])
-            ms = (ms + [self._data(m)])[-3:]
-            order = 1 if t[i + 1] == 0 else self.step_order(i, n)
-            ratio = t[i + 1] / t[i]                              # = e^{-h}
-            phi1 = ratio - 1                                     # e^{-h} - 1
-            m0 = ms[-1]
-            if order == 1:
-                x = ratio * x - phi1 * m0
-            elif order == 2:
-                h, h_prev = lam[i + 1] - lam[i], lam[i] - lam[i - 1]
-                r0 = h_prev / h
-                x = ratio * x - phi1 * (m0 + (m0 - ms[-2]) / (2 * r0))
-            else:
-                h = lam[i + 1] - lam[i]
-                r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
-                d1_0, d1_1 = (m0 - ms[-2]) / r0, (ms[-2] - ms[-3]) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi2 = phi1 / h + 1
-                phi3 = phi2 / h - 0.5
-                x = ratio * x - (phi1 * m0 - phi2 * d1 + phi3 * d2)
+            ms = [self._data(m)] + ms[:2]
+            order = 1 if t[i + 1] == 0 else self.step_order(i, len(t))
+            ratio, b = step_coefficients(key, i, order)
+            x = combine((ratio, x), *zip(b, ms))                 # x_{i+1} = ratio x_i + sum_k b_k M_{i-k}
         return x
+
+
+@functools.lru_cache(maxsize=4096)
+def step_coefficients(t: tuple, i: int, order: int) -> tuple[float, tuple]:
+    """(ratio, b) with x_{i+1} = ratio x_i + sum_k b_k M_{i-k}: the module docstring's update at this order."""
+    M0, M1, M2 = np.eye(3)                                       # M_i, M_{i-1}, M_{i-2}
+    lam = [-math.log(v) if v > 0 else math.inf for v in t]
+    ratio = t[i + 1] / t[i]                                      # = e^{-h}
+    phi1 = ratio - 1                                             # e^{-h} - 1
+    if order == 1:
+        b = -phi1 * M0
+    elif order == 2:
+        h, h_prev = lam[i + 1] - lam[i], lam[i] - lam[i - 1]
+        r0 = h_prev / h
+        b = -phi1 * (M0 + (M0 - M1) / (2 * r0))
+    else:
+        h = lam[i + 1] - lam[i]
+        r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
+        d1_0, d1_1 = (M0 - M1) / r0, (M1 - M2) / r1
+        d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+        d2 = (d1_0 - d1_1) / (r0 + r1)
+        phi2 = phi1 / h + 1
+        phi3 = phi2 / h - 0.5
+        b = -(phi1 * M0 - phi2 * d1 + phi3 * d2)
+    return ratio, tuple(float(v) for v in b[:order])

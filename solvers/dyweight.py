@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .base import Solver
+from .base import Solver, combine
 from .ipndm import AB_COEFFS
 
 INITS = ("adams_bashforth", "euler", "uniform")
@@ -147,10 +147,14 @@ class DyWeight(Solver, torch.nn.Module):
         return t
 
     def _sample(self, den, x, t, afs):
-        K, W = self.history, self.weights
-        scale = self.time_scale
+        # The scalars (weights, time scales, shifted times) are Python floats when no gradient is wanted, so every
+        # update is one fused linear combination; during distillation they stay torch Parameters (same arithmetic).
+        grad = torch.is_grad_enabled() and (self.weights.requires_grad or self.time_scale.requires_grad)
+        W = self.weights if grad else self.weights.detach().tolist()
+        scale = self.time_scale if grad else self.time_scale.detach().tolist()
         if afs and self.afs is None:                       # time_scale was built without knowing afs
             scale = scale[1:]
+        K = self.history
         t_hat = t[0]
         buffer = []
         for i in range(len(t) - 1):
@@ -158,17 +162,16 @@ class DyWeight(Solver, torch.nn.Module):
                 d = x / math.sqrt(1 + t_hat ** 2)              # analytical first step
             else:
                 s = scale[i - 1 if afs else i]
-                sigma = (s * t_hat).abs()
-                d = (x - den(x, sigma)) / (t_hat + self.divisor_eps)   # time scaling: D at |s t^_i|
+                d = (x - den(x, abs(s * t_hat))) / (t_hat + self.divisor_eps)   # time scaling: D at |s t^_i|
             buffer = (buffer + [d])[-K:]
             p = min(i + 1, K)
-            w = W[i, K - p:]
-            combined = sum(w[j] * buffer[-p + j] for j in range(p))    # gradient weighting
-            x = x + (t[i + 1] - t_hat) * combined
+            w = W[i][K - p:]
+            h = t[i + 1] - t_hat
+            x = combine((1, x), *((h * w[j], buffer[-p + j]) for j in range(p)))   # gradient weighting
             if getattr(self, "_states", None) is not None:     # trajectory(): keep every state
                 self._states.append(x)
             if self.time_shift:
-                t_hat = t_hat + w.sum() * (t[i + 1] - t_hat)             # time shifting
+                t_hat = t_hat + sum(w) * h                     # time shifting
             else:
                 t_hat = t[i + 1]
         return x

@@ -1,7 +1,7 @@
 """Euler: x_{i+1} = x_i + h_i d_i, with d_i = (x_i - D(x_i, t_i)) / t_i and h_i = t_{i+1} - t_i."""
 from __future__ import annotations
 
-from .base import Solver, afs_derivative
+from .base import Solver, afs_derivative, combine
 
 
 class Euler(Solver):
@@ -17,5 +17,5 @@ class Euler(Solver):
                 d = afs_derivative(x, t[0])                  # analytical first step
             else:
                 d = (x - den(x, t[i])) / t[i]                # d_i = (x_i - D(x_i, t_i)) / t_i
-            x = x + (t[i + 1] - t[i]) * d                    # x_{i+1} = x_i + h_i d_i
+            x = combine((1, x), (t[i + 1] - t[i], d))        # x_{i+1} = x_i + h_i d_i
         return x

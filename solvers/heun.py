@@ -4,7 +4,7 @@ It corrects on every step, the last one too; a step that ends at sigma = 0 is le
 """
 from __future__ import annotations
 
-from .base import Solver, afs_derivative
+from .base import Solver, afs_derivative, combine
 
 
 class Heun(Solver):
@@ -21,10 +21,10 @@ class Heun(Solver):
                 d = afs_derivative(x, t[0])                  # AFS skips only step 0's predictor call
             else:
                 d = (x - den(x, t[i])) / t[i]
-            x_pred = x + h * d                               # x' = x_i + h d_i
+            x_pred = combine((1, x), (h, d))                 # x' = x_i + h d_i
             if t[i + 1] == 0:
                 x = x_pred
                 continue
             d_pred = (x_pred - den(x_pred, t[i + 1])) / t[i + 1]
-            x = x + h * (d + d_pred) / 2                     # trapezoidal correction
+            x = combine((1, x), (h / 2, d), (h / 2, d_pred))   # trapezoidal correction
         return x

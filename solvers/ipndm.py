@@ -9,7 +9,7 @@ With AFS the analytic d_0 enters the buffer like any other derivative.
 """
 from __future__ import annotations
 
-from .base import Solver, afs_derivative
+from .base import Solver, afs_derivative, combine
 
 # Adams-Bashforth rows, oldest derivative first, newest last.
 AB_COEFFS = {
@@ -48,7 +48,7 @@ class IPNDM(Solver):
                 d = (x - den(x, t[i])) / t[i]
             buffer = (buffer + [d])[-self.max_order:]
             order = min(self.max_order, i + 1)
+            h = t[i + 1] - t[i]
             coeffs = self.coefficients(t, i, order)
-            step = sum(c * g for c, g in zip(coeffs, buffer[-order:]))
-            x = x + (t[i + 1] - t[i]) * step                 # x_{i+1} = x_i + h_i sum_j c_j d_j
+            x = combine((1, x), *((h * c, g) for c, g in zip(coeffs, buffer[-order:])))  # x + h_i sum_j c_j d_j
         return x

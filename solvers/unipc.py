@@ -12,14 +12,19 @@ Step i from t_i to t_{i+1}, h = log t_i - log t_{i+1} > 0, hh = -h:
   corrector: M_t = D(x~, t_{i+1}); rho_c = 0.5 (order 1) or R rho_c = b;
              x_{i+1} = x_lin - B (sum_k rho_c_k D1_k + rho_c_last (M_t - M_i));  M_t is reused as M_{i+1}.
 A step that ends at sigma = 0 is taken at order 1 without corrector (x_{i+1} = M_i): r_k is 0 there.
+
+Predictor and corrector are linear in x_i, the buffered M's and M_t, so `step_coefficients` evaluates the equations
+above on coefficient vectors (x_i, M_i, M_{i-1}, M_{i-2}, M_t as unit vectors), once per grid, and the sampling loop
+spends one fused linear combination on the tensors for each.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
-from .base import Solver
+from .base import Solver, combine
 from .thresholding import dynamic_threshold
 
 
@@ -63,47 +68,57 @@ class UniPC(Solver):
         return m
 
     def _sample(self, den, x, t, afs):
-        n = len(t)
         if afs:
             m = x * (1 - t[0] / math.sqrt(1 + t[0] ** 2))        # analytical first step
         else:
             m = den(x, t[0])
-        ms = [self._data(m)]                                     # data predictions, oldest first
-        for i, (order, correct) in enumerate(self.schedule(n, ends_at_zero=t[-1] == 0)):
-            m0 = ms[-1]
-            ratio = t[i + 1] / t[i]
-            x_lin = ratio * x - (ratio - 1) * m0                 # expm1(-h) = t_{i+1}/t_i - 1
-            if order == 1 and not correct:
-                x = x_lin
-                continue
-            h = math.log(t[i]) - math.log(t[i + 1])
-            hh = -h
-            rks = [(math.log(t[i]) - math.log(t[i - k])) / h for k in range(1, order)] + [1.0]
-            d1s = [(ms[-1 - k] - m0) / rks[k - 1] for k in range(1, order)]
-            B = math.expm1(hh) if self.variant == "bh2" else hh
-            phi, fac = math.expm1(hh) / hh - 1, 1.0
-            R, b = [], []
-            for k in range(1, order + 1):
-                R.append([r ** (k - 1) for r in rks])
-                b.append(phi * fac / B)
-                fac *= k + 1
-                phi = phi / hh - 1 / fac
-            R, b = np.array(R), np.array(b)
-            # predictor (UniP)
-            if order == 1:
-                x_pred = x_lin
-            elif order == 2:
-                x_pred = x_lin - B * 0.5 * d1s[0]
-            else:
-                rho_p = np.linalg.solve(R[:-1, :-1], b[:-1])
-                x_pred = x_lin - B * sum(float(r) * d for r, d in zip(rho_p, d1s))
-            if not correct:
+        ms = [self._data(m)]                                     # data predictions, newest first
+        key = tuple(t)                                           # the coefficients are cached per grid
+        for i, (order, correct) in enumerate(self.schedule(len(t), ends_at_zero=t[-1] == 0)):
+            pred, corr = step_coefficients(key, i, order, correct, self.variant)
+            x_pred = combine(*zip(pred, [x] + ms))               # predictor (UniP)
+            if corr is None:
                 x = x_pred
                 continue
-            # corrector (UniC): one evaluation at t_{i+1}, reused as the next step's M
-            m_t = self._data(den(x_pred, t[i + 1]))
-            rho_c = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
-            corr = sum(float(r) * d for r, d in zip(rho_c[:-1], d1s))
-            x = x_lin - B * (corr + float(rho_c[-1]) * (m_t - m0))
-            ms = (ms + [m_t])[-self.order:]
+            m_t = self._data(den(x_pred, t[i + 1]))              # corrector (UniC): one evaluation at t_{i+1},
+            x = combine(*zip(corr, [x] + ms[:order] + [m_t]))    # reused as the next step's M
+            ms = [m_t] + ms[:self.order - 1]
         return x
+
+
+@functools.lru_cache(maxsize=4096)
+def step_coefficients(t: tuple, i: int, order: int, correct: bool, variant: str):
+    """Coefficients of the predictor over (x_i, M_i, .., M_{i-order+1}) and of the corrector over the same plus
+    M_t (None without corrector): the module docstring's equations on unit vectors."""
+    X, M0, M1, M2, MT = np.eye(5)
+    ms = [M0, M1, M2]
+    ratio = t[i + 1] / t[i]
+    x_lin = ratio * X - (ratio - 1) * M0                         # expm1(-h) = t_{i+1}/t_i - 1
+    if order == 1 and not correct:
+        return tuple(x_lin[:2]), None
+    h = math.log(t[i]) - math.log(t[i + 1])
+    hh = -h
+    rks = [(math.log(t[i]) - math.log(t[i - k])) / h for k in range(1, order)] + [1.0]
+    d1s = [(ms[k] - M0) / rks[k - 1] for k in range(1, order)]
+    B = math.expm1(hh) if variant == "bh2" else hh
+    phi, fac = math.expm1(hh) / hh - 1, 1.0
+    R, b = [], []
+    for k in range(1, order + 1):
+        R.append([r ** (k - 1) for r in rks])
+        b.append(phi * fac / B)
+        fac *= k + 1
+        phi = phi / hh - 1 / fac
+    R, b = np.array(R), np.array(b)
+    if order == 1:
+        x_pred = x_lin
+    elif order == 2:
+        x_pred = x_lin - B * 0.5 * d1s[0]
+    else:
+        rho_p = np.linalg.solve(R[:-1, :-1], b[:-1])
+        x_pred = x_lin - B * sum(r * d for r, d in zip(rho_p, d1s))
+    pred = tuple(float(v) for v in x_pred[:1 + order])
+    if not correct:
+        return pred, None
+    rho_c = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
+    x_corr = x_lin - B * (sum(r * d for r, d in zip(rho_c[:-1], d1s)) + rho_c[-1] * (MT - M0))
+    return pred, tuple(float(v) for v in x_corr[:1 + order]) + (float(x_corr[4]),)

@@ -269,6 +269,24 @@ def test_dyweight_gradients_reach_weights_and_time_scale(afs, dtype):
     assert gs.shape == (n - 1 - int(afs),) and (gs != 0).all()
 
 
+@pytest.mark.parametrize("afs", [False, True], ids=["noafs", "afs"])
+def test_dyweight_inference_and_differentiable_paths_agree(afs):
+    """Under no_grad the scalars run as Python floats (fused updates); with autograd as Parameters: same samples."""
+    n = 7
+    rng = torch.Generator().manual_seed(5)
+    rows = [(torch.randn(min(i + 1, 3), generator=rng, dtype=torch.float64) * 0.2
+             + torch.tensor(solvers.get("dyweight", num_points=n, afs=afs).rows()[i])).tolist() for i in range(n - 1)]
+    scale = (1 + 0.1 * torch.randn(n - 1 - int(afs), generator=rng, dtype=torch.float64)).tolist()
+    s = solvers.get("dyweight", weights=rows, time_scale=scale, afs=afs)
+    x = 80.0 * torch.randn(3, 4, generator=rng, dtype=torch.float64)
+    t = schedules.polynomial(n, 0.002, 80.0)
+    with torch.no_grad():
+        fast = s.sample(gauss_denoiser(), x, t, afs=afs)
+    slow = s.sample(gauss_denoiser(), x, t, afs=afs)
+    assert slow.requires_grad and not fast.requires_grad
+    assert torch.allclose(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_dyweight_gradient_matches_finite_difference():
     """d output / d time_scale[1] by autograd equals a central difference (float64)."""
     n = 5

@@ -2,7 +2,8 @@
 
 overhead = wall time of solver.sample / (NFE × the time of one denoiser call), on a small CPU conv network, for every
 registered solver at NFE 5 and 10 (target <= 1.05). The pure-call time is measured as a loop of exactly the
-solver's NFE denoiser calls on the same batch, interleaved with the solver runs; medians over repeats. The
+solver's NFE denoiser calls on the same batch, run back to back with the solver run in every repeat; the overhead
+is the median of those paired ratios (a slow moment of a shared machine then slows both halves of a pair). The
 "implied" column adds the solver's own time per call (sample() with an identity denoiser) to one network call:
 1 + solver ms/call / call ms, which a busy machine disturbs less than the direct ratio.
 
@@ -30,7 +31,7 @@ SIGMA_DATA = 0.5
 
 def add_arguments(parser) -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10], help="budgets to measure (default 5 10)")
-    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=51, help="interleaved repeats per measurement (median)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the conv network's input")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier timings)")
     parser.add_argument("--quick", action="store_true", help="also run the quick grid end to end and time it")
@@ -79,7 +80,12 @@ def _plan(name: str, nfe: int):
 
 
 def _median_times(fns: list, repeats: int) -> list[float]:
-    """Median wall time of each function, run interleaved (fns[0], fns[1], ..., fns[0], ...) `repeats` times."""
+    """Median wall time of each function over `repeats` interleaved rounds."""
+    return [statistics.median(t) for t in _times(fns, repeats)]
+
+
+def _times(fns: list, repeats: int) -> list[list[float]]:
+    """Wall times of each function over `repeats` interleaved rounds (fns[0], fns[1], ..., fns[0], ...)."""
     times = [[] for _ in fns]
     for f in fns:                                  # warm-up
         f()
@@ -88,7 +94,7 @@ def _median_times(fns: list, repeats: int) -> list[float]:
             t0 = time.perf_counter()
             f()
             times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def solver_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
@@ -123,15 +129,16 @@ def solver_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
                 solver.sample(_identity, x_T, sigmas, afs=afs)
 
             with torch.no_grad():
-                t_pure, t_sample, t_bare = _median_times([pure, run, bare], repeats)
-            t_call = t_pure / calls
-            implied = 1 + t_bare / calls / t_call
+                pures, samples, bares = _times([pure, run, bare], repeats)
+            t_pure, t_sample, t_bare = (statistics.median(v) for v in (pures, samples, bares))
+            overhead = statistics.median(a / b for a, b in zip(samples, pures))
+            implied = 1 + t_bare / t_pure
             rows.append({"solver": name, "nfe": nfe, "afs": afs, "calls": calls, "sample": t_sample,
-                         "pure": t_pure, "overhead": t_sample / t_pure, "solver_per_call": t_bare / calls,
+                         "pure": t_pure, "overhead": overhead, "solver_per_call": t_bare / calls,
                          "implied": implied})
-            flag = "" if max(t_sample / t_pure, implied) <= 1.05 else "  > 1.05"
+            flag = "" if max(overhead, implied) <= 1.05 else "  > 1.05"
             out(f"{name:<16} {nfe:>4} {'yes' if afs else 'no':>4} {calls:>6} {1e3 * t_sample:>10.2f} "
-                f"{1e3 * t_pure:>14.2f} {t_sample / t_pure:>9.3f} {1e3 * t_bare / calls:>15.3f} {implied:>8.3f}{flag}")
+                f"{1e3 * t_pure:>14.2f} {overhead:>9.3f} {1e3 * t_bare / calls:>15.3f} {implied:>8.3f}{flag}")
     return rows
 
 
