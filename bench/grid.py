@@ -321,7 +321,7 @@ def _expand(grid: Grid) -> None:
         })
 
     # ---- solver entries -----------------------------------------------------------------------------------
-    labels = set()
+    labels: dict[str, set] = {}                             # label -> the models it already names
     for i, st in enumerate(solver_tables):
         where = f"grid {gname}, solvers[{i}]"
         if not isinstance(st, dict) or "name" not in st:
@@ -342,9 +342,6 @@ def _expand(grid: Grid) -> None:
             raise ValueError(f"{where}: options and schedule_options must be tables")
         if e.schedule is not None and e.schedule not in schedules.KINDS:
             raise ValueError(f"{where}: unknown schedule {e.schedule!r}; accepted: {', '.join(schedules.KINDS)}")
-        if e.label in labels:
-            raise ValueError(f"{where}: label {e.label!r} is used twice (labels name rows of the results)")
-        labels.add(e.label)
         if e.distill is not None and not isinstance(e.distill, dict):
             raise ValueError(f"{where}: distill must be a table of bench.distill options, e.g. distill = {{}}")
         if (e.distill is not None) + e.released + bool(e.options.get("weights") is not None) > 1:
@@ -363,6 +360,12 @@ def _expand(grid: Grid) -> None:
             if not isinstance(e.models, list) or bad:
                 raise ValueError(f"{where}: models = {e.models!r} must list models of this grid: "
                                  f"{', '.join(grid.models)}")
+        covered = set(e.models if e.models is not None else grid.models)
+        if covered & labels.get(e.label, set()):
+            raise ValueError(f"{where}: label {e.label!r} is used twice for model(s) "
+                             f"{', '.join(sorted(covered & labels[e.label]))} (a label names one row per model; "
+                             "entries may share it only with disjoint `models` lists)")
+        labels.setdefault(e.label, set()).update(covered)
         if e.distill is not None:
             _check_distill_options(e.distill, where)
         if not e.learned and not (e.name == "dyweight" and "weights" not in e.options):

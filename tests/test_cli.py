@@ -85,7 +85,7 @@ def test_dry_run_lists_cells_needs_and_cost_and_runs_nothing(tmp_path, capsys):
     evaluations = sum(c.nfe * c.num_samples for c in g.cells)
     distils = len({(c.model, c.nfe) for c in g.cells if c.entry.distill is not None})
     assert f"cost: {len(g.cells)} of {len(g.cells)} cells to run, {evaluations:,} network evaluations" in out
-    assert distils == 8 and f"plus {distils} distillations" in out
+    assert distils == 10 and f"plus {distils} distillations" in out      # 2 mixtures x 4 NFEs + digits x 2
     assert not (tmp_path / results.DB_NAME).exists()
 
 
@@ -114,13 +114,14 @@ def test_quick_grid_runs_end_to_end_on_a_reduced_sample_count(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     df = results.load(tmp_path)
-    assert len(df) == 48 * 2 and (df.status == "ok").all() and df.value.notna().all()   # 40 mixture + 8 digits cells
+    assert len(df) == 50 * 2 and (df.status == "ok").all() and df.value.notna().all()   # 40 mixture + 10 digits cells
     assert set(df.label) == {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"}
     assert "gmm64 · endpoint_error" in out and "DyWeight +AFS" in out
-    assert len(list((tmp_path / "solvers" / "quick").glob("*/DyWeight-nfe*.json"))) == 8
+    assert len(list((tmp_path / "solvers" / "quick").glob("*/DyWeight-nfe*.json"))) == 10
+    assert set(df[df.model == "digits"].label) == {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"}
     assert main(args) == 0                                            # resumes: nothing left to do
-    assert "48 of 48 cells already stored" in capsys.readouterr().out
-    assert len(results.load(tmp_path)) == 96
+    assert "50 of 50 cells already stored" in capsys.readouterr().out
+    assert len(results.load(tmp_path)) == 100
 
 
 def test_perf_command_prints_ratios_and_diffusers_computes_the_same_samples(capsys):

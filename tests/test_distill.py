@@ -206,6 +206,19 @@ def test_conditions_are_drawn_with_the_noise():
     assert torch.equal(torch.sign(x[:, 0]), m.conditions(seeds))
 
 
+def test_the_models_paper_learning_rate_is_the_default(grid):
+    """A model that declares the paper's learning rate (EDM CIFAR-10: 3e-2, ...) is distilled with it unless the
+    caller gives lr; models that declare none get the NFE-dependent default."""
+    from bench.distill.train import default_lr
+    m = models.get("gmm2d")
+    assert distill("dyweight", m, grid, seed=0, cache_dir=False, **SMALL).metadata["training"]["lr"] == default_lr(3)
+    m.distill_lr = 0.0123
+    assert distill("dyweight", m, grid, seed=0, cache_dir=False, **SMALL).metadata["training"]["lr"] == 0.0123
+    got = distill("dyweight", m, grid, seed=0, cache_dir=False, lr=0.002, **SMALL).metadata["training"]["lr"]
+    assert got == 0.002
+    assert [models.get(n).distill_lr for n in ("cifar10", "ffhq", "afhqv2", "imagenet64")] == [3e-2, 1e-2, 1e-2, 5e-3]
+
+
 @pytest.mark.parametrize("opts, match", [
     ({"init": "ab"}, "init 'ab'; accepted: adams_bashforth, euler, uniform"),
     ({"supervision": "paths"}, "accepted: endpoint, path"),

@@ -46,9 +46,10 @@ EULER = '[[solvers]]\nname = "euler"\nlabel = "Euler"\n'
 # ---- grids ------------------------------------------------------------------------------------------------------
 def test_quick_grid_expands_to_its_cells():
     g = grids.load("quick")
-    assert {c.model for c in g.cells} >= {"gmm2d", "gmm64"}
-    labels = {c.entry.label for c in g.cells}
-    assert {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"} <= labels
+    assert {c.model for c in g.cells} == {"gmm2d", "gmm64", "digits"}
+    for model in ("gmm2d", "gmm64", "digits"):          # every solver, DyWeight included, on every model
+        labels = {c.entry.label for c in g.cells if c.model == model}
+        assert labels == {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"}
     assert {c.nfe for c in g.cells} == {3, 5, 7, 9}
     assert all(c.entry.afs for c in g.cells)
     for c in g.cells:                                   # one evaluation per step, AFS saves one: N = NFE + 2
@@ -79,6 +80,20 @@ def test_bad_solver_entries_are_rejected_naming_what_is_accepted(tmp_path, solve
         grids.load(write_grid(tmp_path, solvers_toml, extra=extra))
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_label_may_name_entries_for_disjoint_models(tmp_path):
+    """One row name per model: e.g. DyWeight distilled with other settings on another model."""
+    two = BASE.format(name="t", nfe="[3]", num_samples=8, batch_size=8, model="gmm2d") + \
+        '[[models]]\nname = "gmm64"\nmetrics = ["fd_exact"]\n'
+    p = tmp_path / "t.toml"
+    p.write_text(two + IPNDM + 'models = ["gmm2d"]\n' + IPNDM.replace("afs = true", "afs = false") + 'models = ["gmm64"]\n')
+    g = grids.load(p)
+    assert [(c.model, c.entry.label, c.entry.afs) for c in g.cells] == [("gmm2d", "iPNDM", True),
+                                                                         ("gmm64", "iPNDM", False)]
+    p.write_text(two + IPNDM + 'models = ["gmm2d", "gmm64"]\n' + IPNDM + 'models = ["gmm64"]\n')
+    with pytest.raises(ValueError, match="label 'iPNDM' is used twice for model.s. gmm64"):
+        grids.load(p)
 
 
 def test_bad_models_metrics_and_files_are_rejected(tmp_path):

@@ -15,7 +15,7 @@ from bench.metrics.base import Metric
 
 EXPECTED = {  # grid -> {(model, label): [NFEs]} spot checks, and total cell count
     "paper_table1": (156, {("cifar10", "DPM-Solver++(3M)"): [3, 4, 5, 6, 7, 8, 9],
-                           ("sd15", "DyWeight(K=2)"): [8, 12, 16, 20]}),
+                           ("sd15", "DyWeight"): [8, 12, 16, 20]}),
     "paper_sd_clip": (16, {("sd15", "UniPC(2M)"): [8, 12, 16, 20]}),
     "paper_flux": (18, {("flux", "DyWeight"): [3, 5, 7], ("flux_drawbench", "iPNDM(2M)"): [5, 7, 9]}),
     "paper_teacher": (16, {("cifar10", "DyWeight (teacher Heun-35)"): [3, 5, 7, 9]}),
@@ -63,8 +63,10 @@ def test_paper_grids_use_the_paper_settings(registered):
     sd = [c for c in g.cells if c.model == "sd15"]
     assert all(not c.entry.afs for c in sd) and all(c.entry.afs for c in g.cells if c.model != "sd15")
     nfe8 = {c.entry.label: c.num_points for c in sd if c.nfe == 8}
-    assert nfe8 == {"iPNDM(2M)": 5, "DPM-Solver++(2M)": 5, "UniPC(2M)": 5, "DyWeight(K=2)": 5}   # 2 NFE per step
+    assert nfe8 == {"iPNDM(2M)": 5, "DPM-Solver++(2M)": 5, "UniPC(2M)": 5, "DyWeight": 5}   # 2 NFE per step
     lsun = {c.entry.label: c.schedule for c in g.cells if c.model == "lsun_bedroom" and c.nfe == 5}
     assert lsun == {"iPNDM": "polynomial", "DPM-Solver++(3M)": "logsnr", "UniPC": "logsnr", "DyWeight": "discrete"}
+    dy = {c.model: c.entry.distill.get("history") for c in g.cells if c.entry.name == "dyweight"}
+    assert dy == {"cifar10": 3, "ffhq": 3, "afhqv2": 3, "imagenet64": 3, "lsun_bedroom": 3, "sd15": 2}
     flux = grid.load("paper_flux")
     assert {c.schedule for c in flux.cells} == {"flow_shift"} and all(not c.entry.afs for c in flux.cells)

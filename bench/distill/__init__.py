@@ -17,8 +17,10 @@ every student NFE and ablation (teacher.py explains the cache key and the model 
 Defaults (paper Appendix D.2 where it gives them; the rest measured on gmm64 with `python -m bench distill-bench`):
 teacher iPNDM, 35 steps, no AFS, final D(x, sigma_min); 4096 teacher pairs (seeds from 1e9, held out from the
 evaluation seeds 0..) plus 256 held-out pairs (seeds from 2e9) for the eval curve; K = 3, Adams-Bashforth init,
-time shifting and scaling on; endpoint MSE; Adam (0.9, 0.999, 1e-8), batch 16, 1000 steps, lr 2e-2 (NFE <= 3),
-1e-2 (<= 5), 5e-3 (<= 7), 3e-3 (more), 10% linear warm-up from 0.1 lr, cosine to 0.01 lr, grad-norm clip 1.
+time shifting and scaling on; endpoint MSE; Adam (0.9, 0.999, 1e-8), batch 16, 1000 steps, lr = the model's
+`distill_lr` where it declares the paper's (CIFAR-10 3e-2; FFHQ, AFHQv2, LSUN-Bedroom 1e-2; ImageNet-64 5e-3;
+SD-v1.5 5e-4), else 2e-2 (NFE <= 3), 1e-2 (<= 5), 5e-3 (<= 7), 3e-3 (more); 10% linear warm-up from 0.1 lr,
+cosine to 0.01 lr, grad-norm clip 1.
 
 Ablation switches (options): time_shift=False, time_scaling=False, history=K (1..N-1), supervision="path" (with
 path_substeps, see train.py), teacher=<solver>, teacher_steps=M, teacher_options={...}, num_samples=n,
@@ -51,7 +53,7 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
                          f"{3 if afs else 2} points (afs={afs}), got {grid}")
     settings = Settings.from_options(options)
     nfe = len(grid) - 1 - int(afs)
-    settings.resolve(nfe, len(grid) - 1)
+    settings.resolve(nfe, len(grid) - 1, getattr(target, "distill_lr", None))
     teacher = Teacher(settings.teacher, settings.teacher_steps, settings.teacher_options, settings.teacher_afs,
                       settings.teacher_denoise, settings.teacher_schedule)
     teacher.check()

@@ -76,8 +76,9 @@ class Settings:
         s.teacher_options = dict(s.teacher_options or {})
         return s
 
-    def resolve(self, nfe: int, num_steps: int) -> "Settings":
-        """Check every value; fill NFE-dependent defaults. num_steps = N - 1, the student's grid intervals."""
+    def resolve(self, nfe: int, num_steps: int, model_lr: float | None = None) -> "Settings":
+        """Check every value; fill the defaults. num_steps = N - 1, the student's grid intervals; model_lr = the
+        paper's learning rate for the model being distilled (Model.distill_lr), else the NFE-dependent default."""
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
         if self.supervision not in SUPERVISIONS:
@@ -97,7 +98,7 @@ class Settings:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if self.lr is None:
-            self.lr = default_lr(nfe)
+            self.lr = model_lr if model_lr is not None else default_lr(nfe)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not 0 <= self.warmup < 1:

@@ -57,6 +57,7 @@ class Model:
     schedule_options: dict = {}             # e.g. {"rho": 7}; discrete grids get sigma_fn from `grid`
     evals_per_call: int = 1                 # 2 under classifier-free guidance
     released_key: str | None = None         # dataset key of the released DyWeight coefficients, if any
+    distill_lr: float | None = None         # the paper's DyWeight learning rate for it (None: bench.distill's default)
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
 

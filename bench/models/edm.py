@@ -24,8 +24,10 @@ class EDMModel(Model):
     schedule_options = {"rho": 7.0}
 
     def __init__(self, name: str, weights_name: str, shape: tuple, label_dim: int = 0, released_key: str | None = None,
-                 description: str = "", path: str | Path | None = None, device: str | None = None):
+                 description: str = "", path: str | Path | None = None, device: str | None = None,
+                 distill_lr: float | None = None):
         self.name = name
+        self.distill_lr = distill_lr
         self.weights_name = weights_name
         self.shape = tuple(shape)
         self.label_dim = label_dim
@@ -85,15 +87,17 @@ class EDMModel(Model):
         return x.clamp(-1, 1)
 
 
-def _factory(name, weights_name, shape, label_dim, released_key, description):
+def _factory(name, weights_name, shape, label_dim, released_key, description, distill_lr):
     def make(**options) -> EDMModel:
+        options.setdefault("distill_lr", distill_lr)
         return EDMModel(name, weights_name, shape, label_dim, released_key, description, **options)
     make.__doc__ = description
     return make
 
 
-cifar10 = _factory("cifar10", "edm-cifar10", (3, 32, 32), 0, "cifar10", "EDM CIFAR-10 32x32 (unconditional, VP)")
-ffhq = _factory("ffhq", "edm-ffhq", (3, 64, 64), 0, "ffhq", "EDM FFHQ 64x64 (unconditional, VP)")
-afhqv2 = _factory("afhqv2", "edm-afhqv2", (3, 64, 64), 0, "afhqv2", "EDM AFHQv2 64x64 (unconditional, VP)")
+# The last argument is the DyWeight learning rate of the lineage for the dataset (solver-conventions.md, "Training").
+cifar10 = _factory("cifar10", "edm-cifar10", (3, 32, 32), 0, "cifar10", "EDM CIFAR-10 32x32 (unconditional, VP)", 3e-2)
+ffhq = _factory("ffhq", "edm-ffhq", (3, 64, 64), 0, "ffhq", "EDM FFHQ 64x64 (unconditional, VP)", 1e-2)
+afhqv2 = _factory("afhqv2", "edm-afhqv2", (3, 64, 64), 0, "afhqv2", "EDM AFHQv2 64x64 (unconditional, VP)", 1e-2)
 imagenet64 = _factory("imagenet64", "edm-imagenet64", (3, 64, 64), 1000, "imagenet64",
-                      "EDM ImageNet 64x64 (class-conditional, ADM)")
+                      "EDM ImageNet 64x64 (class-conditional, ADM)", 5e-3)
