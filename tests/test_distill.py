@@ -182,6 +182,15 @@ def test_pluggable_distance(gmm, grid):
     assert torch.equal(s.weights, t.weights)
 
 
+def test_relative_l2_distance_is_the_endpoint_error_and_learns_differently(gmm, grid):
+    a = torch.tensor([[3.0, 4.0], [1.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    assert losses.relative_l2(b, a).tolist() == [1.0, 1.0]                 # ||b - a|| / ||a|| per sample
+    mse = distill("dyweight", gmm, grid, seed=0, cache_dir=False, **SMALL)
+    rel = distill("dyweight", gmm, grid, seed=0, cache_dir=False, loss="relative_l2", **SMALL)
+    assert rel.metadata["training"]["distance"] == "relative_l2" and not torch.equal(mse.weights, rel.weights)
+
+
 class _Conditional(Model):
     """A 1-D toy whose data is the class label c in {-1, +1} (a point mass): D(x, sigma) = c."""
 

@@ -22,6 +22,12 @@ def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (student - teacher).pow(2).flatten(1).mean(1)
 
 
+def relative_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """||student - teacher|| / ||teacher|| per sample: the analytic models' endpoint-error metric as a distance
+    (an ablation of the distance, `python -m bench distill-bench`; not a default)."""
+    return (student - teacher).flatten(1).norm(dim=1) / teacher.flatten(1).norm(dim=1).clamp_min(1e-30)
+
+
 def inception(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """The paper's pixel-space distance: per-sample MSE of TF-Inception pool features of images in [-1, 1]
     (bench.metrics.features.inception_feature_mse; the network file is loaded once, on first use)."""
@@ -29,7 +35,7 @@ def inception(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return inception_feature_mse(student, teacher)
 
 
-_REGISTRY: dict[str, Distance] = {"mse": mse, "inception": inception}
+_REGISTRY: dict[str, Distance] = {"mse": mse, "relative_l2": relative_l2, "inception": inception}
 
 
 def register(name: str, distance: Distance) -> None:
