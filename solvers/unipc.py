@@ -95,7 +95,7 @@ def step_coefficients(t: tuple, i: int, order: int, correct: bool, variant: str)
     ratio = t[i + 1] / t[i]
     x_lin = ratio * X - (ratio - 1) * M0                         # expm1(-h) = t_{i+1}/t_i - 1
     if order == 1 and not correct:
-        return tuple(x_lin[:2]), None
+        return tuple(float(v) for v in x_lin[:2]), None
     h = math.log(t[i]) - math.log(t[i + 1])
     hh = -h
     rks = [(math.log(t[i]) - math.log(t[i - k])) / h for k in range(1, order)] + [1.0]

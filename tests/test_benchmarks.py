@@ -14,23 +14,14 @@ import pytest
 import torch
 
 import solvers
+from bench.commands.perf import _identity, _plan
 from solvers import schedules
-
-CONFIGS = [("euler", {}), ("heun", {}), ("ipndm", {}), ("ipndm_v", {}), ("dpm_solver_pp", {"order": 3}),
-           ("unipc", {"order": 3}), ("dyweight", {})]
-
-
-def _identity(x, sigma):
-    return x
 
 
 @pytest.mark.parametrize("nfe", [5, 10])
-@pytest.mark.parametrize("name,opts", CONFIGS, ids=[c[0] for c in CONFIGS])
-def test_solver_own_time_per_run(benchmark, name, opts, nfe):
-    probe = solvers.solver_class(name).budget_probe() if name == "dyweight" else solvers.get(name, **opts)
-    afs = name != "heun" or nfe % 2 == 1          # Heun spends an even budget without AFS, an odd one with it
-    n = probe.num_points(nfe, afs=afs)
-    solver = solvers.get("dyweight", num_points=n, afs=afs) if name == "dyweight" else probe
+@pytest.mark.parametrize("name", solvers.names())
+def test_solver_own_time_per_run(benchmark, name, nfe):
+    solver, afs, n = _plan(name, nfe)                # the grid and AFS choice `bench perf` measures
     sigmas = schedules.polynomial(n, 0.002, 80.0)
     x_T = 80.0 * torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     counter = solvers.CountingDenoiser(_identity)
