@@ -131,20 +131,45 @@ def afs_derivative(x0: torch.Tensor, t0) -> torch.Tensor:
     return x0 / math.sqrt(1.0 + t0 * t0)
 
 
+# Derivatives in factored form (a, g) with d = a g: the scalar a rides in the update's `combine`, so forming d costs
+# one tensor pass (x - D) and the analytical first step none.
+def derivative(den, x: torch.Tensor, t: float) -> tuple[float, torch.Tensor]:
+    """d(x, t) = (x - D(x, t)) / t as the pair (1 / t, x - D(x, t))."""
+    return 1.0 / t, x - den(x, t)
+
+
+def afs_pair(x0: torch.Tensor, t0: float) -> tuple[float, torch.Tensor]:
+    """The analytical first step d_0 = x_0 / sqrt(1 + t_0^2) as the pair (1 / sqrt(1 + t_0^2), x_0)."""
+    return 1.0 / math.sqrt(1.0 + t0 * t0), x0
+
+
 def combine(*terms) -> torch.Tensor:
     """sum_k c_k y_k for terms (c_k, y_k): the linear combinations every update of these solvers is made of.
 
-    Python-number coefficients take one fused add per term (`torch.add(out, y, alpha=c)`), the first term one
-    multiply unless its coefficient is 1, and zero coefficients cost nothing; tensor coefficients (DyWeight's
-    parameters during distillation) keep the plain differentiable form `out + c * y`.
+    Python-number coefficients cost one tensor pass per term: the first term makes the output (one multiply, none
+    when c = 1 and a second term follows), the rest add into it in place (`add_(y, alpha=c)`); zero coefficients
+    cost nothing. Tensor coefficients (DyWeight's parameters during distillation) keep the plain differentiable form
+    `out + c * y`.
     """
+    if any(isinstance(c, torch.Tensor) for c, _ in terms):
+        out = None
+        for c, y in terms:
+            out = c * y if out is None else out + c * y
+        return out
+    terms = [(c, y) for c, y in terms if c] or terms[:1]
     (c, y), rest = terms[0], terms[1:]
-    out = y if (not isinstance(c, torch.Tensor) and c == 1) else c * y
+    if c != 1:
+        out = torch.mul(y, c)
+    elif rest:
+        (c2, y2), rest = rest[0], rest[1:]
+        out = torch.add(y, y2, alpha=c2)
+    else:
+        return y
     for c, y in rest:
-        if isinstance(c, torch.Tensor):
-            out = out + c * y
-        elif c:
-            out = torch.add(out, y, alpha=c)
+        if y.dtype == out.dtype and y.shape == out.shape:
+            out.add_(y, alpha=c)                         # into the fresh output: no allocation
+        else:
+            out = torch.add(out, y, alpha=c)             # promotes / broadcasts like the plain sum
     return out
 
 

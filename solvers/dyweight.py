@@ -159,15 +159,15 @@ class DyWeight(Solver, torch.nn.Module):
         buffer = []
         for i in range(len(t) - 1):
             if afs and i == 0:
-                d = x / math.sqrt(1 + t_hat ** 2)              # analytical first step
+                d = 1 / math.sqrt(1 + t_hat ** 2), x            # analytical first step, d = a g as a pair (a, g)
             else:
                 s = scale[i - 1 if afs else i]
-                d = (x - den(x, abs(s * t_hat))) / (t_hat + self.divisor_eps)   # time scaling: D at |s t^_i|
+                d = 1 / (t_hat + self.divisor_eps), x - den(x, abs(s * t_hat))   # time scaling: D at |s t^_i|
             buffer = (buffer + [d])[-K:]
             p = min(i + 1, K)
             w = W[i][K - p:]
             h = t[i + 1] - t_hat
-            x = combine((1, x), *((h * w[j], buffer[-p + j]) for j in range(p)))   # gradient weighting
+            x = combine((1, x), *((h * w[j] * a, g) for j, (a, g) in enumerate(buffer[-p:])))   # gradient weighting
             if getattr(self, "_states", None) is not None:     # trajectory(): keep every state
                 self._states.append(x)
             if self.time_shift:

@@ -1,7 +1,7 @@
 """Euler: x_{i+1} = x_i + h_i d_i, with d_i = (x_i - D(x_i, t_i)) / t_i and h_i = t_{i+1} - t_i."""
 from __future__ import annotations
 
-from .base import Solver, afs_derivative, combine
+from .base import Solver, afs_pair, combine, derivative
 
 
 class Euler(Solver):
@@ -14,8 +14,8 @@ class Euler(Solver):
     def _sample(self, den, x, t, afs):
         for i in range(len(t) - 1):
             if afs and i == 0:
-                d = afs_derivative(x, t[0])                  # analytical first step
+                a, g = afs_pair(x, t[0])                     # analytical first step
             else:
-                d = (x - den(x, t[i])) / t[i]                # d_i = (x_i - D(x_i, t_i)) / t_i
-            x = combine((1, x), (t[i + 1] - t[i], d))        # x_{i+1} = x_i + h_i d_i
+                a, g = derivative(den, x, t[i])              # d_i = (x_i - D(x_i, t_i)) / t_i = a g
+            x = combine((1, x), ((t[i + 1] - t[i]) * a, g))  # x_{i+1} = x_i + h_i d_i
         return x

@@ -4,7 +4,7 @@ It corrects on every step, the last one too; a step that ends at sigma = 0 is le
 """
 from __future__ import annotations
 
-from .base import Solver, afs_derivative, combine
+from .base import Solver, afs_pair, combine, derivative
 
 
 class Heun(Solver):
@@ -18,13 +18,13 @@ class Heun(Solver):
         for i in range(len(t) - 1):
             h = t[i + 1] - t[i]
             if afs and i == 0:
-                d = afs_derivative(x, t[0])                  # AFS skips only step 0's predictor call
+                a, g = afs_pair(x, t[0])                     # AFS skips only step 0's predictor call
             else:
-                d = (x - den(x, t[i])) / t[i]
-            x_pred = combine((1, x), (h, d))                 # x' = x_i + h d_i
+                a, g = derivative(den, x, t[i])              # d_i = a g
+            x_pred = combine((1, x), (h * a, g))             # x' = x_i + h d_i
             if t[i + 1] == 0:
                 x = x_pred
                 continue
-            d_pred = (x_pred - den(x_pred, t[i + 1])) / t[i + 1]
-            x = combine((1, x), (h / 2, d), (h / 2, d_pred))   # trapezoidal correction
+            a_pred, g_pred = derivative(den, x_pred, t[i + 1])
+            x = combine((1, x), (h / 2 * a, g), (h / 2 * a_pred, g_pred))   # trapezoidal correction
         return x

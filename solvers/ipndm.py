@@ -9,7 +9,7 @@ With AFS the analytic d_0 enters the buffer like any other derivative.
 """
 from __future__ import annotations
 
-from .base import Solver, afs_derivative, combine
+from .base import Solver, afs_pair, combine, derivative
 
 # Adams-Bashforth rows, oldest derivative first, newest last.
 AB_COEFFS = {
@@ -40,15 +40,15 @@ class IPNDM(Solver):
         return AB_COEFFS[order]
 
     def _sample(self, den, x, t, afs):
-        buffer = []                                          # past derivatives, oldest first
+        buffer = []                                          # past derivatives d_j = a_j g_j, oldest first
         for i in range(len(t) - 1):
             if afs and i == 0:
-                d = afs_derivative(x, t[0])
+                d = afs_pair(x, t[0])
             else:
-                d = (x - den(x, t[i])) / t[i]
+                d = derivative(den, x, t[i])
             buffer = (buffer + [d])[-self.max_order:]
             order = min(self.max_order, i + 1)
             h = t[i + 1] - t[i]
             coeffs = self.coefficients(t, i, order)
-            x = combine((1, x), *((h * c, g) for c, g in zip(coeffs, buffer[-order:])))  # x + h_i sum_j c_j d_j
+            x = combine((1, x), *((h * c * a, g) for c, (a, g) in zip(coeffs, buffer[-order:])))  # x + h sum c_j d_j
         return x
