@@ -3,9 +3,16 @@
 overhead = wall time of solver.sample / (NFE × the time of one denoiser call), on a small CPU conv network, for every
 registered solver at NFE 5 and 10 (target <= 1.05). The pure-call time is measured as a loop of exactly the
 solver's NFE denoiser calls on the same batch, run back to back with the solver run in every repeat; the overhead
-is the median of those paired ratios (a slow moment of a shared machine then slows both halves of a pair). The
-"implied" column adds the solver's own time per call (sample() with an identity denoiser) to one network call:
-1 + solver ms/call / call ms, which a busy machine disturbs less than the direct ratio.
+is the median of those paired ratios (a slow moment of a shared machine then slows both halves of a pair), printed
+with their quartiles to show how much the machine's noise moves it. The "implied" column adds the solver's own time
+per call (sample() with an identity denoiser) to one network call: 1 + solver ms/call / call ms, which a busy
+machine disturbs less than the direct ratio.
+
+The direct ratio is larger than the implied one because the network and the solver's tensor updates, run in turn,
+cost more than each run alone: the gap stays when the solver is fed a constant in place of the network's output, so
+it is the two sharing the caches and the allocator (measured on the 2-core VM: ~0.1 ms per call; with glibc's
+default malloc the network call also page-faults ~1300 times, about half of its time, and the solver's live
+tensors add a few hundred faults per run). A network of real size makes both effects negligible.
 
 diffusers: the same sampling loop through DPMSolverMultistepScheduler / UniPCMultistepScheduler, on the same
 denoiser and the same grid (their `sigmas` replaced by ours, run in VP scaling x_VP = x / sqrt(1 + sigma^2),
@@ -102,7 +109,7 @@ def solver_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
     from solvers import schedules
     rows = []
     out(f"{'solver':<16} {'NFE':>4} {'AFS':>4} {'calls':>6} {'sample ms':>10} {'NFE x call ms':>14} {'overhead':>9}"
-        f" {'solver ms/call':>15} {'implied':>8}")
+        f" {'(quartiles)':>13} {'solver ms/call':>15} {'implied':>8}")
     for nfe in nfe_list:
         for name in solvers.names():
             plan = _plan(name, nfe)
@@ -131,14 +138,17 @@ def solver_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
             with torch.no_grad():
                 pures, samples, bares = _times([pure, run, bare], repeats)
             t_pure, t_sample, t_bare = (statistics.median(v) for v in (pures, samples, bares))
-            overhead = statistics.median(a / b for a, b in zip(samples, pures))
+            ratios = [a / b for a, b in zip(samples, pures)]
+            overhead = statistics.median(ratios)
+            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [overhead] * 3
             implied = 1 + t_bare / t_pure
             rows.append({"solver": name, "nfe": nfe, "afs": afs, "calls": calls, "sample": t_sample,
-                         "pure": t_pure, "overhead": overhead, "solver_per_call": t_bare / calls,
-                         "implied": implied})
+                         "pure": t_pure, "overhead": overhead, "overhead_quartiles": (q1, q3),
+                         "solver_per_call": t_bare / calls, "implied": implied})
             flag = "" if max(overhead, implied) <= 1.05 else "  > 1.05"
             out(f"{name:<16} {nfe:>4} {'yes' if afs else 'no':>4} {calls:>6} {1e3 * t_sample:>10.2f} "
-                f"{1e3 * t_pure:>14.2f} {overhead:>9.3f} {1e3 * t_bare / calls:>15.3f} {implied:>8.3f}{flag}")
+                f"{1e3 * t_pure:>14.2f} {overhead:>9.3f} {q1:>6.3f}-{q3:<6.3f} {1e3 * t_bare / calls:>15.3f} "
+                f"{implied:>8.3f}{flag}")
     return rows
 
 
