@@ -124,13 +124,6 @@ class Solver:
         return {}
 
 
-def afs_derivative(x0: torch.Tensor, t0) -> torch.Tensor:
-    """Analytical first step: d_0 = x_0 / sqrt(1 + t_0^2), i.e. D(x_0, t_0) ~ E[x] = 0 at sigma_max."""
-    if isinstance(t0, torch.Tensor):
-        return x0 / torch.sqrt(1 + t0 ** 2)
-    return x0 / math.sqrt(1.0 + t0 * t0)
-
-
 # Derivatives in factored form (a, g) with d = a g: the scalar a rides in the update's `combine`, so forming d costs
 # one tensor pass (x - D) and the analytical first step none.
 def derivative(den, x: torch.Tensor, t: float) -> tuple[float, torch.Tensor]:
@@ -139,7 +132,8 @@ def derivative(den, x: torch.Tensor, t: float) -> tuple[float, torch.Tensor]:
 
 
 def afs_pair(x0: torch.Tensor, t0: float) -> tuple[float, torch.Tensor]:
-    """The analytical first step d_0 = x_0 / sqrt(1 + t_0^2) as the pair (1 / sqrt(1 + t_0^2), x_0)."""
+    """The analytical first step d_0 = x_0 / sqrt(1 + t_0^2) (i.e. D(x_0, t_0) ~ E[x] = 0 at sigma_max) as the pair
+    (1 / sqrt(1 + t_0^2), x_0)."""
     return 1.0 / math.sqrt(1.0 + t0 * t0), x0
 
 

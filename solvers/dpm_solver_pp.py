@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from .base import Solver, afs_derivative, combine
+from .base import Solver, afs_pair, combine
 from .thresholding import dynamic_threshold
 
 
@@ -59,7 +59,7 @@ class DPMSolverPP(Solver):
         key = tuple(t)                                           # the coefficients are cached per grid
         for i in range(len(t) - 1):
             if afs and i == 0:
-                m = x - t[0] * afs_derivative(x, t[0])           # M_0 = x_0 - t_0 d_0
+                m = x * (1 - t[0] * afs_pair(x, t[0])[0])        # M_0 = x_0 - t_0 d_0
             else:
                 m = den(x, t[i])
             ms = [self._data(m)] + ms[:2]

@@ -14,12 +14,11 @@ W and s are torch Parameters (float64), so `bench.distill` can learn them by bac
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from .base import Solver, combine
+from .base import Solver, afs_pair, combine
 from .ipndm import AB_COEFFS
 
 INITS = ("adams_bashforth", "euler", "uniform")
@@ -159,7 +158,7 @@ class DyWeight(Solver, torch.nn.Module):
         buffer = []
         for i in range(len(t) - 1):
             if afs and i == 0:
-                d = 1 / math.sqrt(1 + t_hat ** 2), x            # analytical first step, d = a g as a pair (a, g)
+                d = afs_pair(x, t_hat)                          # analytical first step; d = a g as (a, g)
             else:
                 s = scale[i - 1 if afs else i]
                 d = 1 / (t_hat + self.divisor_eps), x - den(x, abs(s * t_hat))   # time scaling: D at |s t^_i|

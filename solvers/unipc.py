@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .base import Solver, combine
+from .base import Solver, afs_pair, combine
 from .thresholding import dynamic_threshold
 
 
@@ -69,7 +69,7 @@ class UniPC(Solver):
 
     def _sample(self, den, x, t, afs):
         if afs:
-            m = x * (1 - t[0] / math.sqrt(1 + t[0] ** 2))        # analytical first step
+            m = x * (1 - t[0] * afs_pair(x, t[0])[0])            # analytical first step: M_0 = x_0 - t_0 d_0
         else:
             m = den(x, t[0])
         ms = [self._data(m)]                                     # data predictions, newest first
