@@ -8,11 +8,13 @@ with their quartiles to show how much the machine's noise moves it. The "implied
 per call (sample() with an identity denoiser) to one network call: 1 + solver ms/call / call ms, which a busy
 machine disturbs less than the direct ratio.
 
-The direct ratio is larger than the implied one because the network and the solver's tensor updates, run in turn,
-cost more than each run alone: the gap stays when the solver is fed a constant in place of the network's output, so
-it is the two sharing the caches and the allocator (measured on the 2-core VM: ~0.1 ms per call; with glibc's
-default malloc the network call also page-faults ~1300 times, about half of its time, and the solver's live
-tensors add a few hundred faults per run). A network of real size makes both effects negligible.
+The direct ratio is larger than the implied one because the network and the solver's updates, run in turn, cost
+more than each run alone. Measured on this project's 2-core VM with a steady allocator (glibc's
+MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824, where one call takes ~2.9 ms): a busy-wait
+between calls adds ~0.06 ms per call and a few freshly allocated tensor operations ~0.18 ms, and the gap stays when
+the solver is fed a constant in place of the network's output. With glibc's default malloc the call itself
+page-faults ~1300 times (about half of its time), and the solver's live tensors move that count by a few hundred per
+run, so single rows can come out several percent off. A network of real size makes both effects negligible.
 
 diffusers: the same sampling loop through DPMSolverMultistepScheduler / UniPCMultistepScheduler, on the same
 denoiser and the same grid (their `sigmas` replaced by ours, run in VP scaling x_VP = x / sqrt(1 + sigma^2),
