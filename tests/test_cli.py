@@ -133,3 +133,8 @@ def test_perf_command_prints_ratios_and_diffusers_computes_the_same_samples(caps
     assert len(rows) == 2 and all(float(r[-1]) < 1e-5 for r in rows)      # same grid, same updates
     overheads = [line.split() for line in out.splitlines() if line.split()[:1] in (["euler"], ["unipc"])]
     assert all(float(r[-1]) > 1.0 for r in overheads if len(r) >= 9)
+
+
+def test_perf_rejects_a_non_positive_network_size(capsys):
+    assert main(["perf", "--width", "0"]) == 2
+    assert "--width, --batch and --repeats must be positive integers" in capsys.readouterr().err

@@ -1,12 +1,12 @@
 """`python -m bench perf`: solver overhead and a diffusers comparison, measured in one run and printed as ratios.
 
-overhead = wall time of solver.sample / (NFE × the time of one denoiser call), on a small CPU conv network, for every
-registered solver at NFE 5 and 10 (target <= 1.05). The pure-call time is measured as a loop of exactly the
-solver's NFE denoiser calls on the same batch, run back to back with the solver run in every repeat; the overhead
-is the median of those paired ratios (a slow moment of a shared machine then slows both halves of a pair), printed
-with their quartiles to show how much the machine's noise moves it. The "implied" column adds the solver's own time
-per call (sample() with an identity denoiser) to one network call: 1 + solver ms/call / call ms, which a busy
-machine disturbs less than the direct ratio.
+overhead = wall time of solver.sample / (NFE × the time of one denoiser call), on a small CPU conv network
+(`--width` sizes it), for every registered solver at NFE 5 and 10 (target <= 1.05). The pure-call time is measured
+as a loop of exactly the solver's NFE denoiser calls on the same batch, run back to back with the solver run in every
+repeat; the overhead is the median of those paired ratios (a slow moment of a shared machine then slows both halves
+of a pair), printed with their quartiles to show how much the machine's noise moves it. The "implied" column adds
+the solver's own time per call (sample() with an identity denoiser) to one network call: 1 + solver ms/call / call
+ms, which a busy machine disturbs less than the direct ratio.
 
 The direct ratio is larger than the implied one because the network and the solver's updates, run in turn, cost
 more than each run alone. Measured on this project's 2-core VM with a steady allocator (glibc's
@@ -42,6 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10], help="budgets to measure (default 5 10)")
     parser.add_argument("--repeats", type=int, default=51, help="interleaved repeats per measurement (median)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the conv network's input")
+    parser.add_argument("--width", type=int, default=32,
+                        help="channels of the conv network's hidden layers (default 32; its cost grows ~ width^2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier timings)")
     parser.add_argument("--quick", action="store_true", help="also run the quick grid end to end and time it")
 
@@ -215,14 +217,17 @@ def quick_wall_time(out=print) -> float:
 
 
 def main(args) -> int:
+    from bench.cli import UsageError
     torch.set_num_threads(args.threads)
-    den = ConvDenoiser().eval()
+    if args.width < 1 or args.batch < 1 or args.repeats < 1:
+        raise UsageError("--width, --batch and --repeats must be positive integers")
+    den = ConvDenoiser(width=args.width).eval()
     x_T = 80.0 * torch.randn(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         t_call = _median_times([lambda: den(x_T, torch.full((args.batch,), 1.0))], args.repeats)[0]
     out = print
-    out(f"denoiser: conv net 4->32->32->3 channels, batch {args.batch}x3x32x32, {torch.get_num_threads()} thread(s): "
-        f"{1e3 * t_call:.2f} ms per call")
+    out(f"denoiser: conv net 4->{args.width}->{args.width}->3 channels, batch {args.batch}x3x32x32, "
+        f"{torch.get_num_threads()} thread(s): {1e3 * t_call:.2f} ms per call")
     out("\nsolver overhead = solver.sample / (NFE x one denoiser call), target <= 1.05")
     rows = solver_overheads(den, x_T, args.nfe, args.repeats, out)
     worst = max(rows, key=lambda r: r["overhead"])
