@@ -8,8 +8,8 @@ held-out noise seeds (0 .. eval_samples-1; distillation uses seeds >= 1e9):
 - the wall and CPU time of distilling all the NFEs one after another, teacher included (cold teacher cache;
   target <= 60 s);
 - the same ratio for each ablation switch (time shifting off, time scaling off, both, history K, path
-  supervision, other teachers, fewer/more teacher samples, Euler/uniform init, the relative-L2 distance instead of
-  MSE), reusing the teacher cache.
+  supervision, other teachers, fewer/more teacher samples, a larger batch, Euler/uniform init, the relative-L2
+  distance instead of MSE), reusing the teacher cache.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ ABLATIONS = {
     "teacher_dpm2m_35": {"teacher": "dpm_solver_pp", "teacher_options": {"order": 2}},
     "samples_1k": {"num_samples": 1000},
     "samples_10k": {"num_samples": 10000},
+    "batch_256": {"batch_size": 256},
     "loss_relative_l2": {"loss": "relative_l2"},
 }
 
