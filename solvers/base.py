@@ -42,7 +42,7 @@ class Solver:
         denoise_to_zero: return D(x, sigmas[-1]) instead (one more network evaluation).
         """
         sigmas = self.check_grid(sigmas, x_T, afs)
-        den = _Checked(denoiser, x_T.shape[0])
+        den = _Checked(denoiser)
         x = self._sample(den, x_T, sigmas, afs)
         if denoise_to_zero:
             if float(sigmas[-1]) == 0.0:
@@ -174,9 +174,8 @@ class _Checked:
     finite iff every entry is (NaN propagates). They are read once, after sampling (`raise_if_nonfinite`).
     """
 
-    def __init__(self, denoiser: Denoiser, batch: int):
+    def __init__(self, denoiser: Denoiser):
         self.denoiser = denoiser
-        self.batch = batch
         self.extrema: list = []
         self.sigmas: list = []                       # each call's sigma as given, for the error message
 
