@@ -9,12 +9,16 @@ the solver's own time per call (sample() with an identity denoiser) to one netwo
 ms, which a busy machine disturbs less than the direct ratio.
 
 The direct ratio is larger than the implied one because the network and the solver's updates, run in turn, cost
-more than each run alone. Measured on this project's 2-core VM with a steady allocator (glibc's
-MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824, where one call takes ~2.9 ms): a busy-wait
-between calls adds ~0.06 ms per call and a few freshly allocated tensor operations ~0.18 ms, and the gap stays when
-the solver is fed a constant in place of the network's output. With glibc's default malloc the call itself
-page-faults ~1300 times (about half of its time), and the solver's live tensors move that count by a few hundred per
-run, so single rows can come out several percent off. A network of real size makes both effects negligible.
+more than each run alone. The second table measures where that goes, from runs of sample() whose network calls are
+timed one by one: a network call costs the same inside sample() as alone (ratio 0.95-1.04 on this project's 2-core
+VM), while the solver's work between two calls takes about twice its time alone (1.9-2.7x). Measured ad hoc on the
+same VM, every small tensor operation right after a network call is 3-5x slower than in a loop of its own, even
+torch.full of 8 values, which touches no tensor data: the network evicts the interpreter's and torch's own working
+data from the caches, and each of the solver's few operations per call pays to bring it back. A network of real
+size makes that negligible (`--width 64`). With
+glibc's default malloc a call also page-faults ~1300 times (about half of its time here, measured ad hoc with
+getrusage); the solver's live tensors move that count by a few hundred per run, so single rows come out several
+percent off, in either direction.
 
 diffusers: the same sampling loop through DPMSolverMultistepScheduler / UniPCMultistepScheduler, on the same
 denoiser and the same grid (their `sigmas` replaced by ours, run in VP scaling x_VP = x / sqrt(1 + sigma^2),
@@ -139,20 +143,43 @@ def solver_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
             def bare():                                 # the solver's own work: an identity "network"
                 solver.sample(_identity, x_T, sigmas, afs=afs)
 
+            net_inside = []                              # each network call's time inside sample()
+
+            def traced():
+                def timed(x, s):
+                    t0 = time.perf_counter()
+                    out = den(x, s)
+                    net_inside.append(time.perf_counter() - t0)
+                    return out
+                solver.sample(timed, x_T, sigmas, afs=afs)
+
             with torch.no_grad():
-                pures, samples, bares = _times([pure, run, bare], repeats)
+                pures, samples, bares, traceds = _times([pure, run, bare, traced], repeats)
             t_pure, t_sample, t_bare = (statistics.median(v) for v in (pures, samples, bares))
             ratios = [a / b for a, b in zip(samples, pures)]
             overhead = statistics.median(ratios)
             q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [overhead] * 3
             implied = 1 + t_bare / t_pure
+            # the traced runs split sample() into its network calls and the solver's work between them
+            net_in = statistics.median(net_inside[calls:])          # (the warm-up run's calls dropped)
+            between = statistics.median(
+                [(t - sum(net_inside[calls * (k + 1):calls * (k + 2)])) / calls for k, t in enumerate(traceds)])
             rows.append({"solver": name, "nfe": nfe, "afs": afs, "calls": calls, "sample": t_sample,
                          "pure": t_pure, "overhead": overhead, "overhead_quartiles": (q1, q3),
-                         "solver_per_call": t_bare / calls, "implied": implied})
+                         "solver_per_call": t_bare / calls, "implied": implied,
+                         "net_in_sample": net_in, "net_alone": t_pure / calls, "solver_between_calls": between})
             flag = "" if max(overhead, implied) <= 1.05 else "  > 1.05"
             out(f"{name:<16} {nfe:>4} {'yes' if afs else 'no':>4} {calls:>6} {1e3 * t_sample:>10.2f} "
                 f"{1e3 * t_pure:>14.2f} {overhead:>9.3f} {q1:>6.3f}-{q3:<6.3f} {1e3 * t_bare / calls:>15.3f} "
                 f"{implied:>8.3f}{flag}")
+    out("\nwhere the direct gap goes, per network call: the call inside sample() vs alone, and the solver's work "
+        "between calls vs alone (identity network)")
+    out(f"{'solver':<16} {'NFE':>4} {'net in sample ms':>17} {'net alone ms':>13} {'ratio':>6} "
+        f"{'solver between ms':>18} {'solver alone ms':>16} {'ratio':>6}")
+    for r in rows:
+        out(f"{r['solver']:<16} {r['nfe']:>4} {1e3 * r['net_in_sample']:>17.3f} {1e3 * r['net_alone']:>13.3f} "
+            f"{r['net_in_sample'] / r['net_alone']:>6.3f} {1e3 * r['solver_between_calls']:>18.3f} "
+            f"{1e3 * r['solver_per_call']:>16.3f} {r['solver_between_calls'] / r['solver_per_call']:>6.2f}")
     return rows
 
 
