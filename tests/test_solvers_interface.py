@@ -239,6 +239,25 @@ def test_output_shape_dtype_device(name, opts, shape):
         assert float((a - b).abs().max()) <= 1e-4 * float(b.abs().max())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=IDS)
+def test_the_denoiser_sees_grid_points_in_x_dtype(name, opts, dtype):
+    """Every call's sigma is a grid point (DyWeight's shifted, scaled times are off the grid), in x's dtype, the same
+    value for every sample, and a later call never modifies an earlier call's sigma."""
+    t = schedules.polynomial(6, 0.002, 80.0)
+    seen, D = [], gauss_denoiser()
+
+    def recording(x, sigma):
+        seen.append((sigma, sigma.clone()))
+        return D(x, sigma)
+
+    build(name, opts, 6).sample(recording, 80.0 * torch.ones(3, 2, dtype=dtype), t)
+    grid = torch.tensor(t.tolist(), dtype=dtype)
+    for s, copy in seen:
+        assert s.dtype == dtype and (s == s[0]).all() and (name == "dyweight" or bool((grid == s[0]).any()))
+        assert torch.equal(s, copy)                    # still the value that call received
+
+
 def test_grid_as_list_or_float32_tensor_gives_the_same_result():
     x = 80.0 * torch.randn(2, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     t = schedules.polynomial(6, 0.002, 80.0)

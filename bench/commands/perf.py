@@ -15,7 +15,10 @@ VM), while the solver's work between two calls takes about twice its time alone 
 same VM, every small tensor operation right after a network call is 3-5x slower than in a loop of its own, even
 torch.full of 8 values, which touches no tensor data: the network evicts the interpreter's and torch's own working
 data from the caches, and each of the solver's few operations per call pays to bring it back. A network of real
-size makes that negligible (`--width 64`). With
+size makes that negligible (`--width 64`). Moving the wrapper's two operations per call (the sigma tensor, the
+finiteness reduction) out of the loop did not help when measured A/B in one process: a table of the grid's sigmas
+costs more to build than it saves, and holding every output for a check after sampling defeats the allocator's reuse
+of their memory. With
 glibc's default malloc a call also page-faults ~1300 times (about half of its time here, measured ad hoc with
 getrusage); the solver's live tensors move that count by a few hundred per run, so single rows come out several
 percent off, in either direction.
