@@ -135,8 +135,8 @@ def test_perf_command_prints_ratios_and_diffusers_computes_the_same_samples(caps
     overheads = [line.split() for line in out.splitlines() if line.split()[:1] in (["euler"], ["unipc"])]
     assert all(float(r[-1]) > 1.0 for r in overheads if len(r) >= 9)
     gap = out.split("where the direct gap goes")[1].split("worst overhead:")[0].splitlines()[2:]
-    assert [r.split()[0] for r in gap] == list(solvers.names())   # one row per solver measured
-    assert all(float(v) > 0 for r in gap for v in r.split()[2:])         # times and ratios of both splits
+    assert [r.split()[0] for r in gap] == list(solvers.names())           # one row per solver measured
+    assert all(float(v) > 0 for r in gap for v in r.split()[2:])          # times and ratios of both splits
 
 
 def test_perf_rejects_a_non_positive_network_size(capsys):

@@ -18,10 +18,9 @@ data from the caches, and each of the solver's few operations per call pays to b
 size makes that negligible (`--width 64`). Moving the wrapper's two operations per call (the sigma tensor, the
 finiteness reduction) out of the loop did not help when measured A/B in one process: a table of the grid's sigmas
 costs more to build than it saves, and holding every output for a check after sampling defeats the allocator's reuse
-of their memory. With
-glibc's default malloc a call also page-faults ~1300 times (about half of its time here, measured ad hoc with
-getrusage); the solver's live tensors move that count by a few hundred per run, so single rows come out several
-percent off, in either direction.
+of their memory. With glibc's default malloc a call also page-faults ~1300 times (about half of its time here,
+measured ad hoc); the solver's live tensors move that count by a few hundred per run, so single rows come out
+several percent off, in either direction.
 
 diffusers: the same sampling loop through DPMSolverMultistepScheduler / UniPCMultistepScheduler, on the same
 denoiser and the same grid (their `sigmas` replaced by ours, run in VP scaling x_VP = x / sqrt(1 + sigma^2),
