@@ -10,11 +10,11 @@ ms, which a busy machine disturbs less than the direct ratio.
 
 The direct ratio is larger than the implied one because the network and the solver's updates, run in turn, cost
 more than each run alone. The second table measures where that goes, from runs of sample() whose network calls are
-timed one by one: a network call costs the same inside sample() as alone (ratio 0.95-1.04 on this project's 2-core
-VM), while the solver's work between two calls takes about twice its time alone (1.9-2.7x). Measured ad hoc on the
+timed one by one: a network call costs the same inside sample() as alone (ratio 0.99-1.04 in a run on this project's
+2-core VM), while the solver's work between two calls takes about twice its time alone (1.7-2.4x). Measured ad hoc on the
 same VM, every small tensor operation right after a network call is 3-5x slower than in a loop of its own, even
-torch.full of 8 values, which touches no tensor data: the network evicts the interpreter's and torch's own working
-data from the caches, and each of the solver's few operations per call pays to bring it back. A network of real
+torch.full of 8 values, which touches no tensor data. That points at caches: the network most likely evicts the
+interpreter's and torch's own working data, and each of the solver's few operations per call pays to bring it back. A network of real
 size makes that negligible (`--width 64`). Moving the wrapper's two operations per call (the sigma tensor, the
 finiteness reduction) out of the loop did not help when measured A/B in one process: a table of the grid's sigmas
 costs more to build than it saves, and holding every output for a check after sampling defeats the allocator's reuse
@@ -145,13 +145,16 @@ def solver_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
             def bare():                                 # the solver's own work: an identity "network"
                 solver.sample(_identity, x_T, sigmas, afs=afs)
 
-            net_inside = []                              # each network call's time inside sample()
+            net_inside = []                              # per traced run: the time of each of its network calls
 
             def traced():
+                calls_here = []
+                net_inside.append(calls_here)
+
                 def timed(x, s):
                     t0 = time.perf_counter()
                     out = den(x, s)
-                    net_inside.append(time.perf_counter() - t0)
+                    calls_here.append(time.perf_counter() - t0)
                     return out
                 solver.sample(timed, x_T, sigmas, afs=afs)
 
@@ -162,10 +165,10 @@ def solver_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
             overhead = statistics.median(ratios)
             q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [overhead] * 3
             implied = 1 + t_bare / t_pure
-            # the traced runs split sample() into its network calls and the solver's work between them
-            net_in = statistics.median(net_inside[calls:])          # (the warm-up run's calls dropped)
-            between = statistics.median(
-                [(t - sum(net_inside[calls * (k + 1):calls * (k + 2)])) / calls for k, t in enumerate(traceds)])
+            # the traced runs split sample() into its network calls and the solver's work between them (per call;
+            # net_inside[0] is the warm-up run, which _times does not time)
+            net_in = statistics.median(sum(c) / calls for c in net_inside[1:])
+            between = statistics.median((t - sum(c)) / calls for t, c in zip(traceds, net_inside[1:]))
             rows.append({"solver": name, "nfe": nfe, "afs": afs, "calls": calls, "sample": t_sample,
                          "pure": t_pure, "overhead": overhead, "overhead_quartiles": (q1, q3),
                          "solver_per_call": t_bare / calls, "implied": implied,
