@@ -4,7 +4,7 @@
     solver = solvers.get("ipndm")                       # a name from solvers.names(); options as keywords
     x = solver.sample(denoiser, x_T, sigmas, afs=False)  # denoiser(x, sigma) -> D(x, sigma), sigma of shape (B,)
 
-Each solver lives in its own module next to the equations it implements (see solver-conventions in README).
+Each solver lives in its own module next to the equations it implements (docs/solver-conventions.md).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Every sampler integrates the probability-flow ODE of an EDM denoiser,
 over a descending grid of sigmas t_0 > ... > t_{N-1}, starting from x_T = x(t_0), and returns x(t_{N-1}).
 `denoiser(x, sigma)` receives sigma as a tensor of shape (B,) (one value per sample, as in k-diffusion).
 
-The equations follow solver-conventions.md (the EDM lineage behind the DyWeight paper's numbers), whose grids end at
+The equations follow docs/solver-conventions.md (the EDM lineage behind the DyWeight paper's numbers), whose grids end at
 sigma_min. One deliberate extension: a grid may end at 0 (flow models). No solver then evaluates the network at 0:
 a step onto 0 is first order (Heun: its Euler predictor; DPM-Solver++ / UniPC: x = M_i, without corrector), and
 `calls(..., ends_at_zero=True)` / `num_points(..., ends_at_zero=True)` / `schedules.grid_for` count that.

@@ -1,4 +1,4 @@
-"""Time grids: N sigmas t_0 > ... > t_{N-1} over [sigma_min, sigma_max] (solver-conventions.md, "Time grids").
+"""Time grids: N sigmas t_0 > ... > t_{N-1} over [sigma_min, sigma_max] (docs/solver-conventions.md, "Time grids").
 
 Every function returns a float64 tensor of shape (N,). Grids are plain data: a caller may also pass its own.
 """

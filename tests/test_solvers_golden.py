@@ -1,5 +1,5 @@
 """Golden full-loop values: every solver against an independent float64 re-implementation of
-solver-conventions.md, written here in NumPy without importing the solver code, plus hard-coded numbers.
+docs/solver-conventions.md, written here in NumPy without importing the solver code, plus hard-coded numbers.
 
 The reference functions below are transcribed from the conventions document's equations, on purpose in a different
 form from solvers/: variable-step Adams-Bashforth weights from a moment (Vandermonde) system instead of Lagrange

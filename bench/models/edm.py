@@ -95,7 +95,7 @@ def _factory(name, weights_name, shape, label_dim, released_key, description, di
     return make
 
 
-# The last argument is the DyWeight learning rate of the lineage for the dataset (solver-conventions.md, "Training").
+# The last argument is the DyWeight learning rate of the lineage for the dataset (docs/solver-conventions.md, "Training").
 cifar10 = _factory("cifar10", "edm-cifar10", (3, 32, 32), 0, "cifar10", "EDM CIFAR-10 32x32 (unconditional, VP)", 3e-2)
 ffhq = _factory("ffhq", "edm-ffhq", (3, 64, 64), 0, "ffhq", "EDM FFHQ 64x64 (unconditional, VP)", 1e-2)
 afhqv2 = _factory("afhqv2", "edm-afhqv2", (3, 64, 64), 0, "afhqv2", "EDM AFHQv2 64x64 (unconditional, VP)", 1e-2)

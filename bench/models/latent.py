@@ -105,7 +105,7 @@ class LSUNBedroomLDM(DiscreteEpsModel):
     description = "LSUN-Bedroom 256x256 latent diffusion (VQ-f4 latents 3x64x64)"
     shape = (3, 64, 64)
     released_key = "lsun_bedroom_ldm"
-    distill_lr = 1e-2                 # solver-conventions.md, "Training"
+    distill_lr = 1e-2                 # docs/solver-conventions.md, "Training"
     fid_reference = "fid-ref-lsun_bedroom"       # weights entry of the FID reference statistics
 
     def __init__(self, path: str | Path | None = None, components: dict | None = None, device: str | None = None,
@@ -171,7 +171,7 @@ class StableDiffusion(DiscreteEpsModel):
     shape = (4, 64, 64)
     evals_per_call = 2
     released_key = "ms_coco"
-    distill_lr = 5e-4                 # solver-conventions.md, "Training"
+    distill_lr = 5e-4                 # docs/solver-conventions.md, "Training"
     fid_reference = "fid-ref-ms_coco"
 
     def __init__(self, path: str | Path | None = None, prompts: str = "coco", prompts_path: str | Path | None = None,
