@@ -11,6 +11,7 @@ import csv
 import json
 from functools import lru_cache
 from pathlib import Path
+from solvers.base import InputError
 
 DATA = Path(__file__).parent / "data"
 
@@ -41,17 +42,17 @@ def released_coefficients(dataset: str, nfe: int, run: str | None = None) -> dic
     """
     avail = released_datasets()
     if dataset not in avail:
-        raise ValueError(f"no released DyWeight coefficients for dataset {dataset!r}; accepted: {', '.join(avail)}")
+        raise InputError(f"no released DyWeight coefficients for dataset {dataset!r}; accepted: {', '.join(avail)}")
     matches = [ck for ck in released_checkpoints() if ck["dataset"] == dataset and ck["nfe"] == int(nfe)]
     if not matches:
-        raise ValueError(f"no released DyWeight coefficients for {dataset!r} at NFE {nfe}; "
+        raise InputError(f"no released DyWeight coefficients for {dataset!r} at NFE {nfe}; "
                          f"released NFEs: {', '.join(map(str, sorted(set(avail[dataset]))))}")
     if run is None:
         return matches[0]
     for ck in matches:
         if ck["run"] == run:
             return ck
-    raise ValueError(f"no released DyWeight run {run!r} for {dataset!r} at NFE {nfe}; "
+    raise InputError(f"no released DyWeight run {run!r} for {dataset!r} at NFE {nfe}; "
                      f"accepted: {', '.join(ck['run'] for ck in matches)}")
 
 

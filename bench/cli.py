@@ -1,8 +1,9 @@
 """`python -m bench <command>`: each command lives in its own module under bench/commands/.
 
 A command module defines `HELP` (one line), `add_arguments(parser)` and `main(args) -> int`.
-Errors the user can fix (bad grid, unknown name, missing file) raise `UsageError` (or ValueError/FileNotFoundError)
-and are printed as one line with a non-zero exit, before any work starts (BENCH_DEBUG=1 shows the traceback).
+Errors the user can fix (bad grid, unknown name, invalid option, missing file) raise `solvers.base.InputError`
+(`UsageError` here is the same class) or FileNotFoundError, and are printed as one line with exit code 2, before any
+work starts (BENCH_DEBUG=1 shows the traceback). Every other exception is a bug and keeps its traceback (exit 1).
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pkgutil
 import sys
 
 
-class UsageError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
+from solvers.base import InputError
+
+UsageError = InputError          # a problem with the user's input: printed as one line, exit code 2
 
 
 def _commands() -> dict:
@@ -43,11 +45,10 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(modules[args.command].main(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError, KeyError) as e:
+    except (InputError, FileNotFoundError) as e:
         if os.environ.get("BENCH_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; everything finished before the interruption is stored", file=sys.stderr)

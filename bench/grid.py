@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from solvers.base import InputError
 
 try:
     import tomllib
@@ -43,7 +44,7 @@ def path_of(name_or_path: str | Path) -> Path:
         return p
     p = GRIDS_DIR / f"{s}.toml"
     if not p.exists():
-        raise ValueError(f"unknown grid {s!r}; accepted: {', '.join(names())} (or the path of a .toml file)")
+        raise InputError(f"unknown grid {s!r}; accepted: {', '.join(names())} (or the path of a .toml file)")
     return p
 
 
@@ -53,7 +54,7 @@ def read(name_or_path: str | Path) -> dict:
     try:
         return tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"grid file {p} is not valid TOML: {e}") from None
+        raise InputError(f"grid file {p} is not valid TOML: {e}") from None
 
 
 def canonical_hash(obj: Any) -> str:
@@ -178,7 +179,7 @@ def load(name_or_path: str | Path, overrides: dict | None = None) -> Grid:
                         s.pop(k, None)
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name:
-        raise ValueError(f"grid {path}: 'name' must be a non-empty string")
+        raise InputError(f"grid {path}: 'name' must be a non-empty string")
     kind = raw.get("kind", SAMPLING)
     grid = Grid(name=name, description=str(raw.get("description", "")), kind=kind, raw=raw, path=path)
     if kind != SAMPLING:
@@ -192,7 +193,7 @@ def load(name_or_path: str | Path, overrides: dict | None = None) -> Grid:
 def parse_assignment(text: str) -> tuple[str, Any]:
     """'solvers[DyWeight].distill.steps=20' -> (path, 20); the value is read as TOML (a bare word as a string)."""
     if "=" not in text:
-        raise ValueError(f"--set needs KEY=VALUE (e.g. num_samples=200 or solvers[DyWeight].distill.steps=20), "
+        raise InputError(f"--set needs KEY=VALUE (e.g. num_samples=200 or solvers[DyWeight].distill.steps=20), "
                          f"got {text!r}")
     key, value = text.split("=", 1)
     try:
@@ -209,7 +210,7 @@ def set_path(raw: dict, path: str, value: Any) -> None:
     for depth, part in enumerate(parts):
         m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(.+)\])?", part)
         if not m:
-            raise ValueError(f"cannot read override path {path!r} at {part!r}")
+            raise InputError(f"cannot read override path {path!r} at {part!r}")
         name, sel = m.groups()
         last = depth == len(parts) - 1
         nxt = []
@@ -222,13 +223,13 @@ def set_path(raw: dict, path: str, value: Any) -> None:
                 continue
             tables = t.get(name)
             if not isinstance(tables, list):
-                raise ValueError(f"override {path!r}: {name!r} is not a list of tables")
+                raise InputError(f"override {path!r}: {name!r} is not a list of tables")
             found = [x for x in tables if sel == "*" or sel in (x.get("label"), x.get("name"))]
             if not found:
                 have = [x.get("label", x.get("name")) for x in tables]
-                raise ValueError(f"override {path!r}: no {name} entry {sel!r}; accepted: {', '.join(map(str, have))}")
+                raise InputError(f"override {path!r}: no {name} entry {sel!r}; accepted: {', '.join(map(str, have))}")
             if last:
-                raise ValueError(f"override {path!r} must name a key inside {name}[{sel}]")
+                raise InputError(f"override {path!r} must name a key inside {name}[{sel}]")
             nxt += found
         targets = nxt
 
@@ -240,14 +241,14 @@ def _study_module(kind: str):
     import bench.studies as pkg
     kinds = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
     if not isinstance(kind, str) or kind not in kinds:
-        raise ValueError(f"unknown grid kind {kind!r}; accepted: {', '.join([SAMPLING] + kinds)}")
+        raise InputError(f"unknown grid kind {kind!r}; accepted: {', '.join([SAMPLING] + kinds)}")
     return importlib.import_module(f"bench.studies.{kind}")
 
 
 def _unknown(table: dict, allowed: set, where: str) -> None:
     extra = sorted(set(table) - allowed)
     if extra:
-        raise ValueError(f"{where}: unknown key {', '.join(map(repr, extra))}; accepted: {', '.join(sorted(allowed))}")
+        raise InputError(f"{where}: unknown key {', '.join(map(repr, extra))}; accepted: {', '.join(sorted(allowed))}")
 
 
 def _int_list(v, where: str) -> list[int]:
@@ -255,13 +256,13 @@ def _int_list(v, where: str) -> list[int]:
         v = [v]
     if not isinstance(v, list) or not v or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
                                                     for n in v):
-        raise ValueError(f"{where}: 'nfe' must be a positive integer or a non-empty list of them, got {v!r}")
+        raise InputError(f"{where}: 'nfe' must be a positive integer or a non-empty list of them, got {v!r}")
     return v
 
 
 def _positive_int(v, what: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise ValueError(f"{what} must be a positive integer, got {v!r}")
+        raise InputError(f"{what} must be a positive integer, got {v!r}")
     return v
 
 
@@ -277,41 +278,41 @@ def _expand(grid: Grid) -> None:
     batch_size = _positive_int(raw.get("batch_size", 500), f"grid {gname}: batch_size")
     seed_start = raw.get("seed_start", 0)
     if not isinstance(seed_start, int) or isinstance(seed_start, bool) or seed_start < 0:
-        raise ValueError(f"grid {gname}: seed_start must be a non-negative integer, got {seed_start!r}")
+        raise InputError(f"grid {gname}: seed_start must be a non-negative integer, got {seed_start!r}")
     skip_default = bool(raw.get("skip_unreachable", False))
 
     model_tables = raw.get("models")
     if not isinstance(model_tables, list) or not model_tables:
-        raise ValueError(f"grid {gname}: needs at least one [[models]] table; models: {', '.join(bench.models.names())}")
+        raise InputError(f"grid {gname}: needs at least one [[models]] table; models: {', '.join(bench.models.names())}")
     solver_tables = raw.get("solvers")
     if not isinstance(solver_tables, list) or not solver_tables:
-        raise ValueError(f"grid {gname}: needs at least one [[solvers]] table; solvers: {', '.join(solvers.names())}")
+        raise InputError(f"grid {gname}: needs at least one [[solvers]] table; solvers: {', '.join(solvers.names())}")
 
     # ---- models -------------------------------------------------------------------------------------------
     model_specs = []
     for i, mt in enumerate(model_tables):
         where = f"grid {gname}, models[{i}]"
         if not isinstance(mt, dict) or "name" not in mt:
-            raise ValueError(f"{where}: needs name = one of {', '.join(bench.models.names())}")
+            raise InputError(f"{where}: needs name = one of {', '.join(bench.models.names())}")
         _unknown(mt, _MODEL_KEYS, where)
         mname = mt["name"]
         if mname not in bench.models.names():
-            raise ValueError(f"{where}: unknown model {mname!r}; accepted: {', '.join(bench.models.names())}")
+            raise InputError(f"{where}: unknown model {mname!r}; accepted: {', '.join(bench.models.names())}")
         options = mt.get("options", {})
         if not isinstance(options, dict):
-            raise ValueError(f"{where}: options must be a table")
+            raise InputError(f"{where}: options must be a table")
         if mname in grid.models:
-            raise ValueError(f"{where}: model {mname!r} is listed twice")
+            raise InputError(f"{where}: model {mname!r} is listed twice")
         grid.models[mname] = bench.models.get(mname, **options)
         metrics = mt.get("metrics", raw.get("metrics"))
         if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
-            raise ValueError(f"{where}: metrics must be a non-empty list; accepted: {', '.join(bench.metrics.names())}")
+            raise InputError(f"{where}: metrics must be a non-empty list; accepted: {', '.join(bench.metrics.names())}")
         for m in metrics:
             if m not in bench.metrics.names():
-                raise ValueError(f"{where}: unknown metric {m!r}; accepted: {', '.join(bench.metrics.names())}")
+                raise InputError(f"{where}: unknown metric {m!r}; accepted: {', '.join(bench.metrics.names())}")
             if not bench.metrics.get(m).supports(grid.models[mname]):
                 ok = [n for n in bench.metrics.names() if bench.metrics.get(n).supports(grid.models[mname])]
-                raise ValueError(f"{where}: metric {m!r} does not support model {mname!r}; "
+                raise InputError(f"{where}: metric {m!r} does not support model {mname!r}; "
                                  f"accepted for it: {', '.join(ok) or '(none)'}")
         model_specs.append({
             "name": mname, "options": options, "metrics": metrics,
@@ -325,10 +326,10 @@ def _expand(grid: Grid) -> None:
     for i, st in enumerate(solver_tables):
         where = f"grid {gname}, solvers[{i}]"
         if not isinstance(st, dict) or "name" not in st:
-            raise ValueError(f"{where}: needs name = one of {', '.join(solvers.names())}")
+            raise InputError(f"{where}: needs name = one of {', '.join(solvers.names())}")
         _unknown(st, _SOLVER_KEYS, where)
         if st["name"] not in solvers.names():
-            raise ValueError(f"{where}: unknown solver {st['name']!r}; accepted: {', '.join(solvers.names())}")
+            raise InputError(f"{where}: unknown solver {st['name']!r}; accepted: {', '.join(solvers.names())}")
         e = SolverEntry(name=st["name"], label=str(st.get("label", st["name"])), afs=st.get("afs", False),
                         schedule=st.get("schedule", raw.get("schedule")),
                         schedule_options=st.get("schedule_options", {}), options=st.get("options", {}),
@@ -337,32 +338,32 @@ def _expand(grid: Grid) -> None:
                         nfe=_int_list(st["nfe"], where) if "nfe" in st else None,
                         skip_unreachable=st.get("skip_unreachable"))
         if not isinstance(e.afs, bool) or not isinstance(e.released, bool):
-            raise ValueError(f"{where}: afs and released must be true or false")
+            raise InputError(f"{where}: afs and released must be true or false")
         if not isinstance(e.options, dict) or not isinstance(e.schedule_options, dict):
-            raise ValueError(f"{where}: options and schedule_options must be tables")
+            raise InputError(f"{where}: options and schedule_options must be tables")
         if e.schedule is not None and e.schedule not in schedules.KINDS:
-            raise ValueError(f"{where}: unknown schedule {e.schedule!r}; accepted: {', '.join(schedules.KINDS)}")
+            raise InputError(f"{where}: unknown schedule {e.schedule!r}; accepted: {', '.join(schedules.KINDS)}")
         if e.distill is not None and not isinstance(e.distill, dict):
-            raise ValueError(f"{where}: distill must be a table of bench.distill options, e.g. distill = {{}}")
+            raise InputError(f"{where}: distill must be a table of bench.distill options, e.g. distill = {{}}")
         if (e.distill is not None) + e.released + bool(e.options.get("weights") is not None) > 1:
-            raise ValueError(f"{where}: a learned entry takes exactly one of distill = {{...}}, released = true or "
+            raise InputError(f"{where}: a learned entry takes exactly one of distill = {{...}}, released = true or "
                              "options.weights")
         if e.learned and e.name != "dyweight":
-            raise ValueError(f"{where}: distill/released need name = \"dyweight\" (the learned solver), got {e.name!r}")
+            raise InputError(f"{where}: distill/released need name = \"dyweight\" (the learned solver), got {e.name!r}")
         if e.distill_from is not None:
             if e.distill is None:
-                raise ValueError(f"{where}: distill_from needs distill = {{...}} too")
+                raise InputError(f"{where}: distill_from needs distill = {{...}} too")
             if e.distill_from not in bench.models.names():
-                raise ValueError(f"{where}: distill_from names unknown model {e.distill_from!r}; "
+                raise InputError(f"{where}: distill_from names unknown model {e.distill_from!r}; "
                                  f"accepted: {', '.join(bench.models.names())}")
         if e.models is not None:
             bad = [m for m in e.models if m not in grid.models]
             if not isinstance(e.models, list) or bad:
-                raise ValueError(f"{where}: models = {e.models!r} must list models of this grid: "
+                raise InputError(f"{where}: models = {e.models!r} must list models of this grid: "
                                  f"{', '.join(grid.models)}")
         covered = set(e.models if e.models is not None else grid.models)
         if covered & labels.get(e.label, set()):
-            raise ValueError(f"{where}: label {e.label!r} is used twice for model(s) "
+            raise InputError(f"{where}: label {e.label!r} is used twice for model(s) "
                              f"{', '.join(sorted(covered & labels[e.label]))} (a label names one row per model; "
                              "entries may share it only with disjoint `models` lists)")
         labels.setdefault(e.label, set()).update(covered)
@@ -372,7 +373,7 @@ def _expand(grid: Grid) -> None:
             try:
                 solvers.get(e.name, **e.options)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"{where}: {err}") from None
+                raise InputError(f"{where}: {err}") from None
         grid.entries.append(e)
 
     # ---- cells --------------------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ def _expand(grid: Grid) -> None:
                     if skip:
                         grid.skipped.append((ms["name"], e.label, nfe, str(err)))
                         continue
-                    raise ValueError(f"grid {gname}: {ms['name']} / {e.label} at NFE {nfe}: {err} "
+                    raise InputError(f"grid {gname}: {ms['name']} / {e.label} at NFE {nfe}: {err} "
                                      "(drop that NFE, or set skip_unreachable = true)") from None
                 if e.distill is not None:
                     _check_distill_options(e.distill, f"grid {gname}, {e.label} at NFE {nfe}", nfe, num_points,
@@ -402,7 +403,7 @@ def _expand(grid: Grid) -> None:
         if e.distill_from is not None and e.distill_from not in grid.models:
             grid.models[e.distill_from] = bench.models.get(e.distill_from)
     if not grid.cells:
-        raise ValueError(f"grid {gname} has no cells to run (every cell was skipped as unreachable)")
+        raise InputError(f"grid {gname} has no cells to run (every cell was skipped as unreachable)")
 
 
 def _budget(model, e: SolverEntry, nfe: int) -> tuple[int, str]:
@@ -410,11 +411,11 @@ def _budget(model, e: SolverEntry, nfe: int) -> tuple[int, str]:
     import solvers
     if e.released:
         if model.released_key is None:
-            raise ValueError(f"model {model.name!r} has no released DyWeight coefficients (released_key is unset)")
+            raise InputError(f"model {model.name!r} has no released DyWeight coefficients (released_key is unset)")
         from baselines import released_coefficients
         ck = released_coefficients(model.released_key, nfe)
         if bool(ck["afs"]) != e.afs:
-            raise ValueError(f"the released coefficients were trained with afs={str(ck['afs']).lower()}; "
+            raise InputError(f"the released coefficients were trained with afs={str(ck['afs']).lower()}; "
                              f"set afs = {str(ck['afs']).lower()}")
         return int(ck["num_time_points"]), ck["schedule"]
     if e.name == "dyweight" and "weights" not in e.options:
@@ -435,10 +436,10 @@ def _check_distill_options(options: dict, where: str, nfe: int | None = None, nu
     opts = {k: v for k, v in options.items() if k not in ("seed", "cache_id", "dtype")}
     for k in ("afs", "cache_dir", "noise_shape"):
         if k in opts:
-            raise ValueError(f"{where}: distill option {k!r} is set by the harness; remove it")
+            raise InputError(f"{where}: distill option {k!r} is set by the harness; remove it")
     try:
         settings = Settings.from_options(opts)
         if nfe is not None:
             settings.resolve(nfe, num_points - 1)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise InputError(f"{where}: {err}") from None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.models.base import Requirement
+from solvers.base import InputError
 
 try:
     import tomllib
@@ -83,7 +84,7 @@ def names() -> list[str]:
 
 def get(name: str) -> Entry:
     if name not in _ENTRIES:
-        raise ValueError(f"unknown weights entry {name!r}; accepted: {', '.join(_ENTRIES)}")
+        raise InputError(f"unknown weights entry {name!r}; accepted: {', '.join(_ENTRIES)}")
     return _ENTRIES[name]
 
 
@@ -111,7 +112,7 @@ def configured_paths() -> dict[str, str]:
     try:
         data = tomllib.loads(f.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"cannot read the paths config {f}: {e}") from None
+        raise InputError(f"cannot read the paths config {f}: {e}") from None
     table = dict(data.get("paths", {}))
     table.update({k: v for k, v in data.items() if isinstance(v, str)})
     return table

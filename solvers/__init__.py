@@ -14,6 +14,7 @@ import inspect
 from . import schedules
 from .base import Denoiser, NonFiniteError, Solver
 from .nfe import CountingDenoiser
+from .base import InputError
 
 # name -> "module:Class"; adding a solver = adding a module and a line here (grids pick it up automatically)
 _REGISTRY = {
@@ -34,7 +35,7 @@ def names() -> list[str]:
 
 def solver_class(name: str) -> type:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown solver {name!r}; accepted: {', '.join(_REGISTRY)}")
+        raise InputError(f"unknown solver {name!r}; accepted: {', '.join(_REGISTRY)}")
     module, cls = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -47,7 +48,7 @@ def get(name: str, **options) -> Solver:
     accepted = [p for p in params if p not in ("self", "cls")]
     unknown = [k for k in options if k not in accepted]
     if unknown:
-        raise ValueError(f"solver {name!r} has no option {', '.join(map(repr, unknown))}; "
+        raise InputError(f"solver {name!r} has no option {', '.join(map(repr, unknown))}; "
                          f"accepted: {', '.join(accepted) or '(none)'}")
     return factory(**options)
 

@@ -22,6 +22,13 @@ import torch
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class InputError(ValueError):
+    """Bad input the user can fix: an unknown name, an invalid option, grid or file. The message is one line that
+    says what was wrong and what is accepted. Every deliberate `raise` of invalid input in this project (solvers,
+    bench, baselines) raises this, so `python -m bench` prints it as one line, while any other exception, a bug,
+    shows its traceback."""
+
+
 class NonFiniteError(FloatingPointError):
     """Raised when a sampling run produced NaN or inf (the denoiser returned them, or the solver diverged)."""
 
@@ -46,7 +53,7 @@ class Solver:
         x = self._sample(den, x_T, sigmas, afs)
         if denoise_to_zero:
             if float(sigmas[-1]) == 0.0:
-                raise ValueError("denoise_to_zero=True needs a grid that ends above 0 (this one ends at 0)")
+                raise InputError("denoise_to_zero=True needs a grid that ends above 0 (this one ends at 0)")
             x = den(x, sigmas[-1])
         den.raise_if_nonfinite(x, self.name)
         return x
@@ -63,7 +70,7 @@ class Solver:
         Raises ValueError when no grid size gives exactly that budget.
         """
         if nfe % evals_per_call:
-            raise ValueError(f"NFE {nfe} is not a multiple of {evals_per_call} evaluations per call "
+            raise InputError(f"NFE {nfe} is not a multiple of {evals_per_call} evaluations per call "
                              "(classifier-free guidance spends 2 per call)")
         want = nfe // evals_per_call
         # calls() never decreases with n; where two grid sizes spend the same budget (UniPC: N = max_order and
@@ -80,7 +87,7 @@ class Solver:
             return found
         reachable = [self.calls(n, afs, ends_at_zero) * evals_per_call
                      for n in range(self.min_points + (1 if afs else 0), self.min_points + 8)]
-        raise ValueError(f"{self.name} cannot spend exactly NFE={nfe} (afs={afs}"
+        raise InputError(f"{self.name} cannot spend exactly NFE={nfe} (afs={afs}"
                          f"{', grid ending at 0' if ends_at_zero else ''}); "
                          f"reachable budgets start {sorted(set(reachable))[:6]}...")
 
@@ -96,23 +103,23 @@ class Solver:
     def check_grid(self, sigmas, x_T: torch.Tensor, afs: bool):
         """Validate the grid; return it as a list of Python floats (float64 arithmetic for coefficients)."""
         if not isinstance(x_T, torch.Tensor) or x_T.dim() < 1:
-            raise ValueError("x_T must be a tensor of shape (B, ...)")
+            raise InputError("x_T must be a tensor of shape (B, ...)")
         if isinstance(sigmas, torch.Tensor):
             if sigmas.dim() != 1:
-                raise ValueError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
+                raise InputError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
             t = sigmas.detach().double().cpu().tolist()
         else:
             t = [float(v) for v in sigmas]
         need = self.min_points + (1 if afs else 0)
         if len(t) < need:
-            raise ValueError(f"{self.name} needs at least {need} grid points{' with afs=True' if afs else ''}, "
+            raise InputError(f"{self.name} needs at least {need} grid points{' with afs=True' if afs else ''}, "
                              f"got {len(t)}")
         if any(not math.isfinite(v) for v in t) or t[-1] < 0:
-            raise ValueError("sigmas must be finite and non-negative")
+            raise InputError("sigmas must be finite and non-negative")
         if any(a <= b for a, b in zip(t, t[1:])):
-            raise ValueError("sigmas must be strictly descending (t_0 > t_1 > ... > t_{N-1})")
+            raise InputError("sigmas must be strictly descending (t_0 > t_1 > ... > t_{N-1})")
         if t[-2] == 0.0:
-            raise ValueError("only the last grid point may be 0")
+            raise InputError("only the last grid point may be 0")
         return t
 
     def __repr__(self) -> str:
@@ -187,7 +194,7 @@ class _Checked:
             s = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
         out = self.denoiser(x, s)
         if out.shape != x.shape:
-            raise ValueError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+            raise InputError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         self.extrema.append(torch.aminmax(out.detach()))
         self.sigmas.append(sigma)
         return out

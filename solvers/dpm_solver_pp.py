@@ -24,6 +24,7 @@ import numpy as np
 
 from .base import Solver, afs_pair, combine
 from .thresholding import dynamic_threshold
+from .base import InputError
 
 
 class DPMSolverPP(Solver):
@@ -33,7 +34,7 @@ class DPMSolverPP(Solver):
     def __init__(self, order: int = 3, dynamic_thresholding: bool = False, threshold_ratio: float = 0.995,
                  threshold_max: float = 1.0):
         if order not in (1, 2, 3):
-            raise ValueError(f"dpm_solver_pp order must be 1, 2 or 3 (1 = DPM-Solver++(1S), 2M, 3M), got {order!r}")
+            raise InputError(f"dpm_solver_pp order must be 1, 2 or 3 (1 = DPM-Solver++(1S), 2M, 3M), got {order!r}")
         self.order = order
         self.dynamic_thresholding = bool(dynamic_thresholding)
         self.threshold_ratio = threshold_ratio

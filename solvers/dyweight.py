@@ -20,6 +20,7 @@ import torch
 
 from .base import Solver, afs_pair, combine
 from .ipndm import AB_COEFFS
+from .base import InputError
 
 INITS = ("adams_bashforth", "euler", "uniform")
 
@@ -27,7 +28,7 @@ INITS = ("adams_bashforth", "euler", "uniform")
 def init_rows(num_steps: int, history: int, init: str = "adams_bashforth") -> list[list[float]]:
     """Initial weight rows (oldest first) of order min(i+1, K): Adams-Bashforth (paper default), Euler or uniform."""
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; accepted: {', '.join(INITS)}")
+        raise InputError(f"unknown init {init!r}; accepted: {', '.join(INITS)}")
     rows = []
     for i in range(num_steps):
         p = min(i + 1, history)
@@ -49,13 +50,13 @@ class DyWeight(Solver, torch.nn.Module):
         torch.nn.Module.__init__(self)
         rows = [[float(v) for v in row] for row in weights]
         if not rows:
-            raise ValueError("dyweight needs at least one weight row (a grid of 2 points)")
+            raise InputError("dyweight needs at least one weight row (a grid of 2 points)")
         K = history if history is not None else max(len(r) for r in rows)
         if K < 1:
-            raise ValueError(f"dyweight history must be >= 1, got {K}")
+            raise InputError(f"dyweight history must be >= 1, got {K}")
         for i, row in enumerate(rows):
             if len(row) != min(i + 1, K):
-                raise ValueError(f"dyweight weight row {i} must hold min(i+1, K={K}) = {min(i + 1, K)} weights "
+                raise InputError(f"dyweight weight row {i} must hold min(i+1, K={K}) = {min(i + 1, K)} weights "
                                  f"(oldest first), got {len(row)}")
         self.history = K
         self.grid_points = len(rows) + 1
@@ -68,7 +69,7 @@ class DyWeight(Solver, torch.nn.Module):
                 afs = len(scale) == len(rows) - 1
                 n_calls = len(rows) - (1 if afs else 0)
             if len(scale) != n_calls:
-                raise ValueError(f"dyweight time_scale must have one factor per network call: {n_calls} for "
+                raise InputError(f"dyweight time_scale must have one factor per network call: {n_calls} for "
                                  f"{self.grid_points} grid points with afs={bool(afs)}, got {len(scale)}")
         self.afs = afs
         W = torch.zeros(len(rows), K, dtype=torch.float64)
@@ -93,15 +94,15 @@ class DyWeight(Solver, torch.nn.Module):
         "00001-cifar-nfe4" (inception loss, the default) and "00002-cifar-nfe4" (piecewise loss)."""
         chosen = [weights is not None, released is not None, num_points is not None]
         if sum(chosen) != 1:
-            raise ValueError("dyweight needs exactly one of weights=[[...], ...], released=<dataset> (with nfe=), "
+            raise InputError("dyweight needs exactly one of weights=[[...], ...], released=<dataset> (with nfe=), "
                              "or num_points=<N> (a fresh Adams-Bashforth initialisation)")
         if run is not None and released is None:
-            raise ValueError("dyweight run=... selects a released checkpoint; give released=<dataset> and nfe= too")
+            raise InputError("dyweight run=... selects a released checkpoint; give released=<dataset> and nfe= too")
         if weights is not None:
             return cls(weights, time_scale, afs=afs, history=None, time_shift=time_shift, divisor_eps=divisor_eps)
         if released is not None:
             if nfe is None:
-                raise ValueError("dyweight released=... needs nfe=<budget> too")
+                raise InputError("dyweight released=... needs nfe=<budget> too")
             from baselines import released_coefficients
             ck = released_coefficients(released, nfe, run=run)
             return cls(ck["weights_oldest_to_newest"], ck["time_scale"], afs=ck["afs"], history=ck["history"],
@@ -111,11 +112,11 @@ class DyWeight(Solver, torch.nn.Module):
                                  "teacher": ck["teacher"], "teacher_steps": ck["teacher_steps"],
                                  "loss": ck.get("loss")})
         if num_points < 2:
-            raise ValueError(f"dyweight needs num_points >= 2, got {num_points}")
+            raise InputError(f"dyweight needs num_points >= 2, got {num_points}")
         if afs and num_points < 3:
-            raise ValueError("dyweight with afs=True needs num_points >= 3")
+            raise InputError("dyweight with afs=True needs num_points >= 3")
         if history < 1:
-            raise ValueError(f"dyweight history must be >= 1, got {history}")
+            raise InputError(f"dyweight history must be >= 1, got {history}")
         return cls(init_rows(num_points - 1, history, init), None, afs=bool(afs), history=history,
                    time_shift=time_shift, divisor_eps=divisor_eps)
 
@@ -139,10 +140,10 @@ class DyWeight(Solver, torch.nn.Module):
     def check_grid(self, sigmas, x_T, afs):
         t = super().check_grid(sigmas, x_T, afs)
         if len(t) != self.grid_points:
-            raise ValueError(f"this dyweight solver has {self.grid_points - 1} weight rows, so it needs a grid of "
+            raise InputError(f"this dyweight solver has {self.grid_points - 1} weight rows, so it needs a grid of "
                              f"{self.grid_points} points, got {len(t)}")
         if self.afs is not None and bool(afs) != bool(self.afs):
-            raise ValueError(f"this dyweight solver was built for afs={self.afs}; call sample(..., afs={self.afs})")
+            raise InputError(f"this dyweight solver was built for afs={self.afs}; call sample(..., afs={self.afs})")
         return t
 
     def _sample(self, den, x, t, afs):
@@ -200,7 +201,7 @@ class DyWeight(Solver, torch.nn.Module):
     @classmethod
     def from_state(cls, st: dict) -> "DyWeight":
         if st.get("solver") != "dyweight":
-            raise ValueError(f"not a saved dyweight solver (solver={st.get('solver')!r})")
+            raise InputError(f"not a saved dyweight solver (solver={st.get('solver')!r})")
         return cls(st["weights_oldest_to_newest"], st["time_scale"], afs=st["afs"], history=st["history"],
                    time_shift=st["time_shift"], divisor_eps=st["divisor_eps"], sigmas=st.get("sigmas"),
                    metadata=st.get("metadata"))
@@ -212,7 +213,7 @@ class DyWeight(Solver, torch.nn.Module):
         except FileNotFoundError:
             raise FileNotFoundError(f"no saved solver at {path}") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not a saved solver (invalid JSON: {e})") from None
+            raise InputError(f"{path} is not a saved solver (invalid JSON: {e})") from None
         return cls.from_state(st)
 
     def __repr__(self) -> str:

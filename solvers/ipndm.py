@@ -10,6 +10,7 @@ With AFS the analytic d_0 enters the buffer like any other derivative.
 from __future__ import annotations
 
 from .base import Solver, afs_pair, combine, derivative
+from .base import InputError
 
 # Adams-Bashforth rows, oldest derivative first, newest last.
 AB_COEFFS = {
@@ -26,7 +27,7 @@ class IPNDM(Solver):
 
     def __init__(self, max_order: int = 4):
         if max_order not in (1, 2, 3, 4):
-            raise ValueError(f"ipndm max_order must be 1, 2, 3 or 4, got {max_order!r}")
+            raise InputError(f"ipndm max_order must be 1, 2, 3 or 4, got {max_order!r}")
         self.max_order = max_order
 
     def options(self) -> dict:

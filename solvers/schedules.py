@@ -8,6 +8,7 @@ import math
 from typing import Callable
 
 import torch
+from .base import InputError
 
 
 def polynomial(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -39,7 +40,7 @@ def discrete(n: int, sigma_fn: Callable[[torch.Tensor], torch.Tensor], eps: floa
              rho: float = 1.0) -> torch.Tensor:
     """Uniform in a model's own time tau in [eps, 1] (rho = 1), mapped through the model's sigma(tau)."""
     if n < 2:
-        raise ValueError(f"a grid needs at least 2 points, got {n}")
+        raise InputError(f"a grid needs at least 2 points, got {n}")
     i = torch.arange(n, dtype=torch.float64) / (n - 1)
     tau = (1 + i * (eps ** (1 / rho) - 1)) ** rho
     return sigma_fn(tau).to(torch.float64)
@@ -71,7 +72,7 @@ def flow_shift(n: int, shift: float = 3.0, t_max: float = 1.0, t_min: float = No
     t_max = 1 maps to sigma = inf, so by default the grid starts at sigma_max (if given) or t = 1 - 1e-3.
     """
     if n < 2:
-        raise ValueError(f"a grid needs at least 2 points, got {n}")
+        raise InputError(f"a grid needs at least 2 points, got {n}")
     if t_min is None:
         t_min = 1.0 / n if sigma_min is None else None
     t = torch.linspace(t_max, t_min if t_min is not None else 0.0, n, dtype=torch.float64)
@@ -98,11 +99,11 @@ def get(kind: str, n: int, sigma_min: float = None, sigma_max: float = None, **o
         return time_uniform(n, sigma_min, sigma_max, **opts)
     if kind == "discrete":
         if "sigma_fn" not in opts:
-            raise ValueError("the discrete schedule needs sigma_fn, the model's sigma(tau) (a model adapter gives it)")
+            raise InputError("the discrete schedule needs sigma_fn, the model's sigma(tau) (a model adapter gives it)")
         return discrete(n, **opts)
     if kind == "flow_shift":
         return flow_shift(n, sigma_min=sigma_min, sigma_max=sigma_max, **opts)
-    raise ValueError(f"unknown schedule {kind!r}; accepted: {', '.join(KINDS)}")
+    raise InputError(f"unknown schedule {kind!r}; accepted: {', '.join(KINDS)}")
 
 
 def grid_for(solver, nfe: int, kind: str = "polynomial", sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -122,6 +123,6 @@ def grid_for(solver, nfe: int, kind: str = "polynomial", sigma_min: float = 0.00
 
 def _check(n: int, sigma_min: float, sigma_max: float) -> None:
     if n < 2:
-        raise ValueError(f"a grid needs at least 2 points, got {n}")
+        raise InputError(f"a grid needs at least 2 points, got {n}")
     if sigma_min is None or sigma_max is None or not (0 < sigma_min < sigma_max):
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        raise InputError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")

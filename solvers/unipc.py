@@ -26,6 +26,7 @@ import numpy as np
 
 from .base import Solver, afs_pair, combine
 from .thresholding import dynamic_threshold
+from .base import InputError
 
 
 class UniPC(Solver):
@@ -35,9 +36,9 @@ class UniPC(Solver):
     def __init__(self, order: int = 3, variant: str = "bh2", dynamic_thresholding: bool = False,
                  threshold_ratio: float = 0.995, threshold_max: float = 1.0):
         if order not in (1, 2, 3):
-            raise ValueError(f"unipc order must be 1, 2 or 3, got {order!r}")
+            raise InputError(f"unipc order must be 1, 2 or 3, got {order!r}")
         if variant not in ("bh1", "bh2"):
-            raise ValueError(f"unipc variant must be 'bh1' or 'bh2', got {variant!r}")
+            raise InputError(f"unipc variant must be 'bh1' or 'bh2', got {variant!r}")
         self.order = order
         self.variant = variant
         self.dynamic_thresholding = bool(dynamic_thresholding)

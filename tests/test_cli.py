@@ -142,3 +142,25 @@ def test_perf_command_prints_ratios_and_diffusers_computes_the_same_samples(caps
 def test_perf_rejects_a_non_positive_network_size(capsys):
     assert main(["perf", "--width", "0"]) == 2
     assert "--width, --batch and --repeats must be positive integers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [KeyError("fid"), ValueError("too many values to unpack"), TypeError("bad")])
+def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch, error):
+    """Only input the user can fix (InputError, a missing file) becomes a one-line exit 2; a bug propagates."""
+    import bench.runner
+
+    def broken(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(bench.runner, "run", broken)
+    with pytest.raises(type(error)):
+        main(["run", "--grid", "quick", "--results-dir", str(tmp_path), "--no-progress"])
+
+
+def test_input_errors_of_every_layer_are_one_line(capsys):
+    from solvers.base import InputError
+    for call in (lambda: solvers.get("nope"), lambda: bench.models.get("nope")):
+        with pytest.raises(InputError):
+            call()
+    assert main(["run", "--grid", "no_such_grid"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown grid 'no_such_grid'; accepted:")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from tabulate import tabulate
+from solvers.base import InputError
 
 HELP = "compare fresh results with a stored baseline; exit 1 listing the cells where a solver got worse"
 
@@ -40,13 +41,13 @@ def main(args) -> int:
     fresh = results.load(args.results_dir)
     if args.update:
         if args.grid and len(args.grid) > 1:
-            raise ValueError("--update takes at most one --grid")
+            raise InputError("--update takes at most one --grid")
         n = regression.write_baseline(fresh, args.baseline, args.grid[0] if args.grid else None)
         print(f"wrote {n} baseline cells to {args.baseline}")
         return 0
     baseline = regression.read_baseline(args.baseline)
     if fresh.empty:
-        raise ValueError(f"no results in {args.results_dir}; run the baseline's grid first "
+        raise InputError(f"no results in {args.results_dir}; run the baseline's grid first "
                          f"(`python -m bench run --grid {', '.join(sorted(set(baseline.grid)))}`)")
     cmp = regression.compare(baseline, fresh, rtol, args.abs_tolerance, per_metric, args.grid)
     bad_verdicts = {"regressed", "failed"} | (set() if args.allow_missing else {"missing"})

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from solvers.base import InputError
 
 HELP = "print the digits model's quality figures (FD-digits, FD-pixels; teacher, solvers, DyWeight) and save a PNG"
 
@@ -54,7 +55,7 @@ def main(args) -> int:
     from bench.nets.train import accuracy
 
     if args.samples < 10:
-        raise ValueError("--samples must be at least 10")
+        raise InputError("--samples must be at least 10")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = models.get("digits")

@@ -18,6 +18,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from solvers.base import InputError
 
 HELP = "measure DyWeight distillation against the best handcrafted solver on the analytic models (issue 3 targets)"
 
@@ -65,7 +66,7 @@ def _list(text: str, what: str, cast=str):
     try:
         return [cast(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--{what} must be a comma-separated list, got {text!r}") from None
+        raise InputError(f"--{what} must be a comma-separated list, got {text!r}") from None
 
 
 def main(args) -> int:

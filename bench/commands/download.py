@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench import weights
 from bench.cli import UsageError
+from solvers.base import InputError
 
 HELP = "fetch weights, reference statistics or prompt files from their official URLs (sha256-verified)"
 CHUNK = 1 << 20
@@ -87,7 +88,7 @@ def _fetch_file(f: weights.RemoteFile, dest: Path, name: str) -> None:
             print(f"warning: {name}: no checksum is recorded for {f.url}; not verified "
                   f"(sha256 of what arrived: {digest})", file=sys.stderr)
         elif digest != f.sha256.lower():
-            raise ValueError(f"{name}: checksum mismatch for {f.url}: expected sha256 {f.sha256}, got {digest}; "
+            raise InputError(f"{name}: checksum mismatch for {f.url}: expected sha256 {f.sha256}, got {digest}; "
                              f"the download was discarded")
         if f.member:
             _extract(tmp, f.member, dest, f.url)
@@ -114,9 +115,9 @@ def _stream(url: str, out) -> str:
                 out.write(chunk)
                 size += len(chunk)
     except OSError as e:        # URLError, HTTPError, timeouts
-        raise ValueError(f"cannot download {url}: {e}") from None
+        raise InputError(f"cannot download {url}: {e}") from None
     if expected is not None and int(expected) != size:
-        raise ValueError(f"download of {url} stopped after {size} of {expected} bytes")
+        raise InputError(f"download of {url} stopped after {size} of {expected} bytes")
     return h.hexdigest()
 
 
@@ -127,5 +128,5 @@ def _extract(archive: Path, member: str, dest: Path, url: str) -> None:
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(src, out, CHUNK)
     except (zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"{url}: cannot extract {member}: {e}") from None
+        raise InputError(f"{url}: cannot extract {member}: {e}") from None
     os.replace(tmp, dest)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from solvers.base import InputError
 
 HELP = "run a grid (models × solvers × NFEs × metrics); rerunning resumes where it stopped"
 
@@ -38,7 +39,7 @@ def main(args) -> int:
     from bench import runner
     for key in ("num_samples", "batch_size"):
         if getattr(args, key) is not None and getattr(args, key) <= 0:
-            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
+            raise InputError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
     grid = grids.load(args.grid, overrides(args))
     if args.dry_run:
         return runner.dry_run(grid, args.results_dir)

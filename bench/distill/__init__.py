@@ -37,6 +37,7 @@ from solvers.dyweight import DyWeight
 from . import losses
 from .teacher import Cache, Source, Teacher, default_cache_dir, endpoints, identity, path_states
 from .train import Settings, relative_error, train
+from solvers.base import InputError
 
 KINDS = ("dyweight",)
 
@@ -45,11 +46,11 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
             cache_id: str | None = None, dtype: torch.dtype | None = None, progress=None, **options) -> DyWeight:
     """Distil a learned solver of `kind` for the grid `sigmas` from a teacher; return it trained."""
     if kind not in KINDS:
-        raise ValueError(f"unknown learned solver {kind!r}; accepted: {', '.join(KINDS)}")
+        raise InputError(f"unknown learned solver {kind!r}; accepted: {', '.join(KINDS)}")
     t_start = time.perf_counter()
     grid = [float(v) for v in (sigmas.detach().double().cpu() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if len(grid) < (3 if afs else 2) or any(a <= b for a, b in zip(grid, grid[1:])) or grid[-1] <= 0:
-        raise ValueError(f"sigmas must be a strictly descending grid ending above 0 with at least "
+        raise InputError(f"sigmas must be a strictly descending grid ending above 0 with at least "
                          f"{3 if afs else 2} points (afs={afs}), got {grid}")
     settings = Settings.from_options(options)
     nfe = len(grid) - 1 - int(afs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from solvers.base import InputError
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,7 +42,7 @@ _REGISTRY: dict[str, Distance] = {"mse": mse, "relative_l2": relative_l2, "incep
 def register(name: str, distance: Distance) -> None:
     """Make `distance(student, teacher) -> (B,)` available as loss=<name>."""
     if not callable(distance):
-        raise ValueError(f"distance {name!r} must be callable as distance(student, teacher) -> per-sample tensor")
+        raise InputError(f"distance {name!r} must be callable as distance(student, teacher) -> per-sample tensor")
     _REGISTRY[name] = distance
 
 
@@ -55,7 +56,7 @@ def get(loss) -> tuple[str, Distance]:
         return getattr(loss, "__name__", type(loss).__name__), loss
     if isinstance(loss, str) and loss in _REGISTRY:
         return loss, _REGISTRY[loss]
-    raise ValueError(f"unknown loss {loss!r}; accepted: {', '.join(_REGISTRY)} or a callable "
+    raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(_REGISTRY)} or a callable "
                      "distance(student, teacher) -> per-sample tensor")
 
 
@@ -64,5 +65,5 @@ def per_sample(distance: Distance, student: torch.Tensor, teacher: torch.Tensor)
     d = distance(student, teacher)
     if not isinstance(d, torch.Tensor) or d.shape != (student.shape[0],):
         got = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
-        raise ValueError(f"a distance must return one value per sample, shape ({student.shape[0]},); got {got}")
+        raise InputError(f"a distance must return one value per sample, shape ({student.shape[0]},); got {got}")
     return d

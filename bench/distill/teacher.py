@@ -32,6 +32,7 @@ import solvers
 from solvers import schedules
 
 from bench.models.base import Model, noise as draw_noise
+from solvers.base import InputError
 
 CACHE_FORMAT = 1
 PROBE_SEEDS = (2**31 - 3, 2**31 - 2, 2**31 - 1)
@@ -61,10 +62,10 @@ class Teacher:
 
     def check(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 2:
-            raise ValueError(f"teacher_steps must be an integer >= 2, got {self.steps!r}")
+            raise InputError(f"teacher_steps must be an integer >= 2, got {self.steps!r}")
         self.build()                      # unknown solver or option -> ValueError listing the accepted ones
         if self.schedule is not None and self.schedule not in schedules.KINDS:
-            raise ValueError(f"unknown teacher_schedule {self.schedule!r}; accepted: {', '.join(schedules.KINDS)}")
+            raise InputError(f"unknown teacher_schedule {self.schedule!r}; accepted: {', '.join(schedules.KINDS)}")
 
 
 class Source:
@@ -81,19 +82,19 @@ class Source:
             self.model = target
             self.shape = tuple(noise_shape) if noise_shape is not None else tuple(target.shape)
             if noise_shape is not None and tuple(noise_shape) != tuple(target.shape):
-                raise ValueError(f"noise_shape {tuple(noise_shape)} differs from the model's shape "
+                raise InputError(f"noise_shape {tuple(noise_shape)} differs from the model's shape "
                                  f"{tuple(target.shape)}; leave it out for a Model")
             self.dtype = dtype or target.dtype
             self.device = target.device
         elif callable(target):
             self.model = None
             if noise_shape is None:
-                raise ValueError("distilling a plain denoiser(x, sigma) needs noise_shape=(...), one sample's shape")
+                raise InputError("distilling a plain denoiser(x, sigma) needs noise_shape=(...), one sample's shape")
             self.shape = tuple(int(v) for v in noise_shape)
             self.dtype = dtype or torch.float32
             self.device = "cpu"
         else:
-            raise ValueError(f"distill needs a bench.models.Model or a callable denoiser(x, sigma), got "
+            raise InputError(f"distill needs a bench.models.Model or a callable denoiser(x, sigma), got "
                              f"{type(target).__name__}")
 
     @property
@@ -125,7 +126,7 @@ class Source:
         kind = teacher.schedule or "polynomial"
         if kind == "discrete":
             if m is None:
-                raise ValueError("teacher_schedule='discrete' needs a Model (its sigma(tau)); use 'polynomial'")
+                raise InputError("teacher_schedule='discrete' needs a Model (its sigma(tau)); use 'polynomial'")
             return m.grid(n, "discrete", **teacher.schedule_options)
         return schedules.get(kind, n, self.sigma_min, self.sigma_max, **teacher.schedule_options)
 
@@ -143,7 +144,7 @@ def take(cond: Any, idx) -> Any:
     if isinstance(cond, (list, tuple)):
         idx = idx.tolist() if isinstance(idx, torch.Tensor) else list(idx)
         return type(cond)(cond[i] for i in idx)
-    raise ValueError(f"cannot split conditions of type {type(cond).__name__} into batches")
+    raise InputError(f"cannot split conditions of type {type(cond).__name__} into batches")
 
 
 def identity(source: Source, cache_id: str | None = None) -> dict:

@@ -23,6 +23,7 @@ from solvers.dyweight import INITS
 
 from . import losses
 from .teacher import take
+from solvers.base import InputError
 
 SUPERVISIONS = ("endpoint", "path")
 
@@ -70,7 +71,7 @@ class Settings:
         accepted = [f.name for f in fields(cls)]
         unknown = [k for k in options if k not in accepted]
         if unknown:
-            raise ValueError(f"distill has no option {', '.join(map(repr, unknown))}; accepted: "
+            raise InputError(f"distill has no option {', '.join(map(repr, unknown))}; accepted: "
                              f"{', '.join(accepted)}, cache_dir, cache_id, dtype, noise_shape, afs, seed")
         s = cls(**options)
         s.teacher_options = dict(s.teacher_options or {})
@@ -80,29 +81,29 @@ class Settings:
         """Check every value; fill the defaults. num_steps = N - 1, the student's grid intervals; model_lr = the
         paper's learning rate for the model being distilled (Model.distill_lr), else the NFE-dependent default."""
         if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
+            raise InputError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
         if self.supervision not in SUPERVISIONS:
-            raise ValueError(f"unknown supervision {self.supervision!r}; accepted: {', '.join(SUPERVISIONS)}")
+            raise InputError(f"unknown supervision {self.supervision!r}; accepted: {', '.join(SUPERVISIONS)}")
         if not isinstance(self.history, int) or not 1 <= self.history <= num_steps:
-            raise ValueError(f"history must be an integer in 1..{num_steps} (the student's steps), got {self.history!r}")
+            raise InputError(f"history must be an integer in 1..{num_steps} (the student's steps), got {self.history!r}")
         for name in ("num_samples", "eval_samples", "batch_size", "path_substeps", "teacher_batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < (0 if name == "eval_samples" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+                raise InputError(f"{name} must be a positive integer, got {v!r}")
         for name in ("time_shift", "time_scaling", "teacher_afs", "teacher_denoise"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         losses.get(self.loss)
         if self.steps is None:
             self.steps = 1000
         if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+            raise InputError(f"steps must be a positive integer, got {self.steps!r}")
         if self.lr is None:
             self.lr = model_lr if model_lr is not None else default_lr(nfe)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+            raise InputError(f"lr must be a positive number, got {self.lr!r}")
         if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
+            raise InputError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
         if self.eval_every is None:
             self.eval_every = max(1, self.steps // 10)
         return self

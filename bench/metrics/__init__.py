@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 
 from .base import Metric
+from solvers.base import InputError
 
 _REGISTRY: dict[str, str] = {
     "fd_exact": "bench.metrics.analytic:FDExact",
@@ -29,7 +30,7 @@ def names() -> list[str]:
 
 def get(name: str, **options) -> Metric:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown metric {name!r}; accepted: {', '.join(_REGISTRY)}")
+        raise InputError(f"unknown metric {name!r}; accepted: {', '.join(_REGISTRY)}")
     module, attr = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), attr)(**options)
 

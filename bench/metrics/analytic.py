@@ -19,6 +19,7 @@ import torch
 from bench.models.base import Cell, Model
 
 from .base import Metric
+from solvers.base import InputError
 
 
 def _is_analytic(model: Model) -> bool:
@@ -47,7 +48,7 @@ class FDExact(Metric):
     def compute(self, cell: Cell) -> float:
         x = cell.samples.detach().reshape(cell.samples.shape[0], -1).to(torch.float64).cpu()
         if x.shape[0] < 2:
-            raise ValueError("fd_exact needs at least 2 samples")
+            raise InputError("fd_exact needs at least 2 samples")
         mu_g = x.mean(0)
         cov_g = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
         return frechet_distance(mu_g, cov_g, cell.model.mean, cell.model.covariance)
@@ -68,7 +69,7 @@ class EndpointError(Metric):
 
     def compute(self, cell: Cell) -> float:
         if cell.x_T is None or cell.sigmas is None:
-            raise ValueError("endpoint_error needs the cell's x_T and sigmas")
+            raise InputError("endpoint_error needs the cell's x_T and sigmas")
         x = cell.extra.get("final", cell.samples).detach().to(torch.float64).cpu()
         ref = self.reference(cell).to(torch.float64)
         err = (x - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from .text_image import PromptImageMetric, entry_requirement, require
+from solvers.base import InputError
 
 BACKBONES = {
     # name: (OpenCLIP architecture, weights entry, force QuickGELU)
@@ -46,10 +47,10 @@ class CLIPScore(PromptImageMetric):
                  clip_negative: bool = False, batch_size: int = 32, device: str = "cpu"):
         super().__init__(batch_size, device)
         if arch is None and backbone not in BACKBONES:
-            raise ValueError(f"unknown CLIP backbone {backbone!r}; accepted: {', '.join(BACKBONES)} "
+            raise InputError(f"unknown CLIP backbone {backbone!r}; accepted: {', '.join(BACKBONES)} "
                              f"(or arch=<OpenCLIP architecture> with weights=<local file>)")
         if arch is not None and weights is None:
-            raise ValueError(f"arch={arch!r} needs weights=<local OpenCLIP checkpoint file>")
+            raise InputError(f"arch={arch!r} needs weights=<local OpenCLIP checkpoint file>")
         self.arch, self.entry, self.quick_gelu = (arch, arch, False) if arch else BACKBONES[backbone]
         self.weights = weights
         self.clip_negative = clip_negative

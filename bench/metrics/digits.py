@@ -21,6 +21,7 @@ from bench.models.base import Cell, Model, Requirement
 
 from .base import Metric
 from .frechet import feature_statistics, frechet_distance
+from solvers.base import InputError
 
 SHAPE = (1, 16, 16)
 
@@ -72,10 +73,10 @@ def fd_pixel_space(images: torch.Tensor) -> float:
 def _check(cell: Cell, name: str) -> torch.Tensor:
     x = cell.samples
     if tuple(x.shape[1:]) != SHAPE:
-        raise ValueError(f"{name} scores 16x16 one-channel digits in [-1, 1]; got samples of shape "
+        raise InputError(f"{name} scores 16x16 one-channel digits in [-1, 1]; got samples of shape "
                          f"{tuple(x.shape[1:])}")
     if x.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 samples, got {x.shape[0]}")
+        raise InputError(f"{name} needs at least 2 samples, got {x.shape[0]}")
     return x
 
 

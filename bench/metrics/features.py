@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from bench.models.base import Requirement
+from solvers.base import InputError
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -59,10 +60,10 @@ def load_detector(path) -> torch.nn.Module:
     try:
         net = edm_pickle.load(path)
     except Exception as e:  # noqa: BLE001  (any refusal or corrupt file becomes one line)
-        raise ValueError(f"{path}: not TorchScript, and the restricted unpickler refused it ({e}); "
+        raise InputError(f"{path}: not TorchScript, and the restricted unpickler refused it ({e}); "
                          f"use the TorchScript file of the same network, {INCEPTION_URL}") from None
     if not isinstance(net, torch.nn.Module):
-        raise ValueError(f"{path}: the pickle holds a {type(net).__name__}, not a feature network; "
+        raise InputError(f"{path}: the pickle holds a {type(net).__name__}, not a feature network; "
                          f"use the TorchScript file of the same network, {INCEPTION_URL}")
     return net.eval()
 
@@ -91,7 +92,7 @@ class InceptionFeatures(torch.nn.Module):
     def forward(self, images: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Features of images in [-1, 1]; `quantize` rounds to uint8 first as FID does (no gradient then)."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"expected images of shape (B, 1|3, H, W); got {tuple(images.shape)}")
+            raise InputError(f"expected images of shape (B, 1|3, H, W); got {tuple(images.shape)}")
         if images.shape[1] == 1:
             images = images.repeat(1, 3, 1, 1)
         x = to_uint8(images) if quantize else to_pixel_range(images)

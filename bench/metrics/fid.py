@@ -24,6 +24,7 @@ from bench.models.base import Cell, Model, Requirement
 from .base import Metric
 from .features import InceptionFeatures, inception_requirement
 from .frechet import RunningStatistics, frechet_distance, load_statistics, save_statistics
+from solvers.base import InputError
 
 
 @lru_cache(maxsize=4)
@@ -41,7 +42,7 @@ def reference_requirement(model: Model, reference=None) -> Requirement:
     from bench import weights
     key = getattr(model, "fid_reference", None) or f"fid-ref-{model.name}"
     if key not in weights.names():
-        raise ValueError(f"no FID reference statistics are known for model {model.name!r} (looked for weights entry "
+        raise InputError(f"no FID reference statistics are known for model {model.name!r} (looked for weights entry "
                          f"{key!r}); pass reference=<path to .npz with mu and sigma>")
     return weights.requirement(key)
 
@@ -59,7 +60,7 @@ class FID(Metric):
     def __init__(self, num_samples: int | None = 50_000, batch_size: int = 250, inception=None, reference=None,
                  device: str = "cpu"):
         if num_samples is not None and num_samples < 2:
-            raise ValueError(f"num_samples must be at least 2 (or None for all samples of a cell); got {num_samples}")
+            raise InputError(f"num_samples must be at least 2 (or None for all samples of a cell); got {num_samples}")
         self.num_samples = num_samples
         self.batch_size = int(batch_size)
         self.inception = inception          # path to inception-2015-12-05.pt; default: the weights registry
@@ -93,7 +94,7 @@ class FID(Metric):
             stats = stats or RunningStatistics(features.shape[1])      # 2048 for TF-Inception
             stats.update(features.numpy())
         if stats is None:
-            raise ValueError("no images to score")
+            raise InputError("no images to score")
         return stats.result()
 
     def compute(self, cell: Cell) -> float:
@@ -101,7 +102,7 @@ class FID(Metric):
         n = images.shape[0]
         if self.num_samples is not None:
             if n < self.num_samples:
-                raise ValueError(f"{self.label} needs {self.num_samples} samples; the cell has {n} "
+                raise InputError(f"{self.label} needs {self.num_samples} samples; the cell has {n} "
                                  f"(build the metric with num_samples={n} for a smaller FID)")
             images = images[: self.num_samples]
         ref = reference_requirement(cell.model, self.reference)

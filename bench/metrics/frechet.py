@@ -18,16 +18,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from solvers.base import InputError
 
 
 def _as_stats(mu, sigma, which: str) -> tuple[np.ndarray, np.ndarray]:
     mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
     sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{which}: expected mu of shape (d,) and sigma of shape (d, d); "
+        raise InputError(f"{which}: expected mu of shape (d,) and sigma of shape (d, d); "
                          f"got {mu.shape} and {sigma.shape}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise ValueError(f"{which}: statistics contain NaN or Inf")
+        raise InputError(f"{which}: statistics contain NaN or Inf")
     return mu, sigma
 
 
@@ -52,7 +53,7 @@ def trace_sqrt_product(sigma1, sigma2, method: str = "auto") -> float:
     s1 = np.asarray(sigma1, dtype=np.float64)
     s2 = np.asarray(sigma2, dtype=np.float64)
     if method not in ("auto", "cholesky", "eigh"):
-        raise ValueError(f"unknown method {method!r}; accepted: auto, cholesky, eigh")
+        raise InputError(f"unknown method {method!r}; accepted: auto, cholesky, eigh")
     if method in ("auto", "cholesky"):
         try:
             low = np.linalg.cholesky((s1 + s1.T) / 2)
@@ -69,7 +70,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     mu1, sigma1 = _as_stats(mu1, sigma1, "first statistics")
     mu2, sigma2 = _as_stats(mu2, sigma2, "second statistics")
     if mu1.shape != mu2.shape:
-        raise ValueError(f"statistics of different dimension: {mu1.shape[0]} vs {mu2.shape[0]}")
+        raise InputError(f"statistics of different dimension: {mu1.shape[0]} vs {mu2.shape[0]}")
     diff = mu1 - mu2
     fd = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
     return float(max(fd, 0.0))       # tiny negative values are round-off of identical statistics
@@ -79,7 +80,7 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     """mu and the unbiased covariance (np.cov, as EDM's fid.py) of (N, d) features, in float64."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"features must be an (N, d) array with N >= 2; got shape {f.shape}")
+        raise InputError(f"features must be an (N, d) array with N >= 2; got shape {f.shape}")
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
@@ -94,14 +95,14 @@ class RunningStatistics:
     def update(self, features) -> None:
         f = np.asarray(features, dtype=np.float64)
         if f.ndim != 2 or f.shape[1] != self.sum.shape[0]:
-            raise ValueError(f"expected features of shape (B, {self.sum.shape[0]}); got {f.shape}")
+            raise InputError(f"expected features of shape (B, {self.sum.shape[0]}); got {f.shape}")
         self.n += f.shape[0]
         self.sum += f.sum(axis=0)
         self.outer += f.T @ f
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         if self.n < 2:
-            raise ValueError(f"need at least 2 samples for a covariance; got {self.n}")
+            raise InputError(f"need at least 2 samples for a covariance; got {self.n}")
         mu = self.sum / self.n
         sigma = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
         return mu, sigma
@@ -125,6 +126,6 @@ def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         missing = [k for k in ("mu", "sigma") if k not in data.files]
         if missing:
-            raise ValueError(f"{path}: reference statistics need arrays 'mu' and 'sigma'; "
+            raise InputError(f"{path}: reference statistics need arrays 'mu' and 'sigma'; "
                              f"missing {missing} (found {data.files})")
         return _as_stats(data["mu"], data["sigma"], str(path))

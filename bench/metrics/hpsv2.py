@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from .text_image import PromptImageMetric, entry_requirement, require
+from solvers.base import InputError
 
 
 def load_hps(path, arch: str = "ViT-H-14", device: str = "cpu"):
@@ -27,7 +28,7 @@ def load_hps(path, arch: str = "ViT-H-14", device: str = "cpu"):
     checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected an HPS checkpoint holding a state dict ({{'state_dict': ...}})")
+        raise InputError(f"{path}: expected an HPS checkpoint holding a state dict ({{'state_dict': ...}})")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), preprocess, open_clip.get_tokenizer(arch)

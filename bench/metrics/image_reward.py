@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .text_image import PromptImageMetric, entry_requirement, require
+from solvers.base import InputError
 
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
@@ -138,7 +139,7 @@ def load_checkpoint(path) -> dict:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or "blip.visual_encoder.cls_token" not in state:
-        raise ValueError(f"{path} is not an ImageReward checkpoint (no blip.visual_encoder.cls_token)")
+        raise InputError(f"{path} is not an ImageReward checkpoint (no blip.visual_encoder.cls_token)")
     return state
 
 

@@ -19,6 +19,7 @@ from bench.models.base import Cell, Model, Requirement
 
 from .base import Metric
 from .features import to_uint8
+from solvers.base import InputError
 
 
 def prompts_of(cell: Cell) -> list[str]:
@@ -28,9 +29,9 @@ def prompts_of(cell: Cell) -> list[str]:
     for c in candidates:
         if isinstance(c, (list, tuple)) and c and all(isinstance(p, str) for p in c):
             if len(c) != cell.samples.shape[0]:
-                raise ValueError(f"the cell has {cell.samples.shape[0]} samples but {len(c)} prompts")
+                raise InputError(f"the cell has {cell.samples.shape[0]} samples but {len(c)} prompts")
             return list(c)
-    raise ValueError(f"model {cell.model.name!r} gives no prompts with its samples; text-image metrics need one "
+    raise InputError(f"model {cell.model.name!r} gives no prompts with its samples; text-image metrics need one "
                      f"prompt per sample (cell.extra['prompts'] or list-of-strings conditions)")
 
 
@@ -38,7 +39,7 @@ def pil_images(samples: torch.Tensor) -> list:
     """Samples (B, 3, H, W) in [-1, 1] -> PIL RGB images, rounded to uint8 as saved PNGs are."""
     from PIL import Image
     if samples.ndim != 4 or samples.shape[1] != 3:
-        raise ValueError(f"expected RGB images of shape (B, 3, H, W); got {tuple(samples.shape)}")
+        raise InputError(f"expected RGB images of shape (B, 3, H, W); got {tuple(samples.shape)}")
     arrays = to_uint8(samples.detach().cpu()).permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(np.ascontiguousarray(a), mode="RGB") for a in arrays]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 
 from .base import Cell, Model, Requirement, noise
+from solvers.base import InputError
 
 # name -> "module:factory"; the factory takes keyword options and returns a Model
 _REGISTRY: dict[str, str] = {
@@ -31,7 +32,7 @@ def names() -> list[str]:
 
 def get(name: str, **options) -> Model:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; accepted: {', '.join(_REGISTRY)}")
+        raise InputError(f"unknown model {name!r}; accepted: {', '.join(_REGISTRY)}")
     module, attr = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), attr)(**options)
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from solvers import schedules
+from solvers.base import InputError
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Model:
         return schedules.get(kind, num_points, self.sigma_min, self.sigma_max, **opts)
 
     def sigma_fn(self, tau: torch.Tensor) -> torch.Tensor:
-        raise ValueError(f"model {self.name!r} has no discrete time (it cannot use the 'discrete' schedule)")
+        raise InputError(f"model {self.name!r} has no discrete time (it cannot use the 'discrete' schedule)")
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Map final samples to the space metrics read (images in [-1, 1] for image models; identity here)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from solvers.base import InputError
 
 LABEL_SALT = 1 << 40
 PROMPT_SALT = 2 << 40
@@ -50,20 +51,20 @@ def load_prompts(path: str | Path) -> list[str]:
         elif isinstance(data, list):
             prompts = [p if isinstance(p, str) else p.get("caption") or p.get("prompt") for p in data]
         else:
-            raise ValueError(f"{path}: expected COCO annotations ({{'annotations': [...]}}) or a list of prompts")
+            raise InputError(f"{path}: expected COCO annotations ({{'annotations': [...]}}) or a list of prompts")
     elif suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
         columns = {c.lower(): c for c in (rows[0].keys() if rows else [])}
         key = next((columns[c] for c in ("prompts", "prompt", "caption", "text") if c in columns), None)
         if key is None:
-            raise ValueError(f"{path}: no 'Prompts', 'prompt', 'caption' or 'text' column (found {list(columns)})")
+            raise InputError(f"{path}: no 'Prompts', 'prompt', 'caption' or 'text' column (found {list(columns)})")
         prompts = [r[key] for r in rows]
     else:
         prompts = path.read_text(encoding="utf-8").splitlines()
     prompts = [" ".join(p.split()) for p in prompts if p and p.strip()]
     if not prompts:
-        raise ValueError(f"{path} holds no prompts")
+        raise InputError(f"{path} holds no prompts")
     return prompts
 
 
@@ -82,7 +83,7 @@ def prompts_for_seeds(prompts: Sequence[str], seeds: Sequence[int], mode: str = 
         return [prompts[int(perm[int(s) % n])] for s in seeds]
     if mode == "cycle":
         return [prompts[int(s) % n] for s in seeds]
-    raise ValueError(f"unknown prompt mode {mode!r}; accepted: random, cycle")
+    raise InputError(f"unknown prompt mode {mode!r}; accepted: random, cycle")
 
 
 class Prompts:

@@ -6,6 +6,7 @@ Sampling state, grids and the EDM-form arithmetic stay float32/float64 whatever 
 from __future__ import annotations
 
 import torch
+from solvers.base import InputError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -22,4 +23,4 @@ def dtype(value) -> torch.dtype:
         return value
     if value in DTYPES:
         return DTYPES[value]
-    raise ValueError(f"unknown torch_dtype {value!r}; accepted: {', '.join(DTYPES)}")
+    raise InputError(f"unknown torch_dtype {value!r}; accepted: {', '.join(DTYPES)}")

@@ -15,6 +15,7 @@ import torch
 from bench import weights
 from . import conditions, devices
 from .base import Model
+from solvers.base import InputError
 
 
 class EDMModel(Model):
@@ -55,11 +56,11 @@ class EDMModel(Model):
             data = edm_pickle.load(self.path)
             net = data.get("ema") if isinstance(data, dict) else None
             if not isinstance(net, torch.nn.Module):
-                raise ValueError(f"{self.path}: expected an EDM network pickle with an 'ema' network, "
+                raise InputError(f"{self.path}: expected an EDM network pickle with an 'ema' network, "
                                  f"found {type(net if isinstance(data, dict) else data).__name__}")
             got = (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
             if got != self.shape or int(getattr(net, "label_dim", 0)) != self.label_dim:
-                raise ValueError(f"{self.path}: network is {got} with label_dim {getattr(net, 'label_dim', 0)}, "
+                raise InputError(f"{self.path}: network is {got} with label_dim {getattr(net, 'label_dim', 0)}, "
                                  f"but model {self.name!r} expects {self.shape} with label_dim {self.label_dim}")
             self._net = net.eval().requires_grad_(False).to(self.device)
         return self._net

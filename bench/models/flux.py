@@ -32,6 +32,7 @@ from solvers import schedules
 from . import conditions, devices
 from .base import Model, Requirement
 from .latent import PROMPT_SETS
+from solvers.base import InputError
 
 SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
@@ -79,7 +80,7 @@ class FluxModel(Model):
                  max_sequence_length: int = 512, components: dict | None = None, device: str | None = None,
                  torch_dtype: torch.dtype | str = torch.float32):
         if prompts not in PROMPT_SETS:
-            raise ValueError(f"unknown prompt set {prompts!r}; accepted: {', '.join(PROMPT_SETS)}")
+            raise InputError(f"unknown prompt set {prompts!r}; accepted: {', '.join(PROMPT_SETS)}")
         self._path = Path(path).expanduser() if path else None
         self.prompt_set, self.guidance = prompts, float(guidance)
         self._prompts_path = Path(prompts_path).expanduser() if prompts_path else None
@@ -188,7 +189,7 @@ class FluxModel(Model):
     def denoiser(self, cond=None):
         self.load()
         if cond is None:
-            raise ValueError("FLUX needs conditions (prompt embeddings): call model.conditions(seeds)")
+            raise InputError("FLUX needs conditions (prompt embeddings): call model.conditions(seeds)")
 
         def D(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
@@ -203,7 +204,7 @@ class FluxModel(Model):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         self.load()
         if self.vae is None:
-            raise ValueError("this FLUX model was built without its VAE, so it cannot decode")
+            raise InputError("this FLUX model was built without its VAE, so it cannot decode")
         cfg = self.vae.config
         z = x / float(getattr(cfg, "scaling_factor", 0.3611)) + float(getattr(cfg, "shift_factor", 0.1159) or 0.0)
         with torch.no_grad():

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .base import Model
+from solvers.base import InputError
 
 
 class GaussianMixture(Model):
@@ -34,7 +35,7 @@ class GaussianMixture(Model):
         cov = (cov + cov.transpose(1, 2)) / 2
         self.lam, self.U = torch.linalg.eigh(cov)                              # (K, D), (K, D, D)
         if (self.lam <= 0).any():
-            raise ValueError("every mixture covariance must be positive definite")
+            raise InputError("every mixture covariance must be positive definite")
         self.dim = self.mu.shape[1]
         self.shape = (self.dim,)
 
@@ -91,7 +92,7 @@ class GaussianMixture(Model):
         flat0 = x_T.detach().reshape(-1).to(torch.float64).cpu().numpy()
         B = shape[0]
         if sigma_end <= 0:
-            raise ValueError("the reference ODE solution needs sigma_end > 0 (it integrates in log sigma)")
+            raise InputError("the reference ODE solution needs sigma_end > 0 (it integrates in log sigma)")
 
         def rhs(u, y):
             x = torch.from_numpy(y).reshape(B, -1)

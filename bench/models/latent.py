@@ -26,6 +26,7 @@ from bench import weights
 from solvers import schedules
 from . import conditions, devices
 from .base import Model, Requirement
+from solvers.base import InputError
 
 LSUN_BETAS = {"beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -41,7 +42,7 @@ def alphas_cumprod(config: dict) -> torch.Tensor:
     elif kind == "linear":
         betas = torch.linspace(b0, b1, T, dtype=torch.float64)
     else:
-        raise ValueError(f"beta_schedule {kind!r} is not supported yet; accepted: linear, scaled_linear")
+        raise InputError(f"beta_schedule {kind!r} is not supported yet; accepted: linear, scaled_linear")
     return torch.cumprod(1 - betas, dim=0)
 
 
@@ -154,7 +155,7 @@ class LSUNBedroomLDM(DiscreteEpsModel):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         self.load()
         if self.vqvae is None:
-            raise ValueError("this LSUN-Bedroom model was built without its VQ autoencoder, so it cannot decode")
+            raise InputError("this LSUN-Bedroom model was built without its VQ autoencoder, so it cannot decode")
         with torch.no_grad():
             return self.vqvae.decode(x.to(self.net_dtype)).sample.float().clamp(-1, 1)
 
@@ -178,7 +179,7 @@ class StableDiffusion(DiscreteEpsModel):
                  prompt_mode: str | None = None, guidance: float = 7.5, components: dict | None = None,
                  device: str | None = None, torch_dtype: torch.dtype | str = torch.float32):
         if prompts not in PROMPT_SETS:
-            raise ValueError(f"unknown prompt set {prompts!r}; accepted: {', '.join(PROMPT_SETS)}")
+            raise InputError(f"unknown prompt set {prompts!r}; accepted: {', '.join(PROMPT_SETS)}")
         self._path = Path(path).expanduser() if path else None
         self.prompt_set = prompts
         self._prompts_path = Path(prompts_path).expanduser() if prompts_path else None
@@ -253,7 +254,7 @@ class StableDiffusion(DiscreteEpsModel):
 
     def eps(self, x_in, t, cond):
         if cond is None:
-            raise ValueError("Stable Diffusion needs conditions (prompt embeddings): call model.conditions(seeds)")
+            raise InputError("Stable Diffusion needs conditions (prompt embeddings): call model.conditions(seeds)")
         c = cond["cond"]
         if self.guidance == 1.0:
             return self.unet(x_in, t, encoder_hidden_states=c).sample
@@ -266,7 +267,7 @@ class StableDiffusion(DiscreteEpsModel):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         self.load()
         if self.vae is None:
-            raise ValueError("this Stable Diffusion model was built without its VAE, so it cannot decode")
+            raise InputError("this Stable Diffusion model was built without its VAE, so it cannot decode")
         scale = float(getattr(self.vae.config, "scaling_factor", 0.18215))
         with torch.no_grad():
             return self.vae.decode((x / scale).to(self.net_dtype)).sample.float().clamp(-1, 1)

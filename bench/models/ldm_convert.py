@@ -19,6 +19,7 @@ import types
 from pathlib import Path
 
 import torch
+from solvers.base import InputError
 
 UNET_CONFIG = dict(sample_size=64, in_channels=3, out_channels=3, block_out_channels=(224, 448, 672, 896),
                    layers_per_block=2, attention_head_dim=32, norm_num_groups=32, norm_eps=1e-5,
@@ -80,7 +81,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
-        raise ValueError(f"{path}: not a latent-diffusion checkpoint (no state_dict)")
+        raise InputError(f"{path}: not a latent-diffusion checkpoint (no state_dict)")
     return sd
 
 
@@ -127,7 +128,7 @@ def convert_unet(sd: dict, config: dict = UNET_CONFIG, prefix: str = "model.diff
     """openaimodel.UNetModel weights (keys under `prefix`) -> diffusers UNet2DModel weights for `config`."""
     s = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     if not s:
-        raise ValueError(f"no UNet weights under {prefix!r} in the checkpoint")
+        raise InputError(f"no UNet weights under {prefix!r} in the checkpoint")
     out = {}
     for a, b in (("time_embed.0", "time_embedding.linear_1"), ("time_embed.2", "time_embedding.linear_2"),
                  ("input_blocks.0.0", "conv_in"), ("out.0", "conv_norm_out"), ("out.2", "conv_out")):
@@ -168,7 +169,7 @@ def convert_vq(sd: dict, config: dict = VQ_CONFIG, prefix: str = "first_stage_mo
     """latent-diffusion VQModel (encoder/decoder/quantize) -> diffusers VQModel weights."""
     s = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     if not s:
-        raise ValueError(f"no autoencoder weights under {prefix!r} in the checkpoint")
+        raise InputError(f"no autoencoder weights under {prefix!r} in the checkpoint")
     out = {}
     for n in ("quant_conv", "post_quant_conv", "encoder.conv_in", "encoder.conv_out", "decoder.conv_in",
               "decoder.conv_out"):

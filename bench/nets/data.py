@@ -9,6 +9,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from solvers.base import InputError
 
 RESOLUTION = 16
 HELD_OUT = 500
@@ -38,7 +39,7 @@ def digits(split: str = "train", resolution: int = RESOLUTION) -> tuple[torch.Te
     elif split == "train":
         idx = perm[HELD_OUT:]
     else:
-        raise ValueError(f"unknown digits split {split!r}; accepted: train, heldout, all")
+        raise InputError(f"unknown digits split {split!r}; accepted: train, heldout, all")
     return x[idx].clone(), y[idx].clone()
 
 

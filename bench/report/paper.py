@@ -17,6 +17,7 @@ import pandas as pd
 from baselines import reported_results
 
 from . import tables
+from solvers.base import InputError
 
 # project model name -> (paper dataset key, paper model) of the paper's tables (names of bench.models, plus aliases)
 PROJECT_MODELS = {
@@ -91,7 +92,7 @@ def reported_table(dataset: str, metric: str = "fid", table: str = "1", paper_mo
     if paper_model is not None:
         sel = sel[sel.paper_model == paper_model]
     if sel.empty:
-        raise ValueError(f"the paper reports no {metric} for {dataset!r} in table {table}")
+        raise InputError(f"the paper reports no {metric} for {dataset!r} in table {table}")
     sel = sel.assign(method=sel["method"], group=sel["family"].map(tables.GROUPS))
     order = list(dict.fromkeys(sel["method"]))
     t = sel.pivot_table(index=["group", "method"], columns="nfe", values="value", aggfunc="first")

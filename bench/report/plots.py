@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+from solvers.base import InputError
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -113,7 +114,7 @@ def coefficient_heatmaps(panels: list[tuple[str, pd.DataFrame]], base: Path, tit
                          ncols: int = 4) -> list[Path]:
     """A grid of coefficient heatmaps, one panel per (title, coefficient_matrix)."""
     if not panels:
-        raise ValueError("no coefficients to plot")
+        raise InputError("no coefficients to plot")
     ncols = min(ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.4 * nrows), squeeze=False)
@@ -184,7 +185,7 @@ def training_curves(solvers: list[dict], base: Path, title: str) -> list[Path]:
     has_eval = lambda t: isinstance(t.get("eval_error"), list) and len(t.get("eval_error")) > 0  # noqa: E731
     runs = [(n, t) for n, t in runs if has_loss(t) or has_eval(t)]
     if not runs:
-        raise ValueError("no training curves recorded in the distilled solvers")
+        raise InputError("no training curves recorded in the distilled solvers")
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     palette = sns.color_palette("tab10", len(runs))
     for color, (name, t) in zip(palette, runs):

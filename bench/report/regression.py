@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import tables
+from solvers.base import InputError
 
 KEY = ["grid", "model", "label", "solver", "options", "nfe", "afs", "schedule", "metric"]
 BASELINE_COLUMNS = KEY + ["family", "value", "status", "num_samples", "seeds", "code_version", "torch_version",
@@ -32,9 +33,9 @@ def parse_tolerances(items: list[str] | None, default: float) -> tuple[float, di
         try:
             v = float(val)
         except ValueError:
-            raise ValueError(f"bad --tolerance {item!r}: give a relative tolerance like 0.05 or METRIC=0.05") from None
+            raise InputError(f"bad --tolerance {item!r}: give a relative tolerance like 0.05 or METRIC=0.05") from None
         if not (v >= 0 and math.isfinite(v)):
-            raise ValueError(f"bad --tolerance {item!r}: it must be a finite number >= 0")
+            raise InputError(f"bad --tolerance {item!r}: it must be a finite number >= 0")
         if sep:
             per[name] = v
         else:
@@ -46,7 +47,7 @@ def write_baseline(df: pd.DataFrame, path: Path, grid: str | None = None) -> int
     """Store the cells of `df` (optionally one grid) as a baseline CSV; returns the number of rows."""
     sel = df if grid is None else df[df.grid == grid]
     if sel.empty:
-        raise ValueError("no results to store as a baseline" + (f" for grid {grid!r}" if grid else ""))
+        raise InputError("no results to store as a baseline" + (f" for grid {grid!r}" if grid else ""))
     cols = [c for c in BASELINE_COLUMNS if c in sel.columns]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sel[cols].sort_values(KEY).to_csv(path, index=False, float_format="%.10g")
@@ -62,7 +63,7 @@ def read_baseline(path: Path) -> pd.DataFrame:
                      na_values=[""])
     missing = [c for c in KEY + ["value"] if c not in df.columns]
     if missing:
-        raise ValueError(f"{path} is not a results baseline: missing column(s) {', '.join(missing)}")
+        raise InputError(f"{path} is not a results baseline: missing column(s) {', '.join(missing)}")
     return df
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import paper, plots, tables
+from solvers.base import InputError
 
 FIG = "figures"
 
@@ -209,7 +210,7 @@ def render(results_dir: Path, reports_dir: Path) -> list[Path]:
     df = results.load(results_dir)
     studies = sorted((results_dir / "studies").glob("*.csv"))
     if df.empty and not studies:
-        raise ValueError(f"no results in {results_dir} (no results.sqlite rows and no studies/*.csv); "
+        raise InputError(f"no results in {results_dir} (no results.sqlite rows and no studies/*.csv); "
                          "run `python -m bench run --grid quick` first")
     reports_dir.mkdir(parents=True, exist_ok=True)
     written = [render_grid(df, grid, results_dir, reports_dir) for grid in dict.fromkeys(df.grid)]

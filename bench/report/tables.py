@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
+from solvers.base import InputError
 
 MISSING = "–"
 GROUPS = {"handcrafted": "Handcrafted", "learned": "Learnable", "learnable": "Learnable"}
@@ -53,7 +54,7 @@ def pivot(df: pd.DataFrame, model: str, metric: str, grid: str | None = None) ->
     if grid is not None:
         sel = sel[sel["grid"] == grid]
     if sel.empty:
-        raise ValueError(f"no results for model {model!r} and metric {metric!r}"
+        raise InputError(f"no results for model {model!r} and metric {metric!r}"
                          + (f" in grid {grid!r}" if grid else ""))
     sel = sel.assign(method=method_labels(sel),
                      group=sel["family"].map(lambda f: GROUPS.get(str(f), str(f).capitalize())),

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from solvers.base import InputError
 
 # Classical Adams-Bashforth rows, oldest derivative first (as in solvers/ipndm.py).
 AB_ROWS = {
@@ -109,7 +110,7 @@ def make_problems(num: int, dim: int, degree: int, seed: int, coef_std: float = 
 def ab_weights(order: int, steps: int, start: int) -> torch.Tensor:
     """The classical AB row repeated for each of the steps - start + 1 updates: shape (steps-start+1, order)."""
     if order not in AB_ROWS:
-        raise ValueError(f"Adams-Bashforth order must be 1, 2, 3 or 4, got {order!r}")
+        raise InputError(f"Adams-Bashforth order must be 1, 2, 3 or 4, got {order!r}")
     return torch.tensor(AB_ROWS[order], dtype=torch.float64).expand(steps - start + 1, order).clone()
 
 
@@ -120,9 +121,9 @@ def integrate(problems: Problems, weights: torch.Tensor, steps: int, start: int)
     """
     order = weights.shape[-1]
     if start < order:
-        raise ValueError(f"an order-{order} start needs at least {order} exact states, got {start}")
+        raise InputError(f"an order-{order} start needs at least {order} exact states, got {start}")
     if start > steps:
-        raise ValueError(f"{steps} steps cannot start from {start} exact states")
+        raise InputError(f"{steps} steps cannot start from {start} exact states")
     h = 1.0 / steps
     Y = [problems.y(n * h) for n in range(steps + 1)]                           # y_gt on the grid
     dY = [problems.dy(n * h) for n in range(steps + 1)]
@@ -173,20 +174,20 @@ def settings(grid: dict) -> dict:
     given.update({k: v for k, v in grid.items() if k in DEFAULTS})
     unknown = sorted(set(grid.get("study", {})) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown numerical_study setting(s) {', '.join(unknown)}; accepted: {', '.join(DEFAULTS)}")
+        raise InputError(f"unknown numerical_study setting(s) {', '.join(unknown)}; accepted: {', '.join(DEFAULTS)}")
     cfg = {**DEFAULTS, **given}
     for key in ("orders", "complexities", "steps"):
         cfg[key] = [int(v) for v in cfg[key]]
         if not cfg[key]:
-            raise ValueError(f"numerical_study needs at least one value in {key}")
+            raise InputError(f"numerical_study needs at least one value in {key}")
     bad = [o for o in cfg["orders"] if o not in AB_ROWS]
     if bad:
-        raise ValueError(f"numerical_study orders must be among 1, 2, 3, 4, got {bad}")
+        raise InputError(f"numerical_study orders must be among 1, 2, 3, 4, got {bad}")
     start = cfg["exact_start"]
     if start != "order" and (not isinstance(start, int) or start < max(cfg["orders"])):
-        raise ValueError(f"exact_start must be \"order\" or an int >= the highest order, got {start!r}")
+        raise InputError(f"exact_start must be \"order\" or an int >= the highest order, got {start!r}")
     if min(cfg["steps"]) < _start(max(cfg["orders"]), start):
-        raise ValueError(f"steps must be >= the number of exact start states ({_start(max(cfg['orders']), start)})")
+        raise InputError(f"steps must be >= the number of exact start states ({_start(max(cfg['orders']), start)})")
     return cfg
 
 
