@@ -165,7 +165,7 @@ def fingerprint(source: Source) -> str:
     seeds = list(PROBE_SEEDS)
     z = source.noise(seeds) / source.sigma_max
     sig = torch.tensor([source.sigma_max, math.sqrt(source.sigma_max * source.sigma_min), source.sigma_min],
-                       dtype=z.dtype)
+                       dtype=z.dtype, device=z.device)
     x = z * sig.reshape(-1, *([1] * (z.dim() - 1)))
     out = source.denoiser(source.conditions(seeds))(x, sig)
     text = " ".join(f"{v:.5e}" for v in out.detach().double().reshape(-1).cpu().tolist())

@@ -8,6 +8,9 @@ denoiser (posterior mean) is
 
 Each S_k is kept as its eigendecomposition U diag(lam) U^T, so every sigma costs one rotation per component.
 `reference_solution` integrates the PF-ODE dx/dlog(sigma) = x - D(x, sigma) with scipy's DOP853 at rtol 1e-10.
+
+The exact facts (pi, mu, lam, U, moments) are CPU tensors; `device` (default CPU) is where the denoiser computes and
+the noise is drawn, like a network adapter's device (so analytic grids exercise the device paths of the harness).
 """
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ class GaussianMixture(Model):
     dtype = torch.float64
 
     def __init__(self, name: str, weights, means, covariances, description: str = "",
-                 sigma_min: float = 0.002, sigma_max: float = 80.0):
+                 sigma_min: float = 0.002, sigma_max: float = 80.0, device: str | torch.device = "cpu"):
         self.name = name
+        self.device = device
         self.description = description
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.pi = torch.as_tensor(weights, dtype=torch.float64)
@@ -38,6 +42,7 @@ class GaussianMixture(Model):
             raise InputError("every mixture covariance must be positive definite")
         self.dim = self.mu.shape[1]
         self.shape = (self.dim,)
+        self._on_device = None
 
     # ---- exact facts ---------------------------------------------------------------------
     @property
@@ -64,23 +69,33 @@ class GaussianMixture(Model):
         return torch.logsumexp(logw, dim=1)
 
     # ---- the denoiser --------------------------------------------------------------------
-    def _components(self, x: torch.Tensor, sigma):
+    def _params(self, on_device: bool):
+        """(pi, mu, lam, U) on the CPU, or on the model's device (moved once)."""
+        if not on_device or torch.device(self.device).type == "cpu":
+            return self.pi, self.mu, self.lam, self.U
+        if self._on_device is None:
+            self._on_device = tuple(t.to(self.device) for t in (self.pi, self.mu, self.lam, self.U))
+        return self._on_device
+
+    def _components(self, x: torch.Tensor, sigma, on_device: bool = False):
+        pi, mu, lam, U = self._params(on_device)
         x = x.reshape(x.shape[0], -1).to(torch.float64)
         s2 = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1) ** 2    # (B|1, 1, 1)
-        y = torch.einsum("bd,kde->bke", x, self.U) - torch.einsum("kd,kde->ke", self.mu, self.U)[None]  # (B,K,D)
-        var = self.lam[None] + s2                                                  # (B|1, K, D)
+        y = torch.einsum("bd,kde->bke", x, U) - torch.einsum("kd,kde->ke", mu, U)[None]  # (B,K,D)
+        var = lam[None] + s2                                                       # (B|1, K, D)
         logn = -0.5 * ((y ** 2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
-        logw = self.pi.log()[None] + logn                                          # (B, K)
-        post = torch.einsum("bke,kde->bkd", y * (self.lam[None] / var), self.U) + self.mu[None]  # (B, K, D)
+        logw = pi.log()[None] + logn                                               # (B, K)
+        post = torch.einsum("bke,kde->bkd", y * (lam[None] / var), U) + mu[None]   # (B, K, D)
         return logw, post
 
-    def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        logw, post = self._components(x, sigma)
+    def denoise(self, x: torch.Tensor, sigma, on_device: bool = False) -> torch.Tensor:
+        logw, post = self._components(x, sigma, on_device)
         w = torch.softmax(logw, dim=1)
         return (w[:, :, None] * post).sum(1).reshape(x.shape).to(x.dtype)
 
     def denoiser(self, cond=None):
-        return self.denoise
+        """D(x, sigma) computed on the model's device (x must be there)."""
+        return lambda x, sigma: self.denoise(x, sigma, on_device=True)
 
     # ---- reference PF-ODE solution ---------------------------------------------------------
     def reference_solution(self, x_T: torch.Tensor, sigma_start: float, sigma_end: float,
@@ -106,7 +121,7 @@ class GaussianMixture(Model):
         return torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(shape).to(x_T.dtype)
 
 
-def gmm2d() -> GaussianMixture:
+def gmm2d(device: str = "cpu") -> GaussianMixture:
     """2-D, 8 modes on a ring of radius 1 (each slightly anisotropic) plus a broad central mode."""
     angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = torch.stack([angles.cos(), angles.sin()], 1)
@@ -118,10 +133,11 @@ def gmm2d() -> GaussianMixture:
     covs.append(torch.eye(2, dtype=torch.float64) * 0.15 ** 2)
     weights = [1.0] * 8 + [2.0]
     return GaussianMixture("gmm2d", weights, means, torch.stack(covs),
-                           description="2-D Gaussian mixture: 8 thin modes on the unit ring + a central mode")
+                           description="2-D Gaussian mixture: 8 thin modes on the unit ring + a central mode",
+                           device=device)
 
 
-def gmm64(components: int = 6, rank: int = 4, seed: int = 1234) -> GaussianMixture:
+def gmm64(components: int = 6, rank: int = 4, seed: int = 1234, device: str = "cpu") -> GaussianMixture:
     """64-D mixture whose components are low-rank-plus-diagonal (a thin, image-like manifold per component)."""
     g = torch.Generator().manual_seed(seed)
     D = 64
@@ -131,4 +147,4 @@ def gmm64(components: int = 6, rank: int = 4, seed: int = 1234) -> GaussianMixtu
     weights = torch.rand(components, generator=g, dtype=torch.float64) + 0.5
     return GaussianMixture("gmm64", weights, means, covs,
                            description=f"64-D Gaussian mixture: {components} components, rank-{rank} + diagonal "
-                                       "covariances")
+                                       "covariances", device=device)

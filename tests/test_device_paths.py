@@ -1,0 +1,86 @@
+"""The harness's device paths on a model whose tensors live on another device than the CPU defaults.
+
+bench.fakedevice emulates a second device on the CPU and refuses the device mixes CUDA refuses, so these tests
+fail on exactly the bugs a GPU user would hit (a sigma tensor made on the CPU times the model's noise, ...).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import solvers
+from bench import fakedevice, grid as grids, results, runner
+from bench.distill import distill
+from bench.models.gmm import gmm2d
+
+
+def test_the_emulated_device_refuses_what_cuda_refuses():
+    with fakedevice.active() as dev:
+        x = torch.randn(3, 4).to(dev)
+        assert (x + torch.zeros(3, 4, device=dev)).device == dev and (x * torch.tensor(2.0)).device == dev
+        assert x[torch.tensor([0, 2])].shape == (2, 4) and x.cpu().device.type == "cpu"
+        with pytest.raises(RuntimeError, match="same device"):
+            x + torch.ones(3, 4)
+        with pytest.raises(RuntimeError, match="same device"):
+            torch.stack([x.sum(), torch.tensor(1.0)])             # a CPU scalar is no scalar outside pointwise ops
+        with pytest.raises(TypeError, match="numpy"):
+            x.numpy()
+        lin = torch.nn.Linear(4, 2).to(dev)
+        x.requires_grad_(True)
+        lin(x).square().mean().backward()                          # autograd works through the emulation
+        assert x.grad.device == dev and lin.weight.grad.device == dev
+
+
+def test_every_solver_samples_on_the_device():
+    with fakedevice.active() as dev:
+        m = gmm2d(device=dev)
+        den = m.denoiser()
+        for name in solvers.names():
+            s = solvers.get(name, num_points=6, afs=True) if name == "dyweight" else solvers.get(name)
+            x = s.sample(den, m.noise(range(4)), m.grid(6), afs=True)
+            assert x.device == dev and torch.isfinite(x.cpu()).all(), name
+
+
+def test_distillation_runs_with_the_model_on_the_device(tmp_path):
+    with fakedevice.active() as dev:
+        m = gmm2d(device=dev)
+        s = distill("dyweight", m, m.grid(5), afs=True, seed=0, cache_dir=tmp_path, steps=3, num_samples=32,
+                    eval_samples=8, teacher_steps=6, teacher_batch_size=16)
+        x = s.sample(m.denoiser(), m.noise(range(4)), m.grid(5), afs=True)
+        assert x.device == dev and s.metadata["training"]["teacher_cache_hit"] is False
+
+
+GRID = """
+name = "dev"
+nfe = [3]
+num_samples = 24
+batch_size = 10
+[[models]]
+name = "gmm2d"
+options = { device = "meta" }
+metrics = ["fd_exact", "endpoint_error"]
+[[solvers]]
+name = "ipndm"
+label = "iPNDM"
+afs = true
+[[solvers]]
+name = "dyweight"
+label = "DyWeight"
+afs = true
+distill = { steps = 3, num_samples = 32, eval_samples = 8, teacher_steps = 6 }
+"""
+
+
+def test_a_grid_with_distillation_runs_end_to_end_on_the_device(tmp_path):
+    (tmp_path / "dev.toml").write_text(GRID)
+    with fakedevice.active():
+        g = grids.load(tmp_path / "dev.toml")
+        runner.run(g, tmp_path / "res", progress=False, out=lambda s: None)
+    df = results.load(tmp_path / "res")
+    assert len(df) == 4 and (df.status == "ok").all(), df[["label", "metric", "error"]]
+    cpu = tmp_path / "cpu.toml"
+    cpu.write_text(GRID.replace('options = { device = "meta" }\n', ""))
+    runner.run(grids.load(cpu), tmp_path / "res_cpu", progress=False, out=lambda s: None)
+    a = df.sort_values(["label", "metric"]).value.tolist()
+    b = results.load(tmp_path / "res_cpu").sort_values(["label", "metric"]).value.tolist()
+    assert a == pytest.approx(b, rel=1e-9)                         # the device changes nothing but where it runs
