@@ -56,6 +56,15 @@ def released_coefficients(dataset: str, nfe: int, run: str | None = None) -> dic
                      f"accepted: {', '.join(ck['run'] for ck in matches)}")
 
 
+def released_checkpoint_for(dataset: str, nfe: int, afs: bool, run: str | None = None) -> dict:
+    """`released_coefficients`, refusing a checkpoint trained with the other AFS setting (its grid would differ)."""
+    ck = released_coefficients(dataset, nfe, run)
+    if bool(ck["afs"]) != bool(afs):
+        raise InputError(f"the released coefficients were trained with afs={str(ck['afs']).lower()}; "
+                         f"set afs = {str(ck['afs']).lower()}")
+    return ck
+
+
 def reported_results() -> list[dict]:
     """The paper's reported numbers as rows (table, dataset, model, method, method_family, variant, nfe, metric,
     value, note); values stay strings as printed. bench.report turns them into a DataFrame."""

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from bench import plan
+from bench.plan import Plan
 from solvers.base import InputError
 
 try:
@@ -23,10 +25,10 @@ GRIDS_DIR = Path(__file__).parent / "grids"
 SAMPLING = "sampling"
 KEY_FORMAT = 1          # bump when the meaning of a cell key changes
 
-_TOP_KEYS = {"name", "description", "kind", "nfe", "num_samples", "seed_start", "batch_size", "schedule",
-             "metrics", "skip_unreachable", "models", "solvers"}
-_MODEL_KEYS = {"name", "metrics", "options", "nfe", "num_samples", "batch_size"}
-_SOLVER_KEYS = {"name", "label", "afs", "schedule", "schedule_options", "options", "distill", "distill_from",
+_TOP_KEYS = {"name", "description", "kind", "nfe", "num_samples", "seed_start", "batch_size", "schedule", "time",
+             "metrics", "metric_options", "skip_unreachable", "models", "solvers"}
+_MODEL_KEYS = {"name", "metrics", "metric_options", "options", "nfe", "num_samples", "batch_size"}
+_SOLVER_KEYS = {"name", "label", "afs", "schedule", "schedule_options", "time", "options", "distill", "distill_from",
                 "released", "models", "nfe", "skip_unreachable"}
 
 
@@ -80,6 +82,7 @@ class SolverEntry:
     distill: dict | None = None             # learned: distil per (model, NFE) with these bench.distill options
     distill_from: str | None = None         # ... on this other model (transfer)
     released: bool = False                  # learned: the paper's released coefficients for model.released_key
+    time: str = "sigma"                     # "flow": the solver's flow-time form (solvers/flow.py), as FLUX's code
     models: list | None = None              # only these models (None: every model of the grid)
     nfe: list | None = None                 # overrides the grid's NFE list
     skip_unreachable: bool | None = None
@@ -97,9 +100,12 @@ class SolverEntry:
 
     def identity(self) -> dict:
         """What determines this entry's samples (the label is a display name and does not)."""
-        return {"name": self.name, "afs": self.afs, "schedule": self.schedule,
-                "schedule_options": self.schedule_options, "options": self.options, "distill": self.distill,
-                "distill_from": self.distill_from, "released": self.released}
+        out = {"name": self.name, "afs": self.afs, "schedule": self.schedule,
+               "schedule_options": self.schedule_options, "options": self.options, "distill": self.distill,
+               "distill_from": self.distill_from, "released": self.released}
+        if self.time != "sigma":
+            out["time"] = self.time
+        return out
 
 
 @dataclass
@@ -110,13 +116,25 @@ class GridCell:
     model: str
     model_options: dict
     entry: SolverEntry
-    nfe: int
-    num_points: int
-    schedule: str                           # the schedule actually used (released: the checkpoint's)
+    plan: Plan                              # the grid it samples on, its budget (bench.plan)
     metrics: list
     seed_start: int
     num_samples: int
     batch_size: int
+    metric_options: dict = field(default_factory=dict)     # metric name -> options it is built with
+
+    @property
+    def nfe(self) -> int:
+        return self.plan.nfe
+
+    @property
+    def num_points(self) -> int:
+        return self.plan.num_points
+
+    @property
+    def schedule(self) -> str:
+        """The schedule actually used (released: the checkpoint's)."""
+        return self.plan.schedule
 
     @property
     def seeds(self) -> range:
@@ -270,6 +288,7 @@ def _expand(grid: Grid) -> None:
     import bench.metrics
     import bench.models
     import solvers
+    from bench.models.base import TIMES
     from solvers import schedules
 
     raw, gname = grid.raw, grid.name
@@ -307,17 +326,13 @@ def _expand(grid: Grid) -> None:
         metrics = mt.get("metrics", raw.get("metrics"))
         if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
             raise InputError(f"{where}: metrics must be a non-empty list; accepted: {', '.join(bench.metrics.names())}")
+        n_samples = _positive_int(mt.get("num_samples", num_samples), f"{where}: num_samples")
+        metric_options = _metric_options(raw.get("metric_options", {}), mt.get("metric_options", {}), where)
         for m in metrics:
-            if m not in bench.metrics.names():
-                raise InputError(f"{where}: unknown metric {m!r}; accepted: {', '.join(bench.metrics.names())}")
-            if not bench.metrics.get(m).supports(grid.models[mname]):
-                ok = [n for n in bench.metrics.names() if bench.metrics.get(n).supports(grid.models[mname])]
-                raise InputError(f"{where}: metric {m!r} does not support model {mname!r}; "
-                                 f"accepted for it: {', '.join(ok) or '(none)'}")
+            _check_metric(m, metric_options.get(m, {}), grid.models[mname], n_samples, where)
         model_specs.append({
-            "name": mname, "options": options, "metrics": metrics,
-            "nfe": _int_list(mt["nfe"], where) if "nfe" in mt else nfes,
-            "num_samples": _positive_int(mt.get("num_samples", num_samples), f"{where}: num_samples"),
+            "name": mname, "options": options, "metrics": metrics, "metric_options": metric_options,
+            "nfe": _int_list(mt["nfe"], where) if "nfe" in mt else nfes, "num_samples": n_samples,
             "batch_size": _positive_int(mt.get("batch_size", batch_size), f"{where}: batch_size"),
         })
 
@@ -334,13 +349,17 @@ def _expand(grid: Grid) -> None:
                         schedule=st.get("schedule", raw.get("schedule")),
                         schedule_options=st.get("schedule_options", {}), options=st.get("options", {}),
                         distill=st.get("distill"), distill_from=st.get("distill_from"),
-                        released=st.get("released", False), models=st.get("models"),
+                        released=st.get("released", False), time=st.get("time", raw.get("time", "sigma")),
+                        models=st.get("models"),
                         nfe=_int_list(st["nfe"], where) if "nfe" in st else None,
                         skip_unreachable=st.get("skip_unreachable"))
         if not isinstance(e.afs, bool) or not isinstance(e.released, bool):
             raise InputError(f"{where}: afs and released must be true or false")
         if not isinstance(e.options, dict) or not isinstance(e.schedule_options, dict):
             raise InputError(f"{where}: options and schedule_options must be tables")
+        if e.time not in TIMES:
+            raise InputError(f"{where}: unknown time {e.time!r}; accepted: {', '.join(TIMES)} (flow: the solver's "
+                             "flow-time form, solvers/flow.py)")
         if e.schedule is not None and e.schedule not in schedules.KINDS:
             raise InputError(f"{where}: unknown schedule {e.schedule!r}; accepted: {', '.join(schedules.KINDS)}")
         if e.distill is not None and not isinstance(e.distill, dict):
@@ -377,15 +396,19 @@ def _expand(grid: Grid) -> None:
         grid.entries.append(e)
 
     # ---- cells --------------------------------------------------------------------------------------------
+    for e in grid.entries:
+        if e.distill_from is not None and e.distill_from not in grid.models:
+            grid.models[e.distill_from] = bench.models.get(e.distill_from)
     for ms in model_specs:
         model = grid.models[ms["name"]]
         for e in grid.entries:
             if e.models is not None and ms["name"] not in e.models:
                 continue
             skip = skip_default if e.skip_unreachable is None else bool(e.skip_unreachable)
+            source = grid.models[e.distill_from] if e.distill_from else None
             for nfe in (e.nfe or ms["nfe"]):
                 try:
-                    num_points, schedule = _budget(model, e, nfe)
+                    p = plan.make(model, e, nfe, source)
                 except ValueError as err:
                     if skip:
                         grid.skipped.append((ms["name"], e.label, nfe, str(err)))
@@ -393,53 +416,74 @@ def _expand(grid: Grid) -> None:
                     raise InputError(f"grid {gname}: {ms['name']} / {e.label} at NFE {nfe}: {err} "
                                      "(drop that NFE, or set skip_unreachable = true)") from None
                 if e.distill is not None:
-                    _check_distill_options(e.distill, f"grid {gname}, {e.label} at NFE {nfe}", nfe, num_points,
-                                           e.afs)
+                    _check_distill(e, p, source or model, f"grid {gname}, {ms['name']} / {e.label} at NFE {nfe}")
                 grid.cells.append(GridCell(
-                    grid=gname, model=ms["name"], model_options=ms["options"], entry=e, nfe=nfe,
-                    num_points=num_points, schedule=schedule, metrics=list(ms["metrics"]), seed_start=seed_start,
-                    num_samples=ms["num_samples"], batch_size=ms["batch_size"]))
-    for e in grid.entries:
-        if e.distill_from is not None and e.distill_from not in grid.models:
-            grid.models[e.distill_from] = bench.models.get(e.distill_from)
+                    grid=gname, model=ms["name"], model_options=ms["options"], entry=e, plan=p,
+                    metrics=list(ms["metrics"]), seed_start=seed_start, num_samples=ms["num_samples"],
+                    batch_size=ms["batch_size"],
+                    metric_options={m: ms["metric_options"].get(m, {}) for m in ms["metrics"]}))
     if not grid.cells:
         raise InputError(f"grid {gname} has no cells to run (every cell was skipped as unreachable)")
 
 
-def _budget(model, e: SolverEntry, nfe: int) -> tuple[int, str]:
-    """(grid points, schedule) that spend exactly `nfe` network evaluations; ValueError when unreachable."""
-    import solvers
-    if e.released:
-        if model.released_key is None:
-            raise InputError(f"model {model.name!r} has no released DyWeight coefficients (released_key is unset)")
-        from baselines import released_coefficients
-        ck = released_coefficients(model.released_key, nfe)
-        if bool(ck["afs"]) != e.afs:
-            raise InputError(f"the released coefficients were trained with afs={str(ck['afs']).lower()}; "
-                             f"set afs = {str(ck['afs']).lower()}")
-        return int(ck["num_time_points"]), ck["schedule"]
-    if e.name == "dyweight" and "weights" not in e.options:
-        probe = solvers.solver_class("dyweight").budget_probe()
-    else:
-        probe = solvers.get(e.name, **e.options)
-    n = probe.num_points(nfe, afs=e.afs, evals_per_call=model.evals_per_call)
-    return n, e.schedule or model.schedule
+def _metric_options(top: dict, model_level: dict, where: str) -> dict:
+    """metric name -> options: the grid's metric_options table, overridden per model."""
+    out = {}
+    for table in (top, model_level):
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            raise InputError(f"{where}: metric_options must map metric names to tables of options, "
+                             "e.g. metric_options = {{ fid = {{ num_samples = 1000 }} }}")
+        for k, v in table.items():
+            out[k] = {**out.get(k, {}), **v}
+    return out
 
 
-def _check_distill_options(options: dict, where: str, nfe: int | None = None, num_points: int | None = None,
-                           afs: bool = False) -> None:
-    """Reject options bench.distill does not accept (and, given a cell's budget, values it would refuse)."""
+def _check_metric(name: str, options: dict, model, num_samples: int, where: str) -> None:
+    """The metric exists, takes these options, supports the model, and scores exactly the cell's sample count."""
+    import bench.metrics
+    if name not in bench.metrics.names():
+        raise InputError(f"{where}: unknown metric {name!r}; accepted: {', '.join(bench.metrics.names())}")
+    try:
+        metric = bench.metrics.get(name, **options)
+    except TypeError as err:
+        raise InputError(f"{where}: metric {name!r} does not take options {options}: {err}") from None
+    if not metric.supports(model):
+        ok = [n for n in bench.metrics.names() if bench.metrics.get(n).supports(model)]
+        raise InputError(f"{where}: metric {name!r} does not support model {model.name!r}; "
+                         f"accepted for it: {', '.join(ok) or '(none)'}")
+    if metric.num_samples is not None and metric.num_samples != num_samples:
+        raise InputError(f"{where}: metric {name!r} ({metric.label}) scores exactly {metric.num_samples} samples, but "
+                         f"the cells of {model.name!r} draw {num_samples}; name the metric of that size (e.g. "
+                         f"fid_30k) or set metric_options = {{ {name} = {{ num_samples = {num_samples} }} }}")
+
+
+def _check_distill(e: SolverEntry, p: Plan, source, where: str) -> None:
+    """The distillation the runner will start, validated now on its own grid by bench.distill's own checks."""
+    try:
+        from bench.distill import validate
+    except ImportError:                                   # the distillation package is optional at load time
+        return
+    try:
+        validate(e.name, p.source_sigmas, e.afs, source.view(p.time), **_distill_options(e.distill, where))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{where}: {err}") from None
+
+
+def _distill_options(options: dict, where: str) -> dict:
+    """The entry's distill table as bench.distill options (the harness sets afs, the cache and the noise shape)."""
+    for k in ("afs", "cache_dir", "noise_shape"):
+        if k in options:
+            raise InputError(f"{where}: distill option {k!r} is set by the harness; remove it")
+    return {k: v for k, v in options.items() if k not in ("seed", "cache_id", "dtype")}
+
+
+def _check_distill_options(options: dict, where: str) -> None:
+    """Reject options bench.distill does not accept (before any cell exists)."""
     try:
         from bench.distill import Settings
     except ImportError:                                   # the distillation package is optional at load time
         return
-    opts = {k: v for k, v in options.items() if k not in ("seed", "cache_id", "dtype")}
-    for k in ("afs", "cache_dir", "noise_shape"):
-        if k in opts:
-            raise InputError(f"{where}: distill option {k!r} is set by the harness; remove it")
     try:
-        settings = Settings.from_options(opts)
-        if nfe is not None:
-            settings.resolve(nfe, num_points - 1)
+        Settings.from_options(_distill_options(options, where))
     except (TypeError, ValueError) as err:
         raise InputError(f"{where}: {err}") from None

@@ -5,8 +5,12 @@ spends exactly the cell's NFE, draw x_T = model.noise(seeds) (one generator per 
 gather every sample on rank 0, compute each metric on all of them, and store the cell in one transaction.
 
 Under `torchrun --nproc_per_node=K`, each cell's seeds are split into K contiguous shards (gloo on CPU, nccl on
-GPU); rank 0 alone distils, computes metrics and writes. Samples do not depend on the batch size or the number of
-processes, because every seed has its own generator.
+GPU); rank 0 alone distils, reduces metrics and writes. Samples do not depend on the batch size or the number of
+processes, because every seed has its own generator. Ranks meet without timeouts and fail together (bench.dist).
+
+Memory: a batch is sampled, decoded, and handed to each metric's `per_sample`, which keeps a few numbers per sample
+(bench.metrics.base); decoded images are dropped with their batch, and ranks exchange those records, not images.
+Every batch's denoiser calls are counted and checked against the cell's plan (bench.plan).
 """
 from __future__ import annotations
 
@@ -24,58 +28,14 @@ from pathlib import Path
 import torch
 
 import bench
+from bench import dist as dist_mod
 from bench import results as results_mod
 from bench.grid import Grid, GridCell, canonical_hash, safe_filename
 
 
-# ---- processes -------------------------------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def broadcast(self, obj):
-        """rank 0's `obj` on every rank."""
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, obj) -> list | None:
-        """Every rank's `obj` on rank 0 (in rank order); None elsewhere."""
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world if self.main else None
-        torch.distributed.gather_object(obj, out, dst=0)
-        return out
-
-    def shard(self, seeds: range) -> range:
-        """This rank's contiguous block of seeds (concatenating the blocks in rank order gives `seeds`)."""
-        per = -(-len(seeds) // self.world)
-        return seeds[self.rank * per:(self.rank + 1) * per]
-
-
-def init_distributed() -> Dist:
-    """Join the process group torchrun set up (WORLD_SIZE > 1); a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+# ---- processes (bench.dist) --------------------------------------------------------------------------------------
+Dist = dist_mod.Dist
+init_distributed = dist_mod.init
 
 
 # ---- provenance ------------------------------------------------------------------------------------------------
@@ -186,10 +146,12 @@ class Builder:
         self.distill_seconds = 0.0
 
     def sigmas(self, c: GridCell) -> torch.Tensor:
-        model = self.grid.models[c.model]
-        if c.entry.released:
-            return released_grid(model, c.nfe)
-        return model.grid(c.num_points, c.schedule, **c.entry.schedule_options)
+        """The cell's grid (its plan's), in the variable the solver integrates in."""
+        return torch.tensor(c.plan.sigmas, dtype=torch.float64)
+
+    def problem(self, c: GridCell):
+        """The cell's model in the plan's time variable (itself, or its flow-time view)."""
+        return self.grid.models[c.model].view(c.plan.time)
 
     def solver(self, c: GridCell):
         import solvers
@@ -204,37 +166,47 @@ class Builder:
         return solvers.get(e.name, **e.options)
 
     def distilled(self, c: GridCell):
+        """Rank 0 distils (or loads a matching saved solver) while the other ranks wait in `Dist.sync`, without
+        a timeout; a failed distillation ends every rank with its message."""
         import solvers
-        from solvers.dyweight import DyWeight
         e = c.entry
         source_name = e.distill_from or c.model
-        source = self.grid.models[source_name]
-        n = DyWeight.budget_probe().num_points(c.nfe, afs=e.afs, evals_per_call=source.evals_per_call)
-        sigmas = source.grid(n, e.schedule or source.schedule, **e.schedule_options)
+        source = self.grid.models[source_name].view(c.plan.time)
+        sigmas = list(c.plan.source_sigmas)
         options = dict(e.distill)
         seed = options.pop("seed", 0)
         settings = {"model": source_name, "model_options": c.model_options if source_name == c.model else {},
-                    "afs": e.afs, "seed": seed, "options": options, "sigmas": [float(s) for s in sigmas]}
+                    "afs": e.afs, "seed": seed, "options": options, "sigmas": sigmas}
+        if c.plan.time != "sigma":
+            settings["time"] = c.plan.time
         digest = canonical_hash(settings)
         path = solver_path(self.results_dir, self.grid.name, source_name, e.label, c.nfe)
         if path in self._learned:
             return self._learned[path]
-        solver = _load_matching(path, digest)
-        if solver is None:
-            if self.dist.main:
+        error, state = None, None
+        if self.dist.main:
+            solver = _load_matching(path, digest)
+            if solver is None:
                 from bench.distill import distill
                 self.log(f"distilling {e.label} for {source_name} at NFE {c.nfe} ...")
                 t0 = time.perf_counter()
-                solver = distill("dyweight", source, sigmas, afs=e.afs, seed=seed,
-                                 cache_dir=self.results_dir / "cache", **options)
-                seconds = time.perf_counter() - t0
-                self.distill_seconds += seconds
-                solver.metadata["harness"] = {"settings_hash": digest, "grid": self.grid.name, "model": source_name,
-                                              "label": e.label, "nfe": c.nfe, "distill_seconds": seconds}
-                solver.save(path)
-            self.dist.barrier()
-            if not self.dist.main:
-                solver = solvers.load(path)
+                try:
+                    solver = distill("dyweight", source, sigmas, afs=e.afs, seed=seed,
+                                     cache_dir=self.results_dir / "cache", **options)
+                except (ValueError, FileNotFoundError) as err:     # bad input: reported to every rank
+                    error = f"distilling {e.label} for {source_name} at NFE {c.nfe} failed: {err}".splitlines()[0]
+                else:
+                    seconds = time.perf_counter() - t0
+                    self.distill_seconds += seconds
+                    solver.metadata["harness"] = {"settings_hash": digest, "grid": self.grid.name,
+                                                  "model": source_name, "label": e.label, "nfe": c.nfe,
+                                                  "distill_seconds": seconds}
+                    solver.save(path)
+            state = solver.state() if error is None else None
+        self.dist.sync(error)                          # the other ranks wait here, without a timeout
+        state = self.dist.broadcast(state)             # (no shared file system needed between nodes)
+        if not self.dist.main:
+            solver = solvers.from_state(state)
         self._learned[path] = solver
         return solver
 
@@ -251,63 +223,88 @@ def _load_matching(path: Path, digest: str):
     return solver if solver.metadata.get("harness", {}).get("settings_hash") == digest else None
 
 
-def released_grid(model, nfe: int) -> torch.Tensor:
-    """The time grid a released checkpoint was trained on (its schedule and sigma range)."""
-    from baselines import released_coefficients
-    from solvers import schedules
-    ck = released_coefficients(model.released_key, nfe)
-    n = int(ck["num_time_points"])
-    if ck["schedule"] == "discrete":
-        return model.grid(n, "discrete")
-    opts = {"rho": ck["schedule_rho"]} if ck["schedule"] == "polynomial" else {}
-    return schedules.get(ck["schedule"], n, ck["sigma_min_trained"], ck["sigma_max_trained"], **opts)
-
-
 # ---- one cell --------------------------------------------------------------------------------------------------
-def sample_shard(model, solver, sigmas, seeds, afs: bool, batch_size: int, keep_final: bool):
-    """Sample `seeds` in batches: (decoded samples, final states or None); NonFiniteError propagates."""
-    decoded, finals = [], []
+class BudgetError(RuntimeError):
+    """A solver spent another number of denoiser calls than its cell's plan."""
+
+
+def sample_batches(c: GridCell, problem, solver, seeds, batch_size: int, cache_dir=None):
+    """Sample `seeds` batch by batch; yield each batch as a `Cell` for the metrics: decoded samples and final
+    states in the base model's variables, the base grid. Counts every batch's denoiser calls against the
+    plan (BudgetError); NonFiniteError propagates. Metrics that need x_T draw it from the seeds themselves.""" 
+    from bench.models.base import Cell
+    from solvers import CountingDenoiser
+    model = problem.base
+    sigmas = torch.tensor(c.plan.sigmas, dtype=torch.float64)
+    base_sigmas = sigmas if problem is model else _base_sigmas(sigmas)
     for i in range(0, len(seeds), batch_size):
         batch = seeds[i:i + batch_size]
-        x_T = model.noise(batch)
-        den = model.denoiser(model.conditions(batch))
+        cond = problem.conditions(batch)
+        den = CountingDenoiser(problem.denoiser(cond), c.plan.evals_per_call)
         with torch.no_grad():
-            x = solver.sample(den, x_T, sigmas, afs=afs)
-            decoded.append(model.decode(x).detach().cpu())
-        if keep_final:
-            finals.append(x.detach().cpu())
-    cat = (lambda xs: torch.cat(xs) if xs else None)
-    return cat(decoded), (cat(finals) if keep_final else None)
+            x = solver.sample(den, problem.noise(batch), sigmas, afs=c.entry.afs)
+            if den.calls != c.plan.calls:
+                raise BudgetError(f"{c.describe()}: the solver made {den.calls} denoiser calls per sample "
+                                  f"({den.evaluations} network evaluations), but the cell is labelled NFE {c.nfe} "
+                                  f"({c.plan.calls} calls on its {c.num_points}-point grid)")
+            final = problem.to_base(x)
+            decoded = model.decode(final)
+        yield Cell(model=model, samples=decoded, sigmas=base_sigmas, seeds=batch,
+                   conditions=cond, final=final, cell_seeds=c.seeds, cache_dir=None if cache_dir is None
+                   else str(cache_dir))
 
 
-def run_cell(c: GridCell, model, solver, sigmas, metrics: dict, dist: Dist, cache_dir: Path):
-    """Sample a cell (sharded over ranks) and, on rank 0, compute its metrics: {metric: (value, error)}."""
+def _base_sigmas(t: torch.Tensor) -> torch.Tensor:
+    from solvers import flow
+    return flow.edm_sigma(t)
+
+
+def run_cell(c: GridCell, problem, solver, metrics: dict, dist: Dist, cache_dir: Path):
+    """Sample a cell (sharded over ranks), keeping each metric's per-sample records; on rank 0 reduce them:
+    {metric: (value, error)}. Ranks meet in `dist.sync` first, so a rank's unexpected failure ends them all."""
     from bench.models.base import Cell
     from solvers import NonFiniteError
-    keep_final = any(getattr(metrics[m], "uses_noise", False) for m in c.metrics)
+    records = {m: [] for m in c.metrics}
+    errors: dict[str, str] = {}
+    failure = None
+    unexpected = None
     try:
-        part = ("ok",) + sample_shard(model, solver, sigmas, dist.shard(c.seeds), c.entry.afs, c.batch_size,
-                                      keep_final)
-    except NonFiniteError as e:
-        part = ("failed", str(e), None)
+        for batch in sample_batches(c, problem, solver, dist.shard(c.seeds), c.batch_size, cache_dir):
+            for m in c.metrics:
+                if m in errors:
+                    continue
+                try:
+                    records[m].append(metrics[m].per_sample(batch).detach().cpu())
+                except (ValueError, FloatingPointError, RuntimeError) as e:
+                    errors[m] = f"{m} failed: {e}"
+    except (NonFiniteError, BudgetError) as e:
+        failure = str(e)
+    except Exception as e:                          # a bug or a broken model: every rank ends with its message
+        unexpected = e
+    try:
+        dist.sync(None if unexpected is None else f"{type(unexpected).__name__}: {unexpected}".splitlines()[0])
+    except dist_mod.RankFailed:
+        if unexpected is not None:
+            raise unexpected                          # this rank's own error keeps its traceback
+        raise
+    part = (failure, errors, {m: torch.cat(r) if r else None for m, r in records.items()})
     parts = dist.gather(part)
     if not dist.main:
         return None
-    errors = [p[1] for p in parts if p[0] == "failed"]
-    if errors:
-        return {m: (math.nan, errors[0]) for m in c.metrics}
-    decoded = torch.cat([p[1] for p in parts if p[1] is not None])
-    finals = torch.cat([p[2] for p in parts if p[2] is not None]) if keep_final else None
-    seeds = list(c.seeds)
-    cell = Cell(model=model, samples=decoded, x_T=model.noise(seeds) if keep_final else None, sigmas=sigmas,
-                seeds=seeds, conditions=model.conditions(seeds),
-                extra={"final": finals, "cache_dir": str(cache_dir), "solver": c.entry.label, "nfe": c.nfe,
-                       "afs": c.entry.afs} if keep_final else {"cache_dir": str(cache_dir), "solver": c.entry.label,
-                                                                "nfe": c.nfe, "afs": c.entry.afs})
+    failures = [p[0] for p in parts if p[0]]
+    if failures:
+        return {m: (math.nan, failures[0]) for m in c.metrics}
+    model = problem.base
+    whole = Cell(model=model, samples=None, sigmas=torch.tensor(c.plan.sigmas, dtype=torch.float64),
+                 seeds=list(c.seeds), cache_dir=str(cache_dir))
     out = {}
     for m in c.metrics:
+        err = next((p[1][m] for p in parts if m in p[1]), None)
+        if err is not None:
+            out[m] = (math.nan, err)
+            continue
         try:
-            v = float(metrics[m].compute(cell))
+            v = float(metrics[m].reduce(torch.cat([p[2][m] for p in parts if p[2][m] is not None]), whole))
             out[m] = (v, "") if math.isfinite(v) else (math.nan, f"{m} is {v} (non-finite samples statistics)")
         except (ValueError, FloatingPointError, RuntimeError) as e:
             out[m] = (math.nan, f"{m} failed: {e}")
@@ -347,7 +344,7 @@ def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, 
     if grid.kind != "sampling":
         if dist.main:
             importlib.import_module(f"bench.studies.{grid.kind}").run(grid.raw, results_dir)
-        dist.barrier()
+        dist.sync()
         return 0
     check_requirements(grid)
     store = results_mod.Store(results_dir) if dist.main else None
@@ -356,30 +353,30 @@ def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, 
     if dist.main and len(todo) < len(grid.cells):
         out(f"{len(grid.cells) - len(todo)} of {len(grid.cells)} cells already stored in {results_dir}; "
             f"running {len(todo)}")
-    metrics = {m: bench.metrics.get(m) for m in {m for c in todo for m in c.metrics}}
+    metrics = build_metrics(grid, todo)
     bar = _progress(len(todo), dist.main and progress)
     log = (lambda s: _write_progress(s, bar)) if progress else out
     builder = Builder(grid, results_dir, dist, log=log)
     prov = {"code_version": code_version(), "config_hash": grid.config_hash}
     done_samples, t_start = 0, time.perf_counter()
     try:
-        for c in todo:
-            model = grid.models[c.model]
-            solver = builder.solver(c)
-            sigmas = builder.sigmas(c)
-            t0 = time.perf_counter()
-            values = run_cell(c, model, solver, sigmas, metrics, dist, results_dir / "cache")
-            wall = time.perf_counter() - t0
-            if dist.main:
-                prov.update(device=str(getattr(model, "device", "cpu")), released_key=model.released_key)
-                store.write_cell(cell_rows(c, values, prov, wall, dist.world, solver), replace=retry_failed)
-                failed = [err for _, err in values.values() if err]
-                if failed:
-                    log(f"cell {c.describe()} failed: {failed[0]}")
-                done_samples += c.num_samples
-                if bar is not None:
-                    bar.set_postfix_str(f"{done_samples / (time.perf_counter() - t_start):,.0f} samples/s")
-                    bar.update(1)
+        with dist.guard():
+            for c in todo:
+                model = grid.models[c.model]
+                solver = builder.solver(c)
+                t0 = time.perf_counter()
+                values = run_cell(c, builder.problem(c), solver, metrics[c.model], dist, results_dir / "cache")
+                wall = time.perf_counter() - t0
+                if dist.main:
+                    prov.update(device=str(getattr(model, "device", "cpu")), released_key=model.released_key)
+                    store.write_cell(cell_rows(c, values, prov, wall, dist.world, solver), replace=retry_failed)
+                    failed = [err for _, err in values.values() if err]
+                    if failed:
+                        log(f"cell {c.describe()} failed: {failed[0]}")
+                    done_samples += c.num_samples
+                    if bar is not None:
+                        bar.set_postfix_str(f"{done_samples / (time.perf_counter() - t_start):,.0f} samples/s")
+                        bar.update(1)
     finally:
         if bar is not None:
             bar.close()
@@ -390,8 +387,22 @@ def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, 
         if todo:
             out(f"\n{len(todo)} cells in {time.perf_counter() - t_start:.1f} s wall time"
                 f" (distillation {builder.distill_seconds:.1f} s); results in {results_dir}")
-    dist.barrier()
+    dist.sync()
     return len(todo)
+
+
+def build_metrics(grid: Grid, cells) -> dict:
+    """model -> {metric name: Metric} for the cells, built with the grid's metric options, on the model's device."""
+    import bench.metrics
+    out: dict = {}
+    for c in cells:
+        per_model = out.setdefault(c.model, {})
+        for m in c.metrics:
+            if m not in per_model:
+                metric = bench.metrics.get(m, **c.metric_options.get(m, {}))
+                metric.device = str(getattr(grid.models[c.model], "device", "cpu"))
+                per_model[m] = metric
+    return out
 
 
 def _progress(total: int, enabled: bool):

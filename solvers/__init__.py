@@ -64,5 +64,11 @@ def load(path) -> Solver:
     return DyWeight.load(path)
 
 
-__all__ = ["get", "names", "load", "register", "solver_class", "schedules", "Solver", "Denoiser",
+def from_state(state: dict) -> Solver:
+    """Rebuild a learned solver from its `state()` (what `save` writes)."""
+    from .dyweight import DyWeight
+    return DyWeight.from_state(state)
+
+
+__all__ = ["get", "names", "load", "from_state", "register", "solver_class", "schedules", "Solver", "Denoiser",
            "NonFiniteError", "CountingDenoiser"]

@@ -39,6 +39,8 @@ class Solver:
     name: str = ""
     #: fewest grid points the solver accepts (with AFS one more may be needed; see `check_grid`)
     min_points: int = 2
+    #: an exponential integrator (DPM-Solver++, UniPC) is the same method in sigma and in flow time (solvers.flow)
+    exponential_integrator: bool = False
 
     # ---- the public interface -------------------------------------------------------------------
     def sample(self, denoiser: Denoiser, x_T: torch.Tensor, sigmas, afs: bool = False,

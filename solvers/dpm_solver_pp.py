@@ -30,6 +30,7 @@ from .base import InputError
 class DPMSolverPP(Solver):
     name = "dpm_solver_pp"
     min_points = 2
+    exponential_integrator = True     # its flow-time form is this form (solvers/flow.py)
 
     def __init__(self, order: int = 3, dynamic_thresholding: bool = False, threshold_ratio: float = 0.995,
                  threshold_max: float = 1.0):

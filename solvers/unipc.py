@@ -32,6 +32,7 @@ from .base import InputError
 class UniPC(Solver):
     name = "unipc"
     min_points = 2
+    exponential_integrator = True     # its flow-time form is this form (solvers/flow.py)
 
     def __init__(self, order: int = 3, variant: str = "bh2", dynamic_thresholding: bool = False,
                  threshold_ratio: float = 0.995, threshold_max: float = 1.0):

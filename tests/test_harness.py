@@ -150,12 +150,13 @@ def test_missing_weights_stop_the_run_before_any_work(tmp_path, monkeypatch):
 def test_samples_do_not_depend_on_batch_size():
     g = grids.load("quick", {"num_samples": 23, "nfe": [5]})
     c = next(c for c in g.cells if c.model == "gmm64" and c.entry.label == "UniPC")
-    model, b = g.models["gmm64"], runner.Builder(g, Path("."), runner.Dist())
-    solver, sigmas = b.solver(c), b.sigmas(c)
-    full, _ = runner.sample_shard(model, solver, sigmas, c.seeds, True, 23, False)
-    small, _ = runner.sample_shard(model, solver, sigmas, c.seeds, True, 4, False)
-    shards = [runner.sample_shard(model, solver, sigmas, runner.Dist(r, 3).shard(c.seeds), True, 5, False)[0]
-              for r in range(3)]
+    b = runner.Builder(g, Path("."), runner.Dist())
+    solver, problem = b.solver(c), b.problem(c)
+
+    def samples(seeds, batch):
+        return torch.cat([cell.samples for cell in runner.sample_batches(c, problem, solver, seeds, batch)])
+    full, small = samples(c.seeds, 23), samples(c.seeds, 4)
+    shards = [samples(runner.Dist(r, 3).shard(c.seeds), 5) for r in range(3)]
     torch.testing.assert_close(small, full, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(torch.cat(shards), full, rtol=1e-13, atol=1e-13)
 
@@ -348,6 +349,70 @@ def test_two_gloo_processes_give_the_results_of_one(tmp_path):
     assert (a.cell_key == b.cell_key).all()
     for x, y in zip(a.value, b.value):
         assert math.isclose(x, y, rel_tol=1e-10)   # FD is full-rank here (90 samples > 64 dims)
+
+
+SLOW_OR_FAILING_CLI = """
+import os, sys, time, types
+from solvers.base import InputError
+from solvers.dyweight import DyWeight
+import bench.models
+from bench.models.gmm import GaussianMixture, gmm2d
+
+def distill(kind, model, sigmas, afs=True, seed=0, cache_dir=None, **options):
+    if os.environ.get("DISTILL") == "fail":
+        raise InputError("the teacher file is corrupt")
+    time.sleep(float(os.environ.get("DISTILL_SECONDS", "0")))
+    return DyWeight.from_options(num_points=len(sigmas), afs=afs)
+
+class BrokenOnRank1(GaussianMixture):
+    def denoiser(self, cond=None):
+        if os.environ.get("RANK") == "1":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().denoiser(cond)
+
+def broken():
+    g = gmm2d()
+    return BrokenOnRank1("broken", g.pi, g.mu, g.U @ g.lam.diag_embed() @ g.U.transpose(1, 2))
+
+sys.modules["bench.distill"] = types.SimpleNamespace(distill=distill)
+bench.models.register("broken", "__main__:broken")
+from bench.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _torchrun(tmp_path, toml, env_extra, timeout=120):
+    (tmp_path / "cli.py").write_text(SLOW_OR_FAILING_CLI)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_extra}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "cli.py"), "run", "--grid", str(toml), "--no-progress", "--results-dir",
+                           str(tmp_path / "res")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_no_rank_times_out_while_rank_0_distils(tmp_path):
+    """The process group's timeout is 3 s; rank 0 distils for 8 s while rank 1 waits, and the run completes."""
+    toml = write_grid(tmp_path, DYW, name="slow", nfe="[3]", num_samples=12, batch_size=4)
+    run = _torchrun(tmp_path, toml, {"BENCH_COLLECTIVE_TIMEOUT": "3", "DISTILL_SECONDS": "8"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(results.load(tmp_path / "res")) == 2
+
+
+def test_a_failed_distillation_ends_every_rank_with_its_message(tmp_path):
+    toml = write_grid(tmp_path, DYW, name="fail", nfe="[3]", num_samples=12, batch_size=4)
+    run = _torchrun(tmp_path, toml, {"DISTILL": "fail"})
+    assert run.returncode != 0
+    assert run.stderr.count("rank 0: distilling DyWeight for gmm2d at NFE 3 failed: the teacher file is corrupt") >= 2
+
+
+def test_a_failure_on_rank_1_ends_rank_0_with_rank_1s_message(tmp_path):
+    toml = write_grid(tmp_path, EULER, name="broken", nfe="[3]", num_samples=12, batch_size=4, model="broken")
+    toml.write_text(toml.read_text().replace('metrics = ["fd_exact", "endpoint_error"]', 'metrics = ["fd_exact"]'))
+    run = _torchrun(tmp_path, toml, {})
+    assert run.returncode != 0
+    assert "error: rank 1: RuntimeError: CUDA error: an illegal memory access was encountered" in run.stderr
+    assert "Traceback" in run.stderr                          # rank 1 itself keeps its traceback
+    assert results.load(tmp_path / "res").empty
 
 
 def test_other_grid_kinds_are_handed_to_their_study(tmp_path, monkeypatch):

@@ -120,6 +120,7 @@ def bench_model(model, nfes, args, ablations, cache_dir) -> dict:
 
     import solvers
     from bench.distill import distill
+    from bench.metrics.analytic import relative_l2
     from solvers import schedules
 
     print(f"\n== {model.name}: held-out seeds 0-{args.eval_samples - 1}, exact reference ODE solution ==", flush=True)
@@ -129,7 +130,7 @@ def bench_model(model, nfes, args, ablations, cache_dir) -> dict:
 
     def err(x) -> float:
         x = x.detach().double()
-        return float(((x - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)).mean())
+        return float(relative_l2(x, ref).mean())
 
     # the teacher itself against the exact solution
     out = {"teacher_error": {}}

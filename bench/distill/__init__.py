@@ -36,21 +36,21 @@ from solvers.dyweight import DyWeight
 
 from . import losses
 from .teacher import Cache, Source, Teacher, default_cache_dir, endpoints, identity, path_states
-from .train import Settings, relative_error, train
+from .train import Settings, train
 from solvers.base import InputError
 
 KINDS = ("dyweight",)
 
 
-def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed: int = 0, *, cache_dir=None,
-            cache_id: str | None = None, dtype: torch.dtype | None = None, progress=None, **options) -> DyWeight:
-    """Distil a learned solver of `kind` for the grid `sigmas` from a teacher; return it trained."""
+def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list[float], Settings, Teacher]:
+    """Every check `distill` makes before its first network call: the kind, the grid, the options and the
+    teacher. The grid loader runs it on each distilled cell's own grid, so a grid that would fail here fails at
+    load time. Returns (grid as floats, resolved settings, teacher)."""
     if kind not in KINDS:
         raise InputError(f"unknown learned solver {kind!r}; accepted: {', '.join(KINDS)}")
-    t_start = time.perf_counter()
     grid = [float(v) for v in (sigmas.detach().double().cpu() if isinstance(sigmas, torch.Tensor) else sigmas)]
-    if len(grid) < (3 if afs else 2) or any(a <= b for a, b in zip(grid, grid[1:])) or grid[-1] <= 0:
-        raise InputError(f"sigmas must be a strictly descending grid ending above 0 with at least "
+    if len(grid) < (3 if afs else 2) or any(a <= b for a, b in zip(grid, grid[1:])) or grid[-1] < 0:
+        raise InputError(f"sigmas must be a strictly descending grid ending at or above 0 with at least "
                          f"{3 if afs else 2} points (afs={afs}), got {grid}")
     settings = Settings.from_options(options)
     nfe = len(grid) - 1 - int(afs)
@@ -58,6 +58,18 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     teacher = Teacher(settings.teacher, settings.teacher_steps, settings.teacher_options, settings.teacher_afs,
                       settings.teacher_denoise, settings.teacher_schedule)
     teacher.check()
+    if grid[-1] == 0 and teacher.denoise_to_zero:
+        raise InputError("this grid ends at sigma = 0, where D(x, 0) is no final denoise; set teacher_denoise = "
+                         "false (a flow model's teacher ends at t = 0 itself)")
+    return grid, settings, teacher
+
+
+def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed: int = 0, *, cache_dir=None,
+            cache_id: str | None = None, dtype: torch.dtype | None = None, progress=None, **options) -> DyWeight:
+    """Distil a learned solver of `kind` for the grid `sigmas` from a teacher; return it trained."""
+    t_start = time.perf_counter()
+    grid, settings, teacher = validate(kind, sigmas, afs, target, **options)
+    nfe = len(grid) - 1 - int(afs)
     source = Source(target, grid[-1], grid[0], noise_shape, dtype)
     cache = Cache(None if cache_dir is False else (cache_dir or default_cache_dir()))
     ident = identity(source, cache_id)
@@ -90,4 +102,4 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     return student
 
 
-__all__ = ["distill", "losses", "Settings", "Teacher", "relative_error", "default_cache_dir", "KINDS"]
+__all__ = ["distill", "validate", "losses", "Settings", "Teacher", "default_cache_dir", "KINDS"]

@@ -119,8 +119,9 @@ class Source:
         n = teacher.steps + 1
         m = self.model
         if m is not None and (teacher.schedule in (None, m.schedule)):
-            same_range = (math.isclose(m.sigma_min, self.sigma_min, rel_tol=1e-9)
-                          and math.isclose(m.sigma_max, self.sigma_max, rel_tol=1e-9))
+            ends = m.grid(2, teacher.schedule, **teacher.schedule_options)     # the model's own range (may end at 0)
+            same_range = (math.isclose(float(ends[-1]), self.sigma_min, rel_tol=1e-9, abs_tol=1e-300)
+                          and math.isclose(float(ends[0]), self.sigma_max, rel_tol=1e-9))
             if same_range:
                 return m.grid(n, teacher.schedule, **teacher.schedule_options)
         kind = teacher.schedule or "polynomial"
@@ -161,11 +162,12 @@ def identity(source: Source, cache_id: str | None = None) -> dict:
 
 @torch.no_grad()
 def fingerprint(source: Source) -> str:
-    """SHA-256 of the denoiser's outputs (5 significant digits) on 3 fixed probe samples at 3 noise levels."""
+    """SHA-256 of the denoiser's outputs (5 significant digits) on 3 fixed probe samples at 3 noise levels (sigma_max,
+    the lowest positive sigma and their geometric mean)."""
     seeds = list(PROBE_SEEDS)
     z = source.noise(seeds) / source.sigma_max
-    sig = torch.tensor([source.sigma_max, math.sqrt(source.sigma_max * source.sigma_min), source.sigma_min],
-                       dtype=z.dtype, device=z.device)
+    lo = source.sigma_min if source.sigma_min > 0 else source.sigma_max * 1e-3      # grids may end at 0
+    sig = torch.tensor([source.sigma_max, math.sqrt(source.sigma_max * lo), lo], dtype=z.dtype, device=z.device)
     x = z * sig.reshape(-1, *([1] * (z.dim() - 1)))
     out = source.denoiser(source.conditions(seeds))(x, sig)
     text = " ".join(f"{v:.5e}" for v in out.detach().double().reshape(-1).cpu().tolist())

@@ -21,6 +21,8 @@ import torch
 
 from solvers.dyweight import INITS
 
+from bench.metrics.analytic import relative_l2
+
 from . import losses
 from .teacher import take
 from solvers.base import InputError
@@ -124,11 +126,6 @@ def lr_factor(step: int, steps: int, warmup: float = 0.1, start: float = 0.1, fi
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def relative_error(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """||x - ref|| / ||ref|| per sample."""
-    return (x - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1).clamp_min(1e-30)
-
-
 def _student_states(student, den, x_T, sigmas, afs, path: bool):
     if path:
         states = student.trajectory(den, x_T, sigmas, afs=afs)
@@ -145,7 +142,7 @@ def evaluate(student, source, sigmas, afs, data, batch_size: int = 500) -> float
         idx = torch.arange(lo, min(lo + batch_size, len(data.seeds)))
         den = source.denoiser(take(conds, idx))
         x = student.sample(den, data.x_T[idx], sigmas, afs=afs)
-        errs.append(relative_error(x.double(), data.targets[idx].double()))
+        errs.append(relative_l2(x.double(), data.targets[idx].double()))
     return float(torch.cat(errs).mean())
 
 

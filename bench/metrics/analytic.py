@@ -1,13 +1,13 @@
 """Metrics that need an analytic model (a Gaussian mixture with exact moments and an exact ODE solution).
 
 fd_exact        Fréchet distance between the generated samples and the exact data distribution, from the sample
-                mean/covariance (mu_g, C_g) and the exact ones (mu, C), in float64:
-                    FD = |mu_g - mu|^2 + tr C_g + tr C - 2 tr (C^{1/2} C_g C^{1/2})^{1/2}
-                (the square root's trace from the eigenvalues of a symmetric PSD matrix: stable, no sqrtm).
-endpoint_error  mean over samples of |x - x_ref| / |x_ref|, where x_ref is the reference PF-ODE solution
-                (GaussianMixture.reference_solution, DOP853 at rtol 1e-10) from the same x_T over the same sigma
-                range. Reference solutions are cached on disk (cell.extra["cache_dir"]), keyed by the model's
-                parameters, the seeds and the sigma range.
+                mean/covariance (mu_g, C_g) and the exact ones (mu, C), in float64 (bench.metrics.frechet).
+                Records: the samples themselves (these models are low-dimensional).
+endpoint_error  mean over samples of |x - x_ref| / |x_ref| (`relative_l2`), where x_ref is the reference PF-ODE
+                solution (GaussianMixture.reference_solution, DOP853 at rtol 1e-10) from the same x_T over the same
+                sigma range. The reference is solved once for all seeds of a cell (so a sample's reference never
+                depends on how the cell was split into batches or ranks) and cached on disk (cell.cache_dir), keyed
+                by the model's parameters, the seeds and the sigma range. Records: one error per sample.
 """
 from __future__ import annotations
 
@@ -17,24 +17,19 @@ from pathlib import Path
 import torch
 
 from bench.models.base import Cell, Model
-
-from .base import Metric
 from solvers.base import InputError
+
+from .base import MeanScore, Metric
+from .frechet import frechet_distance
+
+
+def relative_l2(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """||x - ref|| / ||ref|| per sample (rows of dimension 0): the endpoint error, written once for the project."""
+    return (x - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1).clamp_min(1e-30)
 
 
 def _is_analytic(model: Model) -> bool:
     return all(hasattr(model, a) for a in ("mean", "covariance", "reference_solution"))
-
-
-def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """FD between N(mu1, cov1) and N(mu2, cov2) in float64; cov2 must be positive semi-definite."""
-    mu1, mu2 = (torch.as_tensor(m, dtype=torch.float64) for m in (mu1, mu2))
-    c1, c2 = (torch.as_tensor(c, dtype=torch.float64) for c in (cov1, cov2))
-    lam, U = torch.linalg.eigh((c2 + c2.T) / 2)
-    root2 = (U * lam.clamp(min=0).sqrt()) @ U.T                      # C2^{1/2}
-    m = root2 @ c1 @ root2
-    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
-    return float((mu1 - mu2).pow(2).sum() + c1.trace() + c2.trace() - 2 * tr_sqrt)
 
 
 class FDExact(Metric):
@@ -45,20 +40,21 @@ class FDExact(Metric):
     def supports(self, model: Model) -> bool:
         return _is_analytic(model)
 
-    def compute(self, cell: Cell) -> float:
-        x = cell.samples.detach().reshape(cell.samples.shape[0], -1).to(torch.float64).cpu()
-        if x.shape[0] < 2:
+    def per_sample(self, batch: Cell) -> torch.Tensor:
+        return batch.samples.detach().reshape(batch.samples.shape[0], -1).to(torch.float64).cpu()
+
+    def reduce(self, records: torch.Tensor, cell: Cell) -> float:
+        if records.shape[0] < 2:
             raise InputError("fd_exact needs at least 2 samples")
-        mu_g = x.mean(0)
-        cov_g = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
-        return frechet_distance(mu_g, cov_g, cell.model.mean, cell.model.covariance)
+        x = records.numpy()
+        cov = torch.cov(records.T).reshape(x.shape[1], x.shape[1]).numpy()
+        return frechet_distance(x.mean(0), cov, cell.model.mean.numpy(), cell.model.covariance.numpy())
 
 
-class EndpointError(Metric):
+class EndpointError(MeanScore):
     name = "endpoint_error"
     label = "Endpoint error (rel. L2)"
     higher_is_better = False
-    uses_noise = True            # the runner fills cell.x_T for this metric
     rtol = 1e-10
 
     def __init__(self):
@@ -67,26 +63,28 @@ class EndpointError(Metric):
     def supports(self, model: Model) -> bool:
         return _is_analytic(model)
 
-    def compute(self, cell: Cell) -> float:
-        if cell.x_T is None or cell.sigmas is None:
-            raise InputError("endpoint_error needs the cell's x_T and sigmas")
-        x = cell.extra.get("final", cell.samples).detach().to(torch.float64).cpu()
-        ref = self.reference(cell).to(torch.float64)
-        err = (x - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
-        return float(err.mean())
+    def sample_scores(self, batch: Cell) -> torch.Tensor:
+        if batch.sigmas is None:
+            raise InputError("endpoint_error needs the cell's sigmas")
+        x = (batch.final if batch.final is not None else batch.samples).detach().to(torch.float64).cpu()
+        seeds = list(batch.cell_seeds if batch.cell_seeds is not None else batch.seeds)
+        ref = self.reference(batch.model, seeds, batch.sigmas, batch.cache_dir)
+        rows = {s: i for i, s in enumerate(seeds)}
+        ref = ref[[rows[int(s)] for s in batch.seeds]].to(torch.float64)
+        return relative_l2(x, ref)
 
-    def reference(self, cell: Cell) -> torch.Tensor:
-        """The reference ODE solution for the cell's x_T over [sigmas[0], sigmas[-1]], cached on disk."""
-        s0, s1 = float(cell.sigmas[0]), float(cell.sigmas[-1])
-        key = self.cache_key(cell.model, cell.seeds, s0, s1)
+    def reference(self, model: Model, seeds: list, sigmas, cache_dir=None) -> torch.Tensor:
+        """The reference ODE solution from x_T = model.noise(seeds) over [sigmas[0], sigmas[-1]], cached on disk."""
+        s0, s1 = float(sigmas[0]), float(sigmas[-1])
+        key = self.cache_key(model, seeds, s0, s1)
         if key in self._memory:
             return self._memory[key]
-        path = Path(cell.extra["cache_dir"]) / "reference" / f"{cell.model.name}-{key}.pt" \
-            if cell.extra.get("cache_dir") else None
+        path = Path(cache_dir) / "reference" / f"{model.name}-{key}.pt" if cache_dir else None
         if path is not None and path.exists():
             ref = torch.load(path)
         else:
-            ref = cell.model.reference_solution(cell.x_T.to(torch.float64), s0, s1, rtol=self.rtol)
+            x_T = model.noise(seeds).to(torch.float64).cpu()
+            ref = model.reference_solution(x_T, s0, s1, rtol=self.rtol)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")

@@ -75,35 +75,42 @@ def _check(cell: Cell, name: str) -> torch.Tensor:
     if tuple(x.shape[1:]) != SHAPE:
         raise InputError(f"{name} scores 16x16 one-channel digits in [-1, 1]; got samples of shape "
                          f"{tuple(x.shape[1:])}")
-    if x.shape[0] < 2:
-        raise InputError(f"{name} needs at least 2 samples, got {x.shape[0]}")
     return x
 
 
-class FDDigits(Metric):
-    name = "fd_digits"
-    label = "FD-digits (miniature FID analogue)"
+class _DigitsFD(Metric):
+    """FD of per-sample records (classifier features or pixels) against the held-out digits' statistics."""
+
     higher_is_better = False
+    kind = ""
 
     def supports(self, model: Model) -> bool:
         return tuple(model.shape) == SHAPE
+
+    def reduce(self, records: torch.Tensor, cell: Cell) -> float:
+        if records.shape[0] < 2:
+            raise InputError(f"{self.name} needs at least 2 samples, got {records.shape[0]}")
+        return frechet_distance(*feature_statistics(records.numpy()), *reference_statistics(self.kind))
+
+
+class FDDigits(_DigitsFD):
+    name = "fd_digits"
+    label = "FD-digits (miniature FID analogue)"
+    kind = "features"
 
     def requirements(self, model: Model) -> list[Requirement]:
         from bench.models.digits import ENV, weights_dir
         return [Requirement("digits-classifier", weights_dir() / "classifier.pt", env=ENV,
                             description="the digits classifier weights (shipped in bench/assets/digits)")]
 
-    def compute(self, cell: Cell) -> float:
-        return fd_features(_check(cell, self.name))
+    def per_sample(self, batch: Cell) -> torch.Tensor:
+        return torch.from_numpy(features(_check(batch, self.name)))
 
 
-class FDPixels(Metric):
+class FDPixels(_DigitsFD):
     name = "fd_pixels"
     label = "FD-pixels (16x16)"
-    higher_is_better = False
+    kind = "pixels"
 
-    def supports(self, model: Model) -> bool:
-        return tuple(model.shape) == SHAPE
-
-    def compute(self, cell: Cell) -> float:
-        return fd_pixel_space(_check(cell, self.name))
+    def per_sample(self, batch: Cell) -> torch.Tensor:
+        return torch.from_numpy(pixels(_check(batch, self.name)))

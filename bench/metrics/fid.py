@@ -23,7 +23,7 @@ from bench.models.base import Cell, Model, Requirement
 
 from .base import Metric
 from .features import InceptionFeatures, inception_requirement
-from .frechet import RunningStatistics, frechet_distance, load_statistics, save_statistics
+from .frechet import RunningStatistics, feature_statistics, frechet_distance, load_statistics, save_statistics
 from solvers.base import InputError
 
 
@@ -97,19 +97,23 @@ class FID(Metric):
             raise InputError("no images to score")
         return stats.result()
 
-    def compute(self, cell: Cell) -> float:
-        images = cell.samples
-        n = images.shape[0]
+    def per_sample(self, batch: Cell) -> torch.Tensor:
+        """Pool features (B, 2048) of the batch's images, computed on the metric's device, kept as float32 on the
+        CPU (the network computes in float32, so this loses nothing; 8 kB per sample)."""
+        return torch.cat([f.float() for f in self.extractor().batched(batch.samples, self.batch_size)])
+
+    def reduce(self, records: torch.Tensor, cell: Cell) -> float:
+        n = records.shape[0]
         if self.num_samples is not None:
             if n < self.num_samples:
                 raise InputError(f"{self.label} needs {self.num_samples} samples; the cell has {n} "
                                  f"(build the metric with num_samples={n} for a smaller FID)")
-            images = images[: self.num_samples]
+            records = records[: self.num_samples]
         ref = reference_requirement(cell.model, self.reference)
         if not ref.present:
             raise FileNotFoundError(ref.missing_message())
         mu_ref, sigma_ref = load_statistics(ref.path)
-        mu, sigma = self.statistics(images)
+        mu, sigma = feature_statistics(records.double().numpy())
         return frechet_distance(mu, sigma, mu_ref, sigma_ref)
 
 

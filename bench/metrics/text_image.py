@@ -17,7 +17,7 @@ import torch
 
 from bench.models.base import Cell, Model, Requirement
 
-from .base import Metric
+from .base import MeanScore
 from .features import to_uint8
 from solvers.base import InputError
 
@@ -60,7 +60,7 @@ def require(req: Requirement) -> Requirement:
     return req
 
 
-class PromptImageMetric(Metric):
+class PromptImageMetric(MeanScore):
     """Mean of a per-pair score over a cell; subclasses implement `load()` and `score(images, prompts)`."""
 
     higher_is_better = True
@@ -96,5 +96,5 @@ class PromptImageMetric(Metric):
             out.append(self.score(pil_images(chunk), prompts[start:start + self.batch_size]).double().cpu())
         return torch.cat(out)
 
-    def compute(self, cell: Cell) -> float:
-        return float(self.scores(cell.samples, prompts_of(cell)).mean())
+    def sample_scores(self, batch: Cell) -> torch.Tensor:
+        return self.scores(batch.samples, prompts_of(batch))

@@ -16,6 +16,9 @@ from solvers import schedules
 from solvers.base import InputError
 
 
+TIMES = ("sigma", "flow")        # the time variables a grid may ask solvers to integrate in (solvers/flow.py)
+
+
 @dataclass
 class Requirement:
     """A local file a model or metric needs (weights, reference statistics, prompts)."""
@@ -95,6 +98,32 @@ class Model:
         """Local files this model needs; empty when it ships with the project."""
         return []
 
+    # --- time variables ----------------------------------------------------------------------
+    def view(self, time: str) -> "Model":
+        """The model in the time variable solvers integrate in: "sigma" (itself, EDM's) or "flow" (`flow_view`)."""
+        if time == "sigma":
+            return self
+        if time == "flow":
+            if getattr(self, "_flow_view", None) is None:
+                self._flow_view = self.flow_view()
+            return self._flow_view
+        raise InputError(f"unknown time variable {time!r}; accepted: {', '.join(TIMES)}")
+
+    def flow_view(self) -> "Model":
+        """This model in flow time (bench.models.flow.FlowView: the change of variables of solvers/flow.py); flow
+        models override it with their native flow network."""
+        from .flow import FlowView
+        return FlowView(self)
+
+    @property
+    def base(self) -> "Model":
+        """The model a view presents (itself for a model)."""
+        return self
+
+    def to_base(self, x: torch.Tensor) -> torch.Tensor:
+        """Final states of this view in the base model's variables (identity for a model)."""
+        return x
+
     def check_available(self) -> None:
         missing = [r for r in self.requirements() if not r.present]
         if missing:
@@ -111,12 +140,18 @@ def weights_path(env: str, default: str) -> Path:
 
 @dataclass
 class Cell:
-    """What a metric sees: the model, the generated samples (decoded), and how they were made."""
+    """What a metric sees: the model, a batch of generated samples (decoded) or a whole cell, and how they were made.
+
+    The runner passes one batch at a time to `Metric.per_sample` and the whole cell (samples None) to `reduce`.
+    """
 
     model: Model
-    samples: torch.Tensor                  # decoded final samples, (B, ...)
-    x_T: torch.Tensor | None = None        # the initial noise (for error against a reference solution)
-    sigmas: torch.Tensor | None = None     # the grid the samples were drawn on
-    seeds: Sequence[int] = ()
+    samples: torch.Tensor | None           # decoded final samples, (B, ...)
+    x_T: torch.Tensor | None = None        # the initial noise in the model's variables (B, ...)
+    sigmas: torch.Tensor | None = None     # the grid the samples were drawn on (in the model's sigma)
+    seeds: Sequence[int] = ()              # the seeds of these samples
     conditions: Any = None
+    final: torch.Tensor | None = None      # the final states before decoding, in the model's variables
+    cell_seeds: Sequence[int] | None = None  # every seed of the cell (None: `seeds` is the whole cell)
+    cache_dir: str | None = None           # where metrics may cache what they compute once per cell (references)
     extra: dict = field(default_factory=dict)
