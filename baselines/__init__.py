@@ -3,6 +3,9 @@
 Files in baselines/data are copies of ../shared/data (the project's shared material):
 - dyweight_released_coefficients.json: the released DyWeight checkpoints of Westlake-AGI-Lab/DyWeight (commit
   620534e3), numbers only, with their grid and training settings.
+- dyweight_flux_released_coefficients.json (not in ../shared/data): the same repository's released FLUX.1-dev
+  coefficients (dyweight_flux/checkpoints/dyweight_nfe{3,5,7}.pt), extracted here the same way; they integrate in
+  flow time (`time = "flow"`, solvers/flow.py) and divide by the scaled time (`divisor = "scaled"`).
 - paper_reported_results.csv (+ .md): every numeric table of arXiv 2603.11607, tidy, with its inconsistencies noted.
 """
 from __future__ import annotations
@@ -16,14 +19,17 @@ from solvers.base import InputError
 DATA = Path(__file__).parent / "data"
 
 
+RELEASED_FILES = ("dyweight_released_coefficients.json", "dyweight_flux_released_coefficients.json")
+
+
 @lru_cache(maxsize=1)
-def _released() -> dict:
-    return json.loads((DATA / "dyweight_released_coefficients.json").read_text())
+def _released() -> list[dict]:
+    return [ck for name in RELEASED_FILES for ck in json.loads((DATA / name).read_text())["checkpoints"]]
 
 
 def released_checkpoints() -> list[dict]:
     """Every released DyWeight checkpoint (dicts with dataset, nfe, num_time_points, weights, time_scale, ...)."""
-    return list(_released()["checkpoints"])
+    return list(_released())
 
 
 def released_datasets() -> dict[str, list[int]]:

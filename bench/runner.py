@@ -55,18 +55,27 @@ def code_version() -> str:
 
 # ---- requirements and plans ------------------------------------------------------------------------------------
 def requirements(grid: Grid) -> list[tuple[str, object]]:
-    """(who needs it, Requirement) for every model and metric of the grid's cells."""
+    """(who needs it, Requirement) for every model, metric and distillation of the grid's cells."""
     import bench.metrics
     out, seen = [], set()
+
+    def add(who, reqs):
+        for r in reqs:
+            if (who, r.name) not in seen:
+                seen.add((who, r.name))
+                out.append((who, r))
     for c in grid.cells:
         model = grid.models[c.model]
-        if c.model not in seen:
-            out += [(f"model {c.model}", r) for r in model.requirements()]
+        add(f"model {c.model}", model.requirements())
         for m in c.metrics:
-            if (c.model, m) not in seen:
-                out += [(f"metric {m} on {c.model}", r) for r in bench.metrics.get(m).requirements(model)]
-                seen.add((c.model, m))
-        seen.add(c.model)
+            add(f"metric {m} on {c.model}", bench.metrics.get(m, **c.metric_options.get(m, {})).requirements(model))
+        if c.entry.distill is not None:
+            source = c.entry.distill_from or c.model
+            add(f"model {source}", grid.models[source].requirements())
+            add(f"distilling on {source}", grid.models[source].training_requirements())
+            if c.entry.distill.get("loss") == "inception":
+                from bench.metrics.features import inception_requirement
+                add(f"distilling on {source} (inception loss)", [inception_requirement()])
     return out
 
 
@@ -91,7 +100,9 @@ def solver_path(results_dir: Path, grid: str, model: str, label: str, nfe: int) 
 
 
 def dry_run(grid: Grid, results_dir: Path, out=print) -> int:
-    """Print the cells, what each needs and the cost in network evaluations; nothing runs. 1 if files are missing."""
+    """Print the cells with their plans, what each needs, where and in which precision every model runs, its weights'
+    memory and the cost in network evaluations; nothing runs. The grid was loaded by the same code the run uses
+    (every plan, metric sample count and distillation settings are checked there). 1 if files are missing."""
     if grid.kind != "sampling":
         out(f"grid {grid.name} (kind {grid.kind}): hands its settings to bench.studies.{grid.kind}.run; "
             f"writes {Path(results_dir) / 'studies' / (grid.name + '.csv')}")
@@ -99,7 +110,7 @@ def dry_run(grid: Grid, results_dir: Path, out=print) -> int:
     store_path = Path(results_dir) / results_mod.DB_NAME
     stored = results_mod.Store(results_dir) if store_path.exists() else None
     out(f"grid {grid.name}: {grid.description}")
-    out(f"{'model':<10} {'solver':<24} {'NFE':>4} {'points':>6} {'schedule':<12} {'samples':>8} "
+    out(f"{'model':<14} {'solver':<26} {'NFE':>4} {'points':>6} {'schedule':<12} {'time':<5} {'samples':>8} "
         f"{'evaluations':>12}  status")
     total, todo, distils = 0, 0, set()
     for c in grid.cells:
@@ -114,10 +125,12 @@ def dry_run(grid: Grid, results_dir: Path, out=print) -> int:
                 if not p.exists():
                     distils.add(p)
                     status += f" (distils {src})"
-        out(f"{c.model:<10} {c.entry.label + (' +AFS' if c.entry.afs else ''):<24} {c.nfe:>4} {c.num_points:>6} "
-            f"{c.schedule:<12} {c.num_samples:>8} {c.evaluations:>12,}  {status}")
+        out(f"{c.model:<14} {c.entry.label + (' +AFS' if c.entry.afs else ''):<26} {c.nfe:>4} {c.num_points:>6} "
+            f"{c.schedule:<12} {c.plan.time:<5} {c.num_samples:>8} {c.evaluations:>12,}  {status}")
     for model, label, nfe, why in grid.skipped:
         out(f"skipped: {model} / {label} / NFE {nfe}: {why}")
+    for name in dict.fromkeys(c.model for c in grid.cells):
+        out(model_line(grid.models[name]))
     reqs = requirements(grid)
     missing = [(who, r) for who, r in reqs if not r.present]
     for who, r in reqs:
@@ -134,6 +147,20 @@ def dry_run(grid: Grid, results_dir: Path, out=print) -> int:
     if stored is not None:
         stored.close()
     return 1 if missing else 0
+
+
+def model_line(model) -> str:
+    """Where and in which precision a model runs, and its weights' memory (activations are not estimated)."""
+    dtype = str(getattr(model, "net_dtype", model.dtype)).replace("torch.", "")
+    autocast = getattr(model, "autocast", None)
+    prec = dtype + (f" weights, {autocast} autocast on CUDA" if autocast else "")
+    mem = model.weights_bytes()
+    size = f"{mem / 2**30:.1f} GiB of weights" if mem else "no network weights"
+    fit = ""
+    if mem and torch.cuda.is_available() and torch.device(model.device).type == "cuda":
+        total = torch.cuda.get_device_properties(torch.device(model.device)).total_memory
+        fit = f" of {total / 2**30:.0f} GiB on the device" + (" -- DOES NOT FIT" if mem > total else "")
+    return f"model {model.name}: device {model.device}, {prec}, {size}{fit} (batch {model.batch_hint} for teachers)"
 
 
 # ---- building solvers and grids --------------------------------------------------------------------------------
@@ -363,6 +390,7 @@ def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, 
         with dist.guard():
             for c in todo:
                 model = grid.models[c.model]
+                release_others(grid, c)
                 solver = builder.solver(c)
                 t0 = time.perf_counter()
                 values = run_cell(c, builder.problem(c), solver, metrics[c.model], dist, results_dir / "cache")
@@ -389,6 +417,16 @@ def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, 
                 f" (distillation {builder.distill_seconds:.1f} s); results in {results_dir}")
     dist.sync()
     return len(todo)
+
+
+def release_others(grid: Grid, c: GridCell) -> None:
+    """Free the networks of every model this cell does not use (one big model in memory at a time)."""
+    from bench.models import loaded
+    needed = {grid.models[m].weights_key() for m in (c.model, c.entry.distill_from) if m}
+    for m in grid.models.values():
+        key = m.weights_key()
+        if key is not None and key not in needed and loaded.is_loaded(key):
+            m.release()
 
 
 def build_metrics(grid: Grid, cells) -> dict:

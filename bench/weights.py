@@ -155,10 +155,40 @@ register(Entry(
     homepage="https://github.com/openai/guided-diffusion/tree/main/evaluations"))
 register(Entry(
     "fid-ref-ms_coco", "ms_coco_val2014_512.npz",
-    "MS-COCO val2014 FID reference statistics at 512x512 (mu, sigma of TF-Inception pool features)",
+    "MS-COCO val2014 FID reference statistics for Stable Diffusion (mu, sigma of TF-Inception pool features)",
     "FEWSTEP_FID_REF_MS_COCO", (), homepage="https://cocodataset.org/#download",
-    note="no official statistics are published: compute mu and sigma from the val2014 images (center-cropped and "
-         "resized to 512x512) with the same Inception network and point this entry at the .npz"))
+    note="no official statistics are published and the DyWeight repository does not pin how its SD reference was "
+         "made (its eval/fid.py `ref` computes EDM statistics of a folder of images): compute them from the val2014 "
+         "images with `python -m bench fid-ref --recipe sd --images DIR --out PATH` (centre crop, 512x512) and point "
+         "this entry at the .npz"))
+register(Entry(
+    "fid-ref-coco30k-flux", "coco30k_val2014_seed2024.npz",
+    "MS-COCO val2014 FID reference statistics of FLUX's protocol: the 30k images of the seed-2024 subset "
+    "(dyweight_flux/preprocess/prepare_coco_fid_subset.py) at their native resolution",
+    "FEWSTEP_FID_REF_COCO30K_FLUX", (), homepage="https://github.com/Westlake-AGI-Lab/DyWeight",
+    note="compute them with `python -m bench fid-ref --recipe flux --images val2014/ --captions "
+         "captions_val2014.json --out PATH` (the same 30k images the prompts come from); the reference computes "
+         "pytorch_fid features, this project TF-Inception features (the network pytorch_fid ports; its resize "
+         "differs), so values can differ slightly from the paper's"))
+
+_DYWEIGHT_RAW = "https://raw.githubusercontent.com/Westlake-AGI-Lab/DyWeight/620534e32eab5235077a4a0545b8d59b7076fcec/"
+register(Entry(
+    "coco-30k-captions", "MS-COCO_val2014_30k_captions.csv",
+    "the 30k MS-COCO val2014 captions of DyWeight's Stable Diffusion evaluation (seed s takes row s; column 'text')",
+    "FEWSTEP_COCO_30K_CAPTIONS",
+    (RemoteFile("https://github.com/boomb0om/text2image-benchmark/releases/download/v0.0.1/"
+                "MS-COCO_val2014_30k_captions.csv"),),
+    homepage="https://github.com/boomb0om/text2image-benchmark"))
+register(Entry(
+    "drawbench-dyweight", "drawbench_dyweight.txt",
+    "the DrawBench prompts of DyWeight's FLUX evaluation, one per line (prompt i with seed 42 + i)",
+    "FEWSTEP_DRAWBENCH_DYWEIGHT", (RemoteFile(_DYWEIGHT_RAW + "dyweight_flux/dataset/eval/drawbench.txt"),),
+    homepage="https://github.com/Westlake-AGI-Lab/DyWeight"))
+register(Entry(
+    "flux-train-prompts", "train2014_N5000.jsonl",
+    "the 5,000 MS-COCO train2014 captions DyWeight's FLUX coefficients were distilled on",
+    "FEWSTEP_FLUX_TRAIN_PROMPTS", (RemoteFile(_DYWEIGHT_RAW + "dyweight_flux/dataset/train/train2014_N5000.jsonl"),),
+    homepage="https://github.com/Westlake-AGI-Lab/DyWeight"))
 
 
 def _hf(repo: str, paths: list[str], revision: str = "main") -> tuple[RemoteFile, ...]:

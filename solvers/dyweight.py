@@ -10,6 +10,14 @@ per network call: N-2 entries with AFS, N-1 without). Starting from t^_0 = t_0:
     t^_{i+1} = t^_i + (sum_j W_ij) (t_{i+1} - t^_i)               time shifting
 
 W and s are torch Parameters (float64), so `bench.distill` can learn them by backpropagation through `sample`.
+
+Two options follow DyWeight's FLUX code (dyweight_flux/, models/flux/dyweight.py and dyweight_pipeline_flux.py of
+Westlake-AGI-Lab/DyWeight at commit 620534e3), where the solver runs in flow time (solvers/flow.py):
+  divisor = "scaled"          d_i = (x_i - D(x_i, s t^_i)) / (s t^_i): the derivative (velocity) at the time the
+                              network saw, used as is (the lineage, divisor = "shifted", divides by t^_i + eps);
+  time_scale_bounds = (a, b)  s = a + (b - a) sigmoid(phi) with phi the learned parameter (FLUX: (0.5, 1.5), phi = 0
+                              at init, so s = 1); weight decay then pulls s towards the middle of the range, as there.
+Saved files and `time_scale=` hold s itself (post-activation) in both parameterisations.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ from .ipndm import AB_COEFFS
 from .base import InputError
 
 INITS = ("adams_bashforth", "euler", "uniform")
+DIVISORS = ("shifted", "scaled")
 
 
 def init_rows(num_steps: int, history: int, init: str = "adams_bashforth") -> list[list[float]]:
@@ -46,8 +55,15 @@ class DyWeight(Solver, torch.nn.Module):
     min_points = 2
 
     def __init__(self, weights, time_scale=None, afs: bool | None = None, history: int | None = None,
-                 time_shift: bool = True, divisor_eps: float = 1e-8, sigmas=None, metadata: dict | None = None):
+                 time_shift: bool = True, divisor_eps: float = 1e-8, sigmas=None, metadata: dict | None = None,
+                 divisor: str = "shifted", time_scale_bounds=None):
         torch.nn.Module.__init__(self)
+        if divisor not in DIVISORS:
+            raise InputError(f"dyweight divisor must be one of {', '.join(DIVISORS)}, got {divisor!r}")
+        bounds = None if time_scale_bounds is None else tuple(float(v) for v in time_scale_bounds)
+        if bounds is not None and not (len(bounds) == 2 and 0 <= bounds[0] < bounds[1]):
+            raise InputError(f"dyweight time_scale_bounds must be [low, high] with 0 <= low < high, got "
+                             f"{time_scale_bounds!r}")
         rows = [[float(v) for v in row] for row in weights]
         if not rows:
             raise InputError("dyweight needs at least one weight row (a grid of 2 points)")
@@ -76,7 +92,15 @@ class DyWeight(Solver, torch.nn.Module):
         for i, row in enumerate(rows):
             W[i, K - len(row):] = torch.tensor(row, dtype=torch.float64)
         self.weights = torch.nn.Parameter(W)             # right-aligned: row i uses W[i, K-p:]
-        self.time_scale = torch.nn.Parameter(torch.tensor(scale, dtype=torch.float64))
+        self.divisor = divisor
+        self.time_scale_bounds = bounds
+        s_values = torch.tensor(scale, dtype=torch.float64)
+        if bounds is not None:                           # the learned parameter is phi, s = a + (b - a) sigmoid(phi)
+            a, b = bounds
+            if bool(((s_values <= a) | (s_values >= b)).any()):
+                raise InputError(f"dyweight time_scale values must lie inside time_scale_bounds {list(bounds)}")
+            s_values = torch.logit((s_values - a) / (b - a))
+        self.time_scale = torch.nn.Parameter(s_values)
         self.time_shift = bool(time_shift)
         self.divisor_eps = float(divisor_eps)
         self.sigmas = None if sigmas is None else [float(v) for v in sigmas]
@@ -86,7 +110,8 @@ class DyWeight(Solver, torch.nn.Module):
     @classmethod
     def from_options(cls, weights=None, time_scale=None, released: str | None = None, nfe: int | None = None,
                      run: str | None = None, num_points: int | None = None, afs: bool | None = None, history: int = 3,
-                     init: str = "adams_bashforth", time_shift: bool = True, divisor_eps: float = 1e-8):
+                     init: str = "adams_bashforth", time_shift: bool = True, divisor_eps: float = 1e-8,
+                     divisor: str = "shifted", time_scale_bounds=None):
         """solvers.get("dyweight", ...): from explicit `weights` (+ `time_scale`), from the paper's released
         coefficients (`released=<dataset>, nfe=<n>`), or freshly initialised for `num_points` (+ `afs`).
 
@@ -99,15 +124,17 @@ class DyWeight(Solver, torch.nn.Module):
         if run is not None and released is None:
             raise InputError("dyweight run=... selects a released checkpoint; give released=<dataset> and nfe= too")
         if weights is not None:
-            return cls(weights, time_scale, afs=afs, history=None, time_shift=time_shift, divisor_eps=divisor_eps)
+            return cls(weights, time_scale, afs=afs, history=None, time_shift=time_shift, divisor_eps=divisor_eps,
+                       divisor=divisor, time_scale_bounds=time_scale_bounds)
         if released is not None:
             if nfe is None:
                 raise InputError("dyweight released=... needs nfe=<budget> too")
             from baselines import released_coefficients
             ck = released_coefficients(released, nfe, run=run)
             return cls(ck["weights_oldest_to_newest"], ck["time_scale"], afs=ck["afs"], history=ck["history"],
-                       divisor_eps=divisor_eps,
-                       metadata={"released": released, "nfe": nfe, "run": ck["run"], "schedule": ck["schedule"],
+                       divisor_eps=divisor_eps, divisor=ck.get("divisor", "shifted"),
+                       time_scale_bounds=ck.get("time_scale_bounds"),
+                       metadata={"time": ck.get("time", "sigma"), "released": released, "nfe": nfe, "run": ck["run"], "schedule": ck["schedule"],
                                  "sigma_min": ck["sigma_min_trained"], "sigma_max": ck["sigma_max_trained"],
                                  "teacher": ck["teacher"], "teacher_steps": ck["teacher_steps"],
                                  "loss": ck.get("loss")})
@@ -118,11 +145,24 @@ class DyWeight(Solver, torch.nn.Module):
         if history < 1:
             raise InputError(f"dyweight history must be >= 1, got {history}")
         return cls(init_rows(num_points - 1, history, init), None, afs=bool(afs), history=history,
-                   time_shift=time_shift, divisor_eps=divisor_eps)
+                   time_shift=time_shift, divisor_eps=divisor_eps, divisor=divisor,
+                   time_scale_bounds=time_scale_bounds)
 
     def options(self) -> dict:
-        return {"num_points": self.grid_points, "afs": self.afs, "history": self.history,
-                "time_shift": self.time_shift}
+        out = {"num_points": self.grid_points, "afs": self.afs, "history": self.history,
+               "time_shift": self.time_shift}
+        if self.divisor != "shifted":
+            out["divisor"] = self.divisor
+        if self.time_scale_bounds is not None:
+            out["time_scale_bounds"] = list(self.time_scale_bounds)
+        return out
+
+    def scales(self) -> torch.Tensor:
+        """The time scales s (post-activation), one per network call."""
+        if self.time_scale_bounds is None:
+            return self.time_scale
+        a, b = self.time_scale_bounds
+        return a + (b - a) * torch.sigmoid(self.time_scale)
 
     def rows(self) -> list[list[float]]:
         """The weight rows as lists, oldest first (row i has min(i+1, K) entries)."""
@@ -151,7 +191,7 @@ class DyWeight(Solver, torch.nn.Module):
         # update is one fused linear combination; during distillation they stay torch Parameters (same arithmetic).
         grad = torch.is_grad_enabled() and (self.weights.requires_grad or self.time_scale.requires_grad)
         W = self.weights if grad else self.weights.detach().tolist()
-        scale = self.time_scale if grad else self.time_scale.detach().tolist()
+        scale = self.scales() if grad else self.scales().detach().tolist()
         if afs and self.afs is None:                       # time_scale was built without knowing afs
             scale = scale[1:]
         K = self.history
@@ -162,7 +202,8 @@ class DyWeight(Solver, torch.nn.Module):
                 d = afs_pair(x, t_hat)                          # analytical first step; d = a g as (a, g)
             else:
                 s = scale[i - 1 if afs else i]
-                d = 1 / (t_hat + self.divisor_eps), x - den(x, abs(s * t_hat))   # time scaling: D at |s t^_i|
+                t_in = abs(s * t_hat)                                            # time scaling: D at |s t^_i|
+                d = 1 / (t_hat + self.divisor_eps if self.divisor == "shifted" else t_in), x - den(x, t_in)
             buffer = (buffer + [d])[-K:]
             p = min(i + 1, K)
             w = W[i][K - p:]
@@ -190,7 +231,8 @@ class DyWeight(Solver, torch.nn.Module):
     def state(self) -> dict:
         return {"solver": "dyweight", "format": 1, "num_points": self.grid_points, "afs": self.afs,
                 "history": self.history, "time_shift": self.time_shift, "divisor_eps": self.divisor_eps,
-                "weights_oldest_to_newest": self.rows(), "time_scale": self.time_scale.detach().tolist(),
+                "divisor": self.divisor, "time_scale_bounds": self.time_scale_bounds and list(self.time_scale_bounds),
+                "weights_oldest_to_newest": self.rows(), "time_scale": self.scales().detach().tolist(),
                 "sigmas": self.sigmas, "metadata": self.metadata}
 
     def save(self, path) -> None:
@@ -204,7 +246,8 @@ class DyWeight(Solver, torch.nn.Module):
             raise InputError(f"not a saved dyweight solver (solver={st.get('solver')!r})")
         return cls(st["weights_oldest_to_newest"], st["time_scale"], afs=st["afs"], history=st["history"],
                    time_shift=st["time_shift"], divisor_eps=st["divisor_eps"], sigmas=st.get("sigmas"),
-                   metadata=st.get("metadata"))
+                   metadata=st.get("metadata"), divisor=st.get("divisor", "shifted"),
+                   time_scale_bounds=st.get("time_scale_bounds"))
 
     @classmethod
     def load(cls, path) -> "DyWeight":

@@ -40,8 +40,8 @@ def tiny_flux_components(seed=0):
 
 
 def make(tmp_path, **kw):
-    return flux.FluxModel(components=tiny_flux_components(), prompts_path=prompts_file(tmp_path), resolution=16,
-                          max_sequence_length=16, **kw)
+    return flux.FluxModel(components=tiny_flux_components(), prompts="coco", prompts_path=prompts_file(tmp_path),
+                          resolution=16, max_sequence_length=16, **kw)
 
 
 def test_flow_to_edm_conversion_against_an_independent_computation(tmp_path):
@@ -77,7 +77,8 @@ def test_grid_is_fluxs_shifted_grid_ending_at_zero(tmp_path):
 def test_euler_equals_diffusers_flux_pipeline(tmp_path):
     """The 'euler' solver on the adapter reproduces FluxPipeline's own sampler (same start t = 1000/1001)."""
     comps = tiny_flux_components()
-    m = flux.FluxModel(components=comps, prompts_path=prompts_file(tmp_path), resolution=16, max_sequence_length=16)
+    m = flux.FluxModel(components=comps, prompts="coco", prompts_path=prompts_file(tmp_path), resolution=16,
+                       max_sequence_length=16)
     seeds = [3, 4]
     cond = m.conditions(seeds)
     steps = 3
@@ -115,5 +116,6 @@ def test_missing_files_are_named(tmp_path, monkeypatch):
     monkeypatch.setenv("FEWSTEP_WEIGHTS", str(tmp_path / "root"))
     m = flux.flux_drawbench()
     assert m.shape == (16, 64, 64)
-    with pytest.raises(FileNotFoundError, match=r"FLUX\.1-dev.*FEWSTEP_FLUX_DEV.*drawbench\.csv"):
+    with pytest.raises(FileNotFoundError, match=r"FLUX\.1-dev.*FEWSTEP_FLUX_DEV.*drawbench_dyweight\.txt.*"
+                                                    r"FEWSTEP_DRAWBENCH_DYWEIGHT"):
         m.check_available()

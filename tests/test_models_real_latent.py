@@ -134,7 +134,8 @@ def test_sd_loads_from_a_diffusers_folder_and_names_missing_files(tmp_path, monk
     monkeypatch.setenv("FEWSTEP_CONFIG", str(tmp_path / "none.toml"))
     monkeypatch.setenv("FEWSTEP_WEIGHTS", str(tmp_path / "root"))
     missing = latent.StableDiffusion()
-    with pytest.raises(FileNotFoundError, match=r"stable-diffusion-v1-5.*FEWSTEP_SD15.*captions_val2014\.json"):
+    with pytest.raises(FileNotFoundError, match=r"stable-diffusion-v1-5.*FEWSTEP_SD15.*"
+                                                    r"MS-COCO_val2014_30k_captions\.csv.*FEWSTEP_COCO_30K_CAPTIONS"):
         missing.check_available()
     comps = tiny_sd_components()
     folder = tmp_path / "sd"
@@ -183,7 +184,7 @@ def test_prompt_conditions_are_lazy_and_read_every_prompt_format(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ValueError, match="holds no prompts"):
         conditions.load_prompts(tmp_path / "empty.txt")
-    with pytest.raises(ValueError, match="accepted: random, cycle"):
+    with pytest.raises(ValueError, match="accepted: index, random, cycle"):
         conditions.prompts_for_seeds(["a"], [0], "shuffle")
 
 

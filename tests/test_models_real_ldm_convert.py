@@ -243,7 +243,7 @@ def test_reads_a_lightning_checkpoint_and_the_model_loads_it(tmp_path, monkeypat
     assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
     monkeypatch.setattr(ldm_convert, "UNET_CONFIG", TINY_UNET)
     monkeypatch.setattr(ldm_convert, "VQ_CONFIG", vq_cfg)
-    monkeypatch.setattr(ldm_convert.build, "__defaults__", (TINY_UNET, vq_cfg))
+    monkeypatch.setattr(ldm_convert.build, "__defaults__", (TINY_UNET, vq_cfg, True))
     m = latent.LSUNBedroomLDM(path=path)
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
@@ -265,3 +265,27 @@ def test_refuses_foreign_objects_in_a_checkpoint(tmp_path):
     with pytest.raises(Exception, match=r"refusing to load (posix|os)\.system"):
         ldm_convert.read_state_dict(tmp_path / "evil.ckpt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_the_unet_samples_with_its_ema_weights(tmp_path, monkeypatch):
+    """A converted checkpoint that holds both weights gets the EMA ones (LitEma's dotless names under model_ema.),
+    as the reference's use_ema = True and ema_scope() do; the autoencoder is unaffected."""
+    sd = _ldm_unet_weights(torch.Generator().manual_seed(0))
+    ema_sd = _ldm_unet_weights(torch.Generator().manual_seed(1))
+    vq_cfg = dict(ldm_convert.VQ_CONFIG, block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, num_vq_embeddings=16, sample_size=16)
+    both = dict(sd, **_ldm_vq_weights(vq_cfg))
+    both.update({"model_ema." + k[len("model."):].replace(".", ""): v for k, v in ema_sd.items()})
+    both["model_ema.decay"], both["model_ema.num_updates"] = torch.tensor(0.9999), torch.tensor(10)
+    path = _lightning_ckpt(tmp_path, both, monkeypatch)
+    monkeypatch.setattr(ldm_convert.build, "__defaults__", (TINY_UNET, vq_cfg, True))
+    m = latent.LSUNBedroomLDM(path=path)
+    x = torch.randn(1, 3, 8, 8)
+    s = 5.0
+    t = m.t_of_sigma(torch.tensor([s], dtype=torch.float64)).float()
+    with torch.no_grad():
+        D = m.denoiser()(x * s, torch.tensor([s]))
+        ema = x * s - s * _ldm_forward(ema_sd, x * s / math.sqrt(1 + s * s), t)
+        plain = x * s - s * _ldm_forward(sd, x * s / math.sqrt(1 + s * s), t)
+    torch.testing.assert_close(D, ema, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(D, plain, rtol=1e-3, atol=1e-3)

@@ -1,5 +1,6 @@
-"""The paper's released DyWeight coefficients: every checkpoint loads as a solver whose grid, time-scale count and
-NFE agree with its recorded settings; wrong (dataset, nfe, run) are clear errors."""
+"""The released DyWeight coefficients (the paper's pixel/latent checkpoints and the repository's FLUX.1-dev ones):
+every checkpoint loads as a solver whose grid, time-scale count and NFE agree with its recorded settings; wrong
+(dataset, nfe, run) are clear errors."""
 from __future__ import annotations
 
 import pytest
@@ -7,17 +8,21 @@ import torch
 
 import baselines
 import solvers
+from bench.models.flux import flow_times
 from solvers import schedules
 
 CHECKPOINTS = baselines.released_checkpoints()
 
 
-def test_the_forty_checkpoints_are_there():
-    assert len(CHECKPOINTS) == 40
+def test_the_forty_paper_and_three_flux_checkpoints_are_there():
+    assert len(CHECKPOINTS) == 43
     assert baselines.released_datasets() == {
         "cifar10": [3, 4, 4, 5, 6, 7, 8, 9], "ffhq": [3, 4, 5, 6, 7, 8, 9], "afhqv2": [3, 4, 5, 6, 7, 8, 9],
         "imagenet64": [3, 4, 5, 6, 7, 8, 9], "lsun_bedroom_ldm": [3, 4, 5, 6, 7, 8, 9],
-        "ms_coco": [8, 12, 16, 20]}
+        "ms_coco": [8, 12, 16, 20], "flux_dev": [3, 5, 7]}
+    flux = [ck for ck in CHECKPOINTS if ck["dataset"] == "flux_dev"]
+    assert all(ck["time"] == "flow" and ck["divisor"] == "scaled" and ck["history"] == 2 for ck in flux)
+    assert all(ck.get("time", "sigma") == "sigma" for ck in CHECKPOINTS if ck["dataset"] != "flux_dev")
 
 
 @pytest.mark.parametrize("ck", CHECKPOINTS, ids=[c["run"] for c in CHECKPOINTS])
@@ -28,7 +33,12 @@ def test_every_checkpoint_loads_with_matching_sizes(ck):
     assert s.weights.shape == (n - 1, ck["history"])
     assert s.rows() == [[float(v) for v in r] for r in ck["weights_oldest_to_newest"]]
     assert s.time_scale.shape == (n - 2 if afs else n - 1,)
-    assert s.time_scale.tolist() == [float(v) for v in ck["time_scale"]]
+    if ck.get("time_scale_bounds") is None:                    # stored as the factors themselves
+        assert s.time_scale.tolist() == [float(v) for v in ck["time_scale"]]
+    else:                                                       # stored post-activation; learned as phi
+        assert s.time_scale_bounds == tuple(ck["time_scale_bounds"])
+        assert torch.allclose(s.scales(), torch.tensor(ck["time_scale"], dtype=torch.float64), atol=1e-12, rtol=0)
+    assert s.metadata["time"] == ck.get("time", "sigma") and s.divisor == ck.get("divisor", "shifted")
     # NFE: one call per step (minus AFS), two evaluations per call under classifier-free guidance
     evals = 2 if ck["classifier_free_guidance"] else 1
     assert ck["nfe"] == s.calls(n, afs) * evals
@@ -36,7 +46,10 @@ def test_every_checkpoint_loads_with_matching_sizes(ck):
     assert s.metadata["run"] == ck["run"] and s.metadata["released"] == ck["dataset"]
     # and it samples (on a stand-in denoiser; the grid of its recorded range)
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    grid = schedules.polynomial(n, ck["sigma_min_trained"], ck["sigma_max_trained"])
+    if ck.get("time") == "flow":                                # flow times from 1 to 0 (FLUX's shifted grid)
+        grid = flow_times(n, 3.0)
+    else:
+        grid = schedules.polynomial(n, ck["sigma_min_trained"], ck["sigma_max_trained"])
     out = s.sample(lambda x, sig: x / (1 + sig.reshape(-1, 1) ** 2), x * grid[0], grid, afs=afs)
     assert out.shape == x.shape and torch.isfinite(out).all()
 
@@ -55,7 +68,8 @@ def test_cifar10_nfe4_has_two_runs_and_the_first_is_the_default():
 @pytest.mark.parametrize("dataset,nfe,run,match", [
     ("cifar10", 10, None, r"no released DyWeight coefficients for 'cifar10' at NFE 10; released NFEs: 3, 4, 5, 6"),
     ("ms_coco", 4, None, r"released NFEs: 8, 12, 16, 20"),
-    ("celebA", 5, None, r"dataset 'celebA'; accepted: cifar10, ffhq, afhqv2, imagenet64, lsun_bedroom_ldm, ms_coco"),
+    ("celebA", 5, None, r"dataset 'celebA'; accepted: cifar10, ffhq, afhqv2, imagenet64, lsun_bedroom_ldm, ms_coco, "
+                        r"flux_dev"),
     ("cifar10", 4, "00003-cifar-nfe5", r"no released DyWeight run '00003-cifar-nfe5' .* accepted: 00001-cifar-nfe4, "
                                        r"00002-cifar-nfe4"),
     ("ffhq", 5, "00001-cifar-nfe4", r"accepted: 00010-ffhq-nfe5"),
@@ -74,7 +88,8 @@ def test_released_coefficients_match_the_shared_copy():
     shared = Path("/work/shared/data/dyweight_released_coefficients.json")
     if not shared.exists():
         pytest.skip("the shared data folder is not on this machine")
-    assert json.loads(shared.read_text())["checkpoints"] == CHECKPOINTS
+    own = json.loads((baselines.DATA / "dyweight_released_coefficients.json").read_text())["checkpoints"]
+    assert json.loads(shared.read_text())["checkpoints"] == own
 
 
 def test_every_reported_dyweight_cell_has_coefficients():

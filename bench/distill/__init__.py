@@ -54,7 +54,7 @@ def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list
                          f"{3 if afs else 2} points (afs={afs}), got {grid}")
     settings = Settings.from_options(options)
     nfe = len(grid) - 1 - int(afs)
-    settings.resolve(nfe, len(grid) - 1, getattr(target, "distill_lr", None))
+    settings.resolve(nfe, len(grid) - 1, getattr(target, "distill_lr", None), getattr(target, "batch_hint", None))
     teacher = Teacher(settings.teacher, settings.teacher_steps, settings.teacher_options, settings.teacher_afs,
                       settings.teacher_denoise, settings.teacher_schedule)
     teacher.check()
@@ -88,7 +88,8 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
 
     torch.manual_seed(seed)
     student = DyWeight.from_options(num_points=len(grid), afs=afs, history=settings.history, init=settings.init,
-                                    time_shift=settings.time_shift)
+                                    time_shift=settings.time_shift, divisor=settings.divisor,
+                                    time_scale_bounds=settings.time_scale_bounds)
     student.time_scale.requires_grad_(settings.time_scaling)
     curves = train(student, source, grid, afs, settings, train_set, eval_set, path_set, seed=seed,
                    progress=progress)

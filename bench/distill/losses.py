@@ -32,16 +32,27 @@ def relative_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 def inception(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """The paper's pixel-space distance: per-sample MSE of TF-Inception pool features of images in [-1, 1]
-    (bench.metrics.features.inception_feature_mse; the network file is loaded once, on first use)."""
+    (bench.metrics.features.inception_feature_mse; the network file is loaded once per device, on first use).
+    It reads images: for latent models the distillation decodes both sides first (`reads_images`)."""
     from bench.metrics.features import inception_feature_mse
     return inception_feature_mse(student, teacher)
+
+
+inception.reads_images = True
+
+
+def reads_images(distance) -> bool:
+    """Whether a distance compares decoded images (attribute `reads_images = True` on the callable) rather than
+    the model's states; the distillation then decodes student and teacher with the model's decoder."""
+    return bool(getattr(distance, "reads_images", False))
 
 
 _REGISTRY: dict[str, Distance] = {"mse": mse, "relative_l2": relative_l2, "inception": inception}
 
 
 def register(name: str, distance: Distance) -> None:
-    """Make `distance(student, teacher) -> (B,)` available as loss=<name>."""
+    """Make `distance(student, teacher) -> (B,)` available as loss=<name> (set `distance.reads_images = True` for
+    one that compares decoded images)."""
     if not callable(distance):
         raise InputError(f"distance {name!r} must be callable as distance(student, teacher) -> per-sample tensor")
     _REGISTRY[name] = distance

@@ -110,10 +110,15 @@ class Source:
         return draw_noise(seeds, self.shape, self.sigma_max, self.dtype)
 
     def conditions(self, seeds: Sequence[int]) -> Any:
-        return self.model.conditions(seeds) if self.model is not None else None
+        return self.model.training_conditions(seeds) if self.model is not None else None
 
     def denoiser(self, cond: Any = None):
         return self.model.denoiser(cond) if self.model is not None else self.target
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Final states -> what an image distance reads (the model's decoder, differentiable; identity for plain
+        denoisers)."""
+        return self.model.decode(x) if self.model is not None else x
 
     def teacher_grid(self, teacher: Teacher) -> torch.Tensor:
         n = teacher.steps + 1
@@ -133,11 +138,14 @@ class Source:
 
 
 def take(cond: Any, idx) -> Any:
-    """Rows `idx` of a batch of conditions (tensors indexed on dim 0; dicts/lists/tuples recursively)."""
+    """Rows `idx` of a batch of conditions (tensors indexed on dim 0; dicts/lists/tuples recursively; objects with
+    a `select(idx)` method, such as bench.models.conditions.Prompts, by that method)."""
     if cond is None:
         return None
     if isinstance(cond, torch.Tensor):
-        return cond[idx]
+        return cond[idx.to(cond.device) if isinstance(idx, torch.Tensor) else idx]
+    if callable(getattr(cond, "select", None)):
+        return cond.select(idx)
     if isinstance(cond, dict):
         return {k: take(v, idx) for k, v in cond.items()}
     if isinstance(cond, (list, tuple)) and cond and isinstance(cond[0], (torch.Tensor, dict, list, tuple)):

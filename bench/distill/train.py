@@ -1,8 +1,13 @@
 """The distillation loop (paper Algorithm 1) and its settings.
 
 Adam (0.9, 0.999, 1e-8); the learning rate warms up linearly over the first 10% of the steps from 0.1 lr to lr,
-then follows a cosine down to 0.01 lr (Appendix D.2); gradients are clipped to norm 1. Every step draws a batch of
-teacher pairs (x_T, target) with the run's own generator, runs the student from the same x_T, and descends
+then follows a cosine down to 0.01 lr (Appendix D.2); gradients are clipped to norm 1. The FLUX recipe of the
+reference (dyweight_flux/train_example.yaml) is the same loop with other settings: optimizer = "adamw",
+weight_decay = 5e-2, warmup = 0, lr_final = 0, batch_size = 1 with accumulate = 2, and checkpoint = true
+(each network call of the student is recomputed in the backward pass, as its torch.utils.checkpoint does, so
+backpropagating through a 12B transformer keeps one call's activations). Every optimiser step averages
+`accumulate` batches of teacher pairs (x_T, target) drawn with the run's own generator, runs the student from the
+same x_T, and descends
 
     endpoint (Eq. 10):  L = mean_b dist(x_stu(x_T), x_tea(x_T))
     path (Eq. A.15):    L = mean_b [ sum_{j=1}^{N-2} mse(x_stu_j, x_tea(t_j)) + dist(x_stu_{N-1}, x_tea(x_T)) ]
@@ -19,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from solvers.dyweight import INITS
+from solvers.dyweight import DIVISORS, INITS
 
 from bench.metrics.analytic import relative_l2
 
@@ -28,6 +33,7 @@ from .teacher import take
 from solvers.base import InputError
 
 SUPERVISIONS = ("endpoint", "path")
+OPTIMIZERS = ("adam", "adamw")
 
 
 def default_lr(nfe: int) -> float:
@@ -44,6 +50,8 @@ class Settings:
     init: str = "adams_bashforth"         # or "euler", "uniform"
     time_shift: bool = True               # Eq. 9; off keeps the nominal grid t^_i = t_i
     time_scaling: bool = True             # learn s_n; off freezes s = 1
+    divisor: str = "shifted"              # "scaled": the FLUX code's derivative at the scaled time (solvers/dyweight.py)
+    time_scale_bounds: list | None = None  # [a, b]: s = a + (b - a) sigmoid(phi) (FLUX: [0.5, 1.5])
     # the teacher
     teacher: str = "ipndm"
     teacher_steps: int = 35
@@ -51,7 +59,7 @@ class Settings:
     teacher_afs: bool = False
     teacher_denoise: bool = True          # final D(x, sigma_min)
     teacher_schedule: str | None = None
-    teacher_batch_size: int = 500
+    teacher_batch_size: int | None = None  # None: the model's `batch_hint` (500 for the small models)
     # supervision and data
     supervision: str = "endpoint"         # or "path" (Appendix C)
     path_substeps: int = 5                # teacher sub-steps per student interval for path targets
@@ -61,11 +69,16 @@ class Settings:
     seed_start: int = 1_000_000_000       # training noise seeds start here (held out from evaluation seeds 0..)
     eval_seed_start: int = 2_000_000_000
     # optimisation
-    steps: int | None = None
+    steps: int | None = None              # optimiser steps
     batch_size: int = 16
+    accumulate: int = 1                   # batches averaged into one optimiser step (FLUX: 2)
+    optimizer: str = "adam"               # or "adamw" (decoupled weight decay)
+    weight_decay: float = 0.0
     lr: float | None = None
     warmup: float = 0.1
+    lr_final: float = 0.01                # the cosine ends at lr_final * lr
     grad_clip: float = 1.0
+    checkpoint: bool = False              # recompute each student network call in backward (activation memory)
     eval_every: int | None = None
 
     @classmethod
@@ -79,20 +92,33 @@ class Settings:
         s.teacher_options = dict(s.teacher_options or {})
         return s
 
-    def resolve(self, nfe: int, num_steps: int, model_lr: float | None = None) -> "Settings":
+    def resolve(self, nfe: int, num_steps: int, model_lr: float | None = None,
+                batch_hint: int | None = None) -> "Settings":
         """Check every value; fill the defaults. num_steps = N - 1, the student's grid intervals; model_lr = the
-        paper's learning rate for the model being distilled (Model.distill_lr), else the NFE-dependent default."""
+        paper's learning rate for the model being distilled (Model.distill_lr), else the NFE-dependent default;
+        batch_hint = the model's batch size for teacher and evaluation runs (Model.batch_hint)."""
         if self.init not in INITS:
             raise InputError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
         if self.supervision not in SUPERVISIONS:
             raise InputError(f"unknown supervision {self.supervision!r}; accepted: {', '.join(SUPERVISIONS)}")
         if not isinstance(self.history, int) or not 1 <= self.history <= num_steps:
             raise InputError(f"history must be an integer in 1..{num_steps} (the student's steps), got {self.history!r}")
-        for name in ("num_samples", "eval_samples", "batch_size", "path_substeps", "teacher_batch_size"):
+        if self.teacher_batch_size is None:
+            self.teacher_batch_size = int(batch_hint or 500)
+        for name in ("num_samples", "eval_samples", "batch_size", "path_substeps", "teacher_batch_size",
+                     "accumulate"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < (0 if name == "eval_samples" else 1):
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("time_shift", "time_scaling", "teacher_afs", "teacher_denoise"):
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+        if self.divisor not in DIVISORS:
+            raise InputError(f"unknown divisor {self.divisor!r}; accepted: {', '.join(DIVISORS)}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise InputError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.lr_final, (int, float)) and 0 <= self.lr_final <= 1):
+            raise InputError(f"lr_final must be a fraction in [0, 1], got {self.lr_final!r}")
+        for name in ("time_shift", "time_scaling", "teacher_afs", "teacher_denoise", "checkpoint"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         losses.get(self.loss)
@@ -146,13 +172,32 @@ def evaluate(student, source, sigmas, afs, data, batch_size: int = 500) -> float
     return float(torch.cat(errs).mean())
 
 
+def _checkpointed(den):
+    """The denoiser recomputed in the backward pass instead of keeping its activations (torch.utils.checkpoint)."""
+    from torch.utils.checkpoint import checkpoint
+    return lambda x, sigma: checkpoint(den, x, sigma, use_reentrant=False)
+
+
+def optimizer(params, settings: Settings):
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8,
+                                 weight_decay=settings.weight_decay)
+    return torch.optim.Adam(params, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=settings.weight_decay)
+
+
 def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eval_set, path_set=None,
           seed: int = 0, progress=None) -> dict:
-    """Optimise the student's Parameters in place; return the training curves."""
+    """Optimise the student's Parameters in place; return the training curves.
+
+    A distance that reads images (losses.reads_images, e.g. "inception") gets decoded samples: the student's
+    through the model's differentiable decoder, the teacher's without gradient (the reference decodes with
+    differentiable_decode_first_stage before the Inception features of latent models)."""
     name, distance = losses.get(settings.loss)
+    images = losses.reads_images(distance)
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, settings.steps, settings.warmup))
+    opt = optimizer(params, settings)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: lr_factor(k, settings.steps, settings.warmup, final=settings.lr_final))
     gen = torch.Generator().manual_seed(int(seed))
     conds = source.conditions(train_set.seeds) if source.model is not None else None
     n = len(train_set.seeds)
@@ -161,36 +206,51 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
     pos = 0
     t0 = time.perf_counter()
     evaluating = eval_set is not None and len(eval_set.seeds) > 0
-    if evaluating:
-        curves["eval_step"].append(0)
-        curves["eval_error"].append(evaluate(student, source, sigmas, afs, eval_set))
-    for step in range(settings.steps):
+    eval_batch = settings.teacher_batch_size
+
+    def batch_loss():
+        nonlocal order, pos
         if pos + settings.batch_size > n:                        # a new epoch: reshuffle
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + settings.batch_size]
         pos += settings.batch_size
         den = source.denoiser(take(conds, idx))
+        if settings.checkpoint:
+            den = _checkpointed(den)
         final, mids = _student_states(student, den, train_set.x_T[idx], sigmas, afs, path_set is not None)
-        loss = losses.per_sample(distance, final, train_set.targets[idx])
+        target = train_set.targets[idx]
+        if images:
+            final = source.decode(final)
+            with torch.no_grad():
+                target = source.decode(target)
+        loss = losses.per_sample(distance, final, target)
         if mids:
             tea = path_set.targets[idx]
             loss = loss + sum(losses.mse(m, tea[:, j]) for j, m in enumerate(mids))
-        loss = loss.mean()
+        return loss.mean()
+
+    if evaluating:
+        curves["eval_step"].append(0)
+        curves["eval_error"].append(evaluate(student, source, sigmas, afs, eval_set, eval_batch))
+    for step in range(settings.steps):
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for _ in range(settings.accumulate):
+            loss = batch_loss()
+            (loss / settings.accumulate).backward()
+            total += float(loss.detach()) / settings.accumulate
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         curves["lr"].append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
         curves["step"].append(step)
-        curves["loss"].append(float(loss.detach()))
+        curves["loss"].append(total)
         last = step == settings.steps - 1
         if evaluating and ((step + 1) % settings.eval_every == 0 or last):
             curves["eval_step"].append(step + 1)
-            curves["eval_error"].append(evaluate(student, source, sigmas, afs, eval_set))
+            curves["eval_error"].append(evaluate(student, source, sigmas, afs, eval_set, eval_batch))
             if progress:
-                progress(f"step {step + 1}/{settings.steps} loss {float(loss.detach()):.3e} "
-                         f"eval {curves['eval_error'][-1]:.4f}")
+                progress(f"step {step + 1}/{settings.steps} loss {total:.3e} eval {curves['eval_error'][-1]:.4f}")
     curves["train_seconds"] = time.perf_counter() - t0
     return curves

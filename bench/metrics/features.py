@@ -121,18 +121,20 @@ def inception_mse(extractor: InceptionFeatures) -> Callable[[torch.Tensor, torch
 
 
 
-@lru_cache(maxsize=2)
-def _default_extractor(path: str) -> InceptionFeatures:
-    return InceptionFeatures(path)
+@lru_cache(maxsize=4)
+def extractor_on(path: str, device: str) -> InceptionFeatures:
+    """One loaded Inception network per (file, device) for the whole process (FID and the distillation loss)."""
+    return InceptionFeatures(path, device=device)
 
 
 def inception_feature_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """`inception_mse` with the configured TF-Inception file (weights entry "inception-2015-12-05"), loaded once:
-    the paper's distillation distance for pixel-space models, ready for bench.distill.losses.register."""
+    """`inception_mse` with the configured TF-Inception file (weights entry "inception-2015-12-05"), loaded once
+    per device, on the device of the images (the GPU the student runs on): the paper's distillation distance for
+    pixel-space models, ready for bench.distill.losses.register."""
     req = inception_requirement()
     if not req.present:
         raise FileNotFoundError(req.missing_message())
-    return inception_mse(_default_extractor(str(req.path)))(student, teacher)
+    return inception_mse(extractor_on(str(req.path), str(student.device)))(student, teacher)
 
 
 def latent_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ of different sizes are never mixed up.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,9 @@ import torch
 from bench.models.base import Cell, Model, Requirement
 
 from .base import Metric
-from .features import InceptionFeatures, inception_requirement
+from .features import InceptionFeatures, extractor_on, inception_requirement
 from .frechet import RunningStatistics, feature_statistics, frechet_distance, load_statistics, save_statistics
 from solvers.base import InputError
-
-
-@lru_cache(maxsize=4)
-def _extractor(path: str, device: str) -> InceptionFeatures:
-    """One loaded Inception network per (file, device) for the whole process."""
-    return InceptionFeatures(path, device=device)
 
 
 def reference_requirement(model: Model, reference=None) -> Requirement:
@@ -84,7 +77,7 @@ class FID(Metric):
         req = inception_requirement(self.inception)
         if not req.present:
             raise FileNotFoundError(req.missing_message())
-        return _extractor(str(req.path), str(self.device))
+        return extractor_on(str(req.path), str(self.device))
 
     # --- the metric -------------------------------------------------------------------------------------
     def statistics(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -74,8 +74,37 @@ class Model:
         """Conditions (class labels, prompt embeddings) drawn per seed, so every solver sees the same ones."""
         return None
 
+    def training_conditions(self, seeds: Sequence[int]) -> Any:
+        """Conditions of distillation pairs (seeds from 1e9 on); a model may draw them from its own training prompts
+        (FLUX: DyWeight's 5k train2014 captions). Default: `conditions`."""
+        return self.conditions(seeds)
+
     def noise(self, seeds: Sequence[int]) -> torch.Tensor:
         return noise(seeds, self.shape, self.sigma_max, self.dtype, self.device)
+
+    # --- loaded networks ----------------------------------------------------------------------
+    batch_hint: int = 500                   # a batch size that fits for teacher and evaluation runs
+    nominal_parameters: dict = {}           # network -> parameter count, for the memory estimate
+
+    def weights_key(self):
+        """What identifies the networks this model loads from disk (shared with models reading the same files;
+        bench.models.loaded), or None when it loads nothing releasable."""
+        return None
+
+    def release(self) -> None:
+        """Free the networks loaded from disk (every model sharing them forgets them; they reload on next use)."""
+        key = self.weights_key()
+        if key is not None:
+            from . import loaded
+            loaded.release(key)
+
+    def drop_networks(self) -> None:
+        """Forget references to loaded networks (called by bench.models.loaded.release)."""
+
+    def weights_bytes(self) -> int:
+        """Memory of the networks' weights in the model's precision (from `nominal_parameters`)."""
+        per = torch.tensor([], dtype=getattr(self, "net_dtype", self.dtype)).element_size()
+        return int(sum(self.nominal_parameters.values()) * per)
 
     def grid(self, num_points: int, schedule: str | None = None, **options) -> torch.Tensor:
         """The model's time grid of `num_points` sigmas (its default schedule unless one is named)."""
@@ -123,6 +152,10 @@ class Model:
     def to_base(self, x: torch.Tensor) -> torch.Tensor:
         """Final states of this view in the base model's variables (identity for a model)."""
         return x
+
+    def training_requirements(self) -> list[Requirement]:
+        """Files a distillation on this model needs besides `requirements()` (e.g. its training prompts)."""
+        return []
 
     def check_available(self) -> None:
         missing = [r for r in self.requirements() if not r.present]

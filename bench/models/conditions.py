@@ -35,8 +35,9 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def load_prompts(path: str | Path) -> list[str]:
-    """Read prompts from a COCO caption file (.json; the first caption of each image), a CSV with a 'Prompts'/'prompt'/'caption' column, or a text
-    file with one prompt per line. Raises a one-line error naming the file when it holds no prompts."""
+    """Read prompts from a COCO caption file (.json; the first caption of each image), a CSV with a
+    'Prompts'/'prompt'/'caption'/'text' column, a .jsonl of {"prompt": ...} lines, or a text file with one prompt per
+    line. Raises a one-line error naming the file when it holds no prompts."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt file {path} does not exist")
@@ -52,6 +53,9 @@ def load_prompts(path: str | Path) -> list[str]:
             prompts = [p if isinstance(p, str) else p.get("caption") or p.get("prompt") for p in data]
         else:
             raise InputError(f"{path}: expected COCO annotations ({{'annotations': [...]}}) or a list of prompts")
+    elif suffix == ".jsonl":
+        prompts = [json.loads(line).get("prompt", "") for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
     elif suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
@@ -68,22 +72,64 @@ def load_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+def coco_fid_subset(path: str | Path, n: int = 30_000, seed: int = 2024) -> list[str]:
+    """The prompts of DyWeight's FLUX FID protocol (dyweight_flux/preprocess/prepare_coco_fid_subset.py): from a
+    COCO captions_val2014.json, one caption per image (the first in the annotation list), images in the file's
+    `images` order; Python's random.seed(seed) shuffles their indices and the first n are kept. Prompt i goes with
+    generation seed 42 + i there (prompt_seed_start = 42). The reference also drops images whose file is missing
+    on disk; with the complete val2014 folder (40,504 images) none is, which this assumes."""
+    import random
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+        raise InputError(f"{path}: the FLUX FID subset needs COCO's captions_val2014.json (images and annotations)")
+    first: dict = {}
+    for a in data["annotations"]:
+        first.setdefault(a["image_id"], a["caption"])
+    pool = [str(first.get(im["id"], "")).strip() for im in data["images"]]
+    pool = [p for p in pool if p]
+    if len(pool) < n:
+        raise InputError(f"{path}: {len(pool)} captioned images, fewer than the {n} the subset takes")
+    idxs = list(range(len(pool)))
+    random.seed(seed)
+    random.shuffle(idxs)
+    return [pool[i] for i in idxs[:n]]
+
+
+@lru_cache(maxsize=8)
+def _prompt_set(name: str, path: str, stamp: float) -> tuple:
+    if name == "coco30k_seed2024":
+        return tuple(coco_fid_subset(path))
+    return tuple(load_prompts(path))
+
+
+def prompt_set(name: str, path: str | Path) -> list[str]:
+    """The prompts of a named prompt set read from its file (cached per file and modification time)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    return list(_prompt_set(name, str(path), path.stat().st_mtime))
+
+
 @lru_cache(maxsize=8)
 def _permutation(n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(PROMPT_SALT))
 
 
-def prompts_for_seeds(prompts: Sequence[str], seeds: Sequence[int], mode: str = "random") -> list[str]:
-    """The prompt of each seed. 'random': seed s takes entry s (mod len) of one fixed shuffle of the prompt list, so
-    seeds 0..n-1 get n distinct prompts in random order (MS-COCO: 30k distinct captions of the validation set);
-    'cycle': prompt s mod len in file order (DrawBench: every prompt in turn)."""
+def prompts_for_seeds(prompts: Sequence[str], seeds: Sequence[int], mode: str = "random",
+                      seed_start: int = 0) -> list[str]:
+    """The prompt of each seed. 'index': seed s takes entry s - seed_start (mod len) in file order, as the
+    references do (SD: row s of MS-COCO_val2014_30k_captions.csv; FLUX: prompt i with generation seed 42 + i, so
+    seed_start = 42). 'random': seed s takes entry s (mod len) of one fixed shuffle of the list, so seeds 0..n-1
+    get n distinct prompts in random order. 'cycle': prompt s mod len in file order."""
     n = len(prompts)
+    if mode == "index":
+        return [prompts[(int(s) - seed_start) % n] for s in seeds]
     if mode == "random":
         perm = _permutation(n)
         return [prompts[int(perm[int(s) % n])] for s in seeds]
     if mode == "cycle":
         return [prompts[int(s) % n] for s in seeds]
-    raise InputError(f"unknown prompt mode {mode!r}; accepted: random, cycle")
+    raise InputError(f"unknown prompt mode {mode!r}; accepted: index, random, cycle")
 
 
 class Prompts:
@@ -109,6 +155,18 @@ class Prompts:
 
     def __getitem__(self, key: str):
         return self.prompts if key == "prompts" else self.encoded()[key]
+
+    def select(self, idx) -> "Prompts":
+        """The prompts of rows `idx` (a batch of a larger set, e.g. of distillation pairs): encoded lazily again, or
+        by slicing the per-prompt entries (leading dimension = number of prompts) of an already encoded set."""
+        idx = [int(i) for i in (idx.tolist() if isinstance(idx, torch.Tensor) else idx)]
+        out = Prompts([self.prompts[i] for i in idx], self._encode)
+        if self._encoded is not None:
+            n = len(self.prompts)
+            rows = torch.tensor(idx)
+            out._encoded = {k: v[rows.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n
+                            else v for k, v in self._encoded.items()}
+        return out
 
     def __repr__(self) -> str:
         return f"Prompts({len(self.prompts)} prompts, encoded={self._encoded is not None})"

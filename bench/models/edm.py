@@ -24,10 +24,13 @@ class EDMModel(Model):
     schedule = "polynomial"
     schedule_options = {"rho": 7.0}
 
+    batch_hint = 250
+
     def __init__(self, name: str, weights_name: str, shape: tuple, label_dim: int = 0, released_key: str | None = None,
                  description: str = "", path: str | Path | None = None, device: str | None = None,
-                 distill_lr: float | None = None):
+                 distill_lr: float | None = None, parameters: float = 0.0):
         self.name = name
+        self.nominal_parameters = {"network": parameters}
         self.distill_lr = distill_lr
         self.weights_name = weights_name
         self.shape = tuple(shape)
@@ -88,17 +91,21 @@ class EDMModel(Model):
         return x.clamp(-1, 1)
 
 
-def _factory(name, weights_name, shape, label_dim, released_key, description, distill_lr):
+def _factory(name, weights_name, shape, label_dim, released_key, description, distill_lr, parameters):
     def make(**options) -> EDMModel:
         options.setdefault("distill_lr", distill_lr)
+        options.setdefault("parameters", parameters)
         return EDMModel(name, weights_name, shape, label_dim, released_key, description, **options)
     make.__doc__ = description
     return make
 
 
-# The last argument is the DyWeight learning rate of the lineage for the dataset (docs/solver-conventions.md, "Training").
-cifar10 = _factory("cifar10", "edm-cifar10", (3, 32, 32), 0, "cifar10", "EDM CIFAR-10 32x32 (unconditional, VP)", 3e-2)
-ffhq = _factory("ffhq", "edm-ffhq", (3, 64, 64), 0, "ffhq", "EDM FFHQ 64x64 (unconditional, VP)", 1e-2)
-afhqv2 = _factory("afhqv2", "edm-afhqv2", (3, 64, 64), 0, "afhqv2", "EDM AFHQv2 64x64 (unconditional, VP)", 1e-2)
+# The last two arguments: the DyWeight learning rate of the lineage for the dataset (docs/solver-conventions.md,
+# "Training") and the network's parameter count (EDM's DDPM++ at 32 and 64 px, ADM at 64 px; the memory estimate).
+cifar10 = _factory("cifar10", "edm-cifar10", (3, 32, 32), 0, "cifar10", "EDM CIFAR-10 32x32 (unconditional, VP)", 3e-2,
+                   55.7e6)
+ffhq = _factory("ffhq", "edm-ffhq", (3, 64, 64), 0, "ffhq", "EDM FFHQ 64x64 (unconditional, VP)", 1e-2, 61.8e6)
+afhqv2 = _factory("afhqv2", "edm-afhqv2", (3, 64, 64), 0, "afhqv2", "EDM AFHQv2 64x64 (unconditional, VP)", 1e-2,
+                  61.8e6)
 imagenet64 = _factory("imagenet64", "edm-imagenet64", (3, 64, 64), 1000, "imagenet64",
-                      "EDM ImageNet 64x64 (class-conditional, ADM)", 5e-3)
+                      "EDM ImageNet 64x64 (class-conditional, ADM)", 5e-3, 295.9e6)

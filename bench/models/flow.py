@@ -20,7 +20,7 @@ class FlowView(Model):
     def __init__(self, base: Model):
         self._base = base
         for attr in ("name", "description", "shape", "evals_per_call", "released_key", "distill_lr", "dtype",
-                     "device", "schedule", "schedule_options"):
+                     "device", "schedule", "schedule_options", "batch_hint"):
             setattr(self, attr, getattr(base, attr))
         self.sigma_max = flow.flow_time(float(base.sigma_max))
         self.sigma_min = flow.flow_time(float(base.sigma_min))
@@ -44,6 +44,9 @@ class FlowView(Model):
 
     def conditions(self, seeds):
         return self._base.conditions(seeds)
+
+    def training_conditions(self, seeds):
+        return self._base.training_conditions(seeds)
 
     def denoiser(self, cond=None):
         return flow.flow_denoiser(self._base.denoiser(cond))

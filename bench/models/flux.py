@@ -15,6 +15,19 @@ starts at sigma_max = 1000 (t = 1000/1001; x_T = sigma_max z, i.e. x_t = 0.999 z
 as FLUX's sampler does. FLUX.1-dev has no classifier-free guidance at sampling time: the guidance scale (3.5 by
 default) is an input of the network, so each call is one evaluation.
 
+Flow time (`time = "flow"` in a grid; solvers/flow.py): `flow_view()` is FLUX as its own sampler and DyWeight's
+dyweight_flux/ code run it, from t = 1 exactly (x_T = z) to t = 0, with the velocity straight from the transformer.
+The multistep solvers (iPNDM, DyWeight) there combine velocities in t, which is the paper's FLUX method; the
+exponential integrators (DPM-Solver++, UniPC) are the same method in sigma and run on the EDM view above, which
+starts at t = 1000/1001 instead of 1 (a difference of order 1e-3 in the first step). The reference's released FLUX
+DyWeight coefficients (NFE 3, 5, 7) are released_key "flux_dev".
+
+Defaults follow the reference: bfloat16 weights (`torch_dtype`; float32 is an option), prompts of its FID protocol
+(`coco30k_seed2024`: the 30k val2014 captions drawn with seed 2024, prompt i with generation seed 42 + i, so grids
+start at seed 42), and DrawBench from its drawbench.txt with seeds 42 + i (`flux_drawbench`). Noise comes from one
+CPU generator per seed, as the reference's sample_flux.py does. Networks loaded from a path are shared between
+`flux` and `flux_drawbench` (bench.models.loaded).
+
 Prompts are encoded with both text encoders: CLIP's pooled output (77 tokens) and T5's hidden states (512 tokens).
 Latents are 16 x H/8 x W/8, fed to the transformer as 2x2 patches ("packed" tokens).
 """
@@ -29,8 +42,9 @@ import torch
 
 from bench import weights
 from solvers import schedules
-from . import conditions, devices
+from . import conditions, devices, loaded
 from .base import Model, Requirement
+from .flow import FlowView
 from .latent import PROMPT_SETS
 from solvers.base import InputError
 
@@ -72,29 +86,39 @@ class FluxModel(Model):
     sigma_min = 1e-3                  # only for schedules that cannot end at 0; the default grid ends at 0
     schedule = "flow_shift"
     evals_per_call = 1
-    released_key = None               # the paper released no FLUX coefficients
-    fid_reference = "fid-ref-ms_coco"
+    released_key = "flux_dev"         # dyweight_flux/checkpoints (baselines/data/dyweight_flux_released_...json)
+    fid_reference = "fid-ref-coco30k-flux"
+    batch_hint = 4                    # teacher and evaluation batches of the distillation
+    NETWORKS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    nominal_parameters = {"transformer": 11.9e9, "text_encoder_2": 4.76e9, "text_encoder": 123e6, "vae": 84e6}
 
-    def __init__(self, path: str | Path | None = None, prompts: str = "coco", prompts_path: str | Path | None = None,
-                 prompt_mode: str | None = None, guidance: float = 3.5, resolution: int = 512, shift: float | None = None,
+    def __init__(self, path: str | Path | None = None, prompts: str = "coco30k_seed2024",
+                 prompts_path: str | Path | None = None, prompt_mode: str | None = None, prompt_seed_start: int = 42,
+                 guidance: float = 3.5, resolution: int = 512, shift: float | None = None,
                  max_sequence_length: int = 512, components: dict | None = None, device: str | None = None,
-                 torch_dtype: torch.dtype | str = torch.float32):
+                 torch_dtype: torch.dtype | str | None = None, train_prompts: str | None = "flux_train",
+                 train_prompts_path: str | Path | None = None):
         if prompts not in PROMPT_SETS:
             raise InputError(f"unknown prompt set {prompts!r}; accepted: {', '.join(PROMPT_SETS)}")
         self._path = Path(path).expanduser() if path else None
         self.prompt_set, self.guidance = prompts, float(guidance)
         self._prompts_path = Path(prompts_path).expanduser() if prompts_path else None
         self.prompt_mode = prompt_mode or PROMPT_SETS[prompts][1]
+        self.prompt_seed_start = int(prompt_seed_start)
         self.max_sequence_length = max_sequence_length
+        if train_prompts is not None and train_prompts not in PROMPT_SETS:
+            raise InputError(f"unknown train_prompts {train_prompts!r}; accepted: {', '.join(PROMPT_SETS)} or none")
+        self.train_prompts = train_prompts
+        self._train_prompts_path = Path(train_prompts_path).expanduser() if train_prompts_path else None
+        self._given = bool(components)
+        if torch_dtype is None:           # the reference's bfloat16, or the dtype of the given networks
+            torch_dtype = next(components["transformer"].parameters()).dtype if components else torch.bfloat16
         self.device, self.net_dtype = devices.device(device), devices.dtype(torch_dtype)
-        self.transformer = self.vae = None
-        self.text_encoder = self.tokenizer = self.text_encoder_2 = self.tokenizer_2 = None
+        for name in self.NETWORKS:
+            setattr(self, name, components.get(name) if components else None)
         self._prompts = None
         scheduler_cfg = {}
         if components:
-            self.transformer, self.vae = components["transformer"], components.get("vae")
-            self.text_encoder, self.tokenizer = components.get("text_encoder"), components.get("tokenizer")
-            self.text_encoder_2, self.tokenizer_2 = components.get("text_encoder_2"), components.get("tokenizer_2")
             scheduler_cfg = components.get("scheduler_config", {})
             channels = self.transformer.config.in_channels // 4
             vae_factor = components.get("vae_scale_factor", 8)
@@ -116,31 +140,59 @@ class FluxModel(Model):
     def prompts_path(self) -> Path:
         return self._prompts_path or weights.path(PROMPT_SETS[self.prompt_set][0])
 
+    @property
+    def train_prompts_path(self) -> Path | None:
+        if self.train_prompts is None:
+            return None
+        return self._train_prompts_path or weights.path(PROMPT_SETS[self.train_prompts][0])
+
     def requirements(self) -> list[Requirement]:
         reqs = []
-        if self.transformer is None:
+        if not self._given:
             reqs.append(weights.requirement("flux.1-dev"))
             reqs[-1].path = self.path
         reqs.append(weights.requirement(PROMPT_SETS[self.prompt_set][0]))
         reqs[-1].path = self.prompts_path
         return reqs
 
+    def training_requirements(self) -> list[Requirement]:
+        """Files a distillation on this model needs besides `requirements()` (its training prompts)."""
+        if self.train_prompts is None:
+            return []
+        req = weights.requirement(PROMPT_SETS[self.train_prompts][0])
+        req.path = self.train_prompts_path
+        return [req]
+
+    def weights_key(self):
+        return None if self._given else ("flux", str(self.path), str(self.net_dtype), str(self.device))
+
+    def read_networks(self) -> dict:
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+        dt = self.net_dtype
+        return {"transformer": FluxTransformer2DModel.from_pretrained(self.path, subfolder="transformer",
+                                                                      torch_dtype=dt),
+                "vae": AutoencoderKL.from_pretrained(self.path, subfolder="vae", torch_dtype=dt),
+                "text_encoder": CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", torch_dtype=dt),
+                "text_encoder_2": T5EncoderModel.from_pretrained(self.path, subfolder="text_encoder_2",
+                                                                 torch_dtype=dt),
+                "tokenizer": AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer"),
+                "tokenizer_2": AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer_2")}
+
     def load(self) -> None:
         if self.transformer is None:
             self.check_available()
-            from diffusers import AutoencoderKL, FluxTransformer2DModel
-            from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
-            dt = self.net_dtype
-            self.transformer = FluxTransformer2DModel.from_pretrained(self.path, subfolder="transformer",
-                                                                      torch_dtype=dt)
-            self.vae = AutoencoderKL.from_pretrained(self.path, subfolder="vae", torch_dtype=dt)
-            self.text_encoder = CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", torch_dtype=dt)
-            self.text_encoder_2 = T5EncoderModel.from_pretrained(self.path, subfolder="text_encoder_2", torch_dtype=dt)
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer")
-            self.tokenizer_2 = AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer_2")
-        for m in (self.transformer, self.vae, self.text_encoder, self.text_encoder_2):
-            if m is not None:
+            for name, module in loaded.get(self.weights_key(), self.read_networks, self).items():
+                setattr(self, name, module)
+        for name in self.NETWORKS:
+            m = getattr(self, name)
+            if isinstance(m, torch.nn.Module):
                 m.eval().requires_grad_(False).to(self.device)
+
+    def drop_networks(self) -> None:
+        if not self._given:
+            for name in self.NETWORKS:
+                setattr(self, name, None)
 
     # ---- the grid ---------------------------------------------------------------------------------------------
     def grid(self, num_points: int, schedule: str | None = None, **options) -> torch.Tensor:
@@ -150,10 +202,13 @@ class FluxModel(Model):
         opts = {"shift": self.shift, **options}
         return schedules.flow_shift(num_points, t_max=1.0, t_min=0.0, sigma_max=self.sigma_max, **opts)
 
+    def flow_view(self) -> "FluxFlowTime":
+        return FluxFlowTime(self)
+
     # ---- conditions --------------------------------------------------------------------------------------------
     def prompts(self) -> list[str]:
         if self._prompts is None:
-            self._prompts = conditions.load_prompts(self.prompts_path)
+            self._prompts = conditions.prompt_set(self.prompt_set, self.prompts_path)
         return self._prompts
 
     @torch.no_grad()
@@ -171,8 +226,16 @@ class FluxModel(Model):
 
     def conditions(self, seeds: Sequence[int]) -> conditions.Prompts:
         """The seeds' prompts; encoded on first use as {"pooled": (B, 768), "txt": (B, L, 4096)}."""
-        prompts = conditions.prompts_for_seeds(self.prompts(), seeds, self.prompt_mode)
+        prompts = conditions.prompts_for_seeds(self.prompts(), seeds, self.prompt_mode, self.prompt_seed_start)
         return conditions.Prompts(prompts, self.encode)
+
+    def training_conditions(self, seeds: Sequence[int]) -> conditions.Prompts:
+        """Distillation prompts: DyWeight's 5k train2014 captions (`train_prompts`, one fixed shuffle over the
+        seeds, so 5000 consecutive seeds see each caption once), or the evaluation prompts with train_prompts=None."""
+        if self.train_prompts is None:
+            return self.conditions(seeds)
+        pool = conditions.prompt_set(self.train_prompts, self.train_prompts_path)
+        return conditions.Prompts(conditions.prompts_for_seeds(pool, seeds, "random"), self.encode)
 
     # ---- the denoiser ------------------------------------------------------------------------------------------
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
@@ -202,13 +265,56 @@ class FluxModel(Model):
         return D
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [-1, 1] (differentiable; the runner decodes under no_grad)."""
         self.load()
         if self.vae is None:
             raise InputError("this FLUX model was built without its VAE, so it cannot decode")
         cfg = self.vae.config
         z = x / float(getattr(cfg, "scaling_factor", 0.3611)) + float(getattr(cfg, "shift_factor", 0.1159) or 0.0)
-        with torch.no_grad():
-            return self.vae.decode(z.to(self.net_dtype)).sample.float().clamp(-1, 1)
+        return self.vae.decode(z.to(self.net_dtype)).sample.float().clamp(-1, 1)
+
+
+def flow_times(num_points: int, shift: float) -> torch.Tensor:
+    """FLUX's sampling times (its pipeline and DyWeight's dyweight_flux/): t = linspace(1, 0, N) shifted by
+    t' = s t / (1 + (s - 1) t), from exactly 1 to exactly 0, float64."""
+    t = torch.linspace(1.0, 0.0, num_points, dtype=torch.float64)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+class FluxFlowTime(FlowView):
+    """FLUX in flow time, as its own sampler runs: state x_t, times from t = 1 (pure noise, x_T = z) to t = 0, and
+    D_flow(x_t, t) = x_t - t v(x_t, t) straight from the transformer, valid at any t (a time-scaled DyWeight step
+    queries s t > 1 at the start, as the reference does)."""
+
+    def __init__(self, base: FluxModel):
+        super().__init__(base)
+        self.sigma_max, self.sigma_min = 1.0, 0.0
+
+    def grid(self, num_points: int, schedule: str | None = None, **options) -> torch.Tensor:
+        if (schedule or self.schedule) != "flow_shift":
+            return super().grid(num_points, schedule, **options)
+        return flow_times(num_points, options.get("shift", self.base.shift))
+
+    def noise(self, seeds):
+        from .base import noise
+        return noise(seeds, self.shape, 1.0, self.dtype, self.device)
+
+    def denoiser(self, cond=None):
+        base = self.base
+        base.load()
+        if cond is None:
+            raise InputError("FLUX needs conditions (prompt embeddings): call model.conditions(seeds)")
+
+        def D_flow(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t = torch.as_tensor(t, dtype=torch.float64, device=y.device).reshape(-1)
+            t = t.expand(y.shape[0]) if t.numel() == 1 else t
+            v = base.velocity(y.to(torch.float32), t.to(torch.float32), cond)
+            return (y.to(torch.float64) - t.reshape(-1, 1, 1, 1) * v.to(torch.float64)).to(y.dtype)
+
+        return D_flow
+
+    def to_base(self, y: torch.Tensor) -> torch.Tensor:
+        return y                                          # t = 0: the flow state is x_0
 
 
 def flux(**options) -> FluxModel:
@@ -216,6 +322,7 @@ def flux(**options) -> FluxModel:
 
 
 def flux_drawbench(**options) -> FluxModel:
-    m = FluxModel(prompts="drawbench", **options)
+    options.setdefault("prompts", "drawbench_dyweight")
+    m = FluxModel(**options)
     m.name = "flux_drawbench"
     return m

@@ -13,6 +13,12 @@ denoiser call (evals_per_call = 2), run as one batch of 2B.
 The models are read from diffusers folders (LSUN: unet/ UNet2DModel + vqvae/ VQModel + scheduler/; SD v1.5: unet/,
 vae/, text_encoder/, tokenizer/, scheduler/); LSUN also straight from CompVis' model.ckpt (bench.models.ldm_convert).
 Tests build the same classes from tiny configs with random weights.
+
+Precision (the reference's, by default): weights in float32 (`torch_dtype`) and the network calls, text encoding and
+decoding under fp16 autocast on CUDA (`autocast = "float16"`, as its sample.py's `with autocast("cuda")`);
+`autocast = "none"` gives full float32. Autocast is a CUDA feature: on other devices the calls run in float32. The
+networks loaded from a path are shared with every model reading the same files and released one model at a time
+(bench.models.loaded).
 """
 from __future__ import annotations
 
@@ -24,7 +30,9 @@ import torch
 
 from bench import weights
 from solvers import schedules
-from . import conditions, devices
+import contextlib
+
+from . import conditions, devices, loaded
 from .base import Model, Requirement
 from solvers.base import InputError
 
@@ -85,15 +93,52 @@ class DiscreteEpsModel(Model):
             s = s.expand(x.shape[0]) if s.numel() == 1 else s
             t = self.t_of_sigma(s.cpu()).to(x.device)
             c_in = (1 / (1 + s ** 2).sqrt()).reshape(-1, *[1] * (x.dim() - 1))
-            e = self.eps((x.to(torch.float64) * c_in).to(self.net_dtype), t.to(torch.float32), cond)
+            with self.precision():
+                e = self.eps((x.to(torch.float64) * c_in).to(self.net_dtype), t.to(torch.float32), cond)
             return (x.to(torch.float64) - s.reshape(c_in.shape) * e.to(torch.float64)).to(x.dtype)
 
         return D
 
-    # subclasses fill these
+    # ---- precision and loading -------------------------------------------------------------------------------
     net_dtype = torch.float32
+    autocast: str | None = "float16"
+    NETWORKS: tuple = ()                  # attribute names of the loaded modules
+
+    def _setup(self, device, torch_dtype, autocast, components) -> None:
+        self.device, self.net_dtype = devices.device(device), devices.dtype(torch_dtype)
+        self.autocast = None if autocast in (None, "none") else autocast
+        if self.autocast is not None:
+            devices.dtype(self.autocast)
+        self._given = bool(components)
+        for name in self.NETWORKS:
+            setattr(self, name, components.get(name) if components else None)
+
+    def precision(self):
+        """Mixed precision for network calls (fp16 autocast on CUDA by default; nothing elsewhere)."""
+        if self.autocast is None or torch.device(self.device).type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=devices.dtype(self.autocast))
+
+    def weights_key(self):
+        return None if self._given else (type(self).__name__, str(self.path), str(self.net_dtype), str(self.device))
 
     def load(self) -> None:
+        if getattr(self, self.NETWORKS[0]) is None:
+            self.check_available()
+            for name, module in loaded.get(self.weights_key(), self.read_networks, self).items():
+                setattr(self, name, module)
+        for name in self.NETWORKS:
+            m = getattr(self, name)
+            if isinstance(m, torch.nn.Module):
+                m.eval().requires_grad_(False).to(self.device)
+
+    def drop_networks(self) -> None:
+        if not self._given:
+            for name in self.NETWORKS:
+                setattr(self, name, None)
+
+    def read_networks(self) -> dict:
+        """The networks read from `self.path`, by attribute name."""
         raise NotImplementedError
 
 
@@ -109,14 +154,16 @@ class LSUNBedroomLDM(DiscreteEpsModel):
     distill_lr = 1e-2                 # docs/solver-conventions.md, "Training"
     fid_reference = "fid-ref-lsun_bedroom"       # weights entry of the FID reference statistics
 
+    NETWORKS = ("unet", "vqvae")
+    nominal_parameters = {"unet": 274e6, "vqvae": 55e6}
+    batch_hint = 32
+
     def __init__(self, path: str | Path | None = None, components: dict | None = None, device: str | None = None,
-                 torch_dtype: torch.dtype | str = torch.float32):
+                 torch_dtype: torch.dtype | str = torch.float32, autocast: str | None = "float16"):
         self._path = Path(path).expanduser() if path else None
-        self.device, self.net_dtype = devices.device(device), devices.dtype(torch_dtype)
-        self.unet = self.vqvae = None
+        self._setup(device, torch_dtype, autocast, components)
         cfg = dict(LSUN_BETAS)
         if components:
-            self.unet, self.vqvae = components["unet"], components.get("vqvae")
             cfg.update(components.get("scheduler_config", {}))
         elif self.path.joinpath("scheduler", "scheduler_config.json").is_file():
             cfg.update(_read_json(self.path / "scheduler" / "scheduler_config.json"))
@@ -128,26 +175,20 @@ class LSUNBedroomLDM(DiscreteEpsModel):
         return self._path or weights.path("ldm-lsun-bedroom")
 
     def requirements(self) -> list[Requirement]:
-        if self.unet is not None:
+        if self._given:
             return []
         req = weights.requirement("ldm-lsun-bedroom")
         req.path = self.path
         return [req]
 
-    def load(self) -> None:
-        if self.unet is None:
-            self.check_available()
-            if self.path.is_file():                 # the CompVis checkpoint: rename its weights into diffusers
-                from . import ldm_convert
-                self.unet, self.vqvae = ldm_convert.build(ldm_convert.read_state_dict(self.path))
-                self.unet, self.vqvae = self.unet.to(self.net_dtype), self.vqvae.to(self.net_dtype)
-            else:
-                from diffusers import UNet2DModel, VQModel
-                self.unet = UNet2DModel.from_pretrained(self.path, subfolder="unet", torch_dtype=self.net_dtype)
-                self.vqvae = VQModel.from_pretrained(self.path, subfolder="vqvae", torch_dtype=self.net_dtype)
-        for m in (self.unet, self.vqvae):
-            if m is not None:
-                m.eval().requires_grad_(False).to(self.device)
+    def read_networks(self) -> dict:
+        if self.path.is_file():                     # the CompVis checkpoint: rename its weights into diffusers
+            from . import ldm_convert
+            unet, vqvae = ldm_convert.build(ldm_convert.read_state_dict(self.path))
+            return {"unet": unet.to(self.net_dtype), "vqvae": vqvae.to(self.net_dtype)}
+        from diffusers import UNet2DModel, VQModel
+        return {"unet": UNet2DModel.from_pretrained(self.path, subfolder="unet", torch_dtype=self.net_dtype),
+                "vqvae": VQModel.from_pretrained(self.path, subfolder="vqvae", torch_dtype=self.net_dtype)}
 
     def eps(self, x_in, t, cond):
         return self.unet(x_in, t).sample
@@ -156,7 +197,7 @@ class LSUNBedroomLDM(DiscreteEpsModel):
         self.load()
         if self.vqvae is None:
             raise InputError("this LSUN-Bedroom model was built without its VQ autoencoder, so it cannot decode")
-        with torch.no_grad():
+        with self.precision():                     # differentiable (the VQ layer passes gradients straight through)
             return self.vqvae.decode(x.to(self.net_dtype)).sample.float().clamp(-1, 1)
 
 
@@ -167,6 +208,9 @@ def shape_of(unet) -> tuple:
 
 
 class StableDiffusion(DiscreteEpsModel):
+    NETWORKS = ("unet", "vae", "text_encoder", "tokenizer")
+    nominal_parameters = {"unet": 860e6, "vae": 84e6, "text_encoder": 123e6}
+    batch_hint = 16
     name = "sd15"
     description = "Stable Diffusion v1.5, 512x512 (latents 4x64x64), classifier-free guidance 7.5"
     shape = (4, 64, 64)
@@ -175,23 +219,22 @@ class StableDiffusion(DiscreteEpsModel):
     distill_lr = 5e-4                 # docs/solver-conventions.md, "Training"
     fid_reference = "fid-ref-ms_coco"
 
-    def __init__(self, path: str | Path | None = None, prompts: str = "coco", prompts_path: str | Path | None = None,
-                 prompt_mode: str | None = None, guidance: float = 7.5, components: dict | None = None,
-                 device: str | None = None, torch_dtype: torch.dtype | str = torch.float32):
+    def __init__(self, path: str | Path | None = None, prompts: str = "coco30k", prompts_path: str | Path | None = None,
+                 prompt_mode: str | None = None, prompt_seed_start: int = 0, guidance: float = 7.5,
+                 components: dict | None = None, device: str | None = None,
+                 torch_dtype: torch.dtype | str = torch.float32, autocast: str | None = "float16"):
         if prompts not in PROMPT_SETS:
             raise InputError(f"unknown prompt set {prompts!r}; accepted: {', '.join(PROMPT_SETS)}")
         self._path = Path(path).expanduser() if path else None
         self.prompt_set = prompts
         self._prompts_path = Path(prompts_path).expanduser() if prompts_path else None
         self.prompt_mode = prompt_mode or PROMPT_SETS[prompts][1]
+        self.prompt_seed_start = int(prompt_seed_start)
         self.guidance = float(guidance)
-        self.device, self.net_dtype = devices.device(device), devices.dtype(torch_dtype)
-        self.unet = self.vae = self.text_encoder = self.tokenizer = None
+        self._setup(device, torch_dtype, autocast, components)
         self._prompts = None
         cfg = dict(SD_BETAS)
         if components:
-            self.unet, self.vae = components["unet"], components.get("vae")
-            self.text_encoder, self.tokenizer = components.get("text_encoder"), components.get("tokenizer")
             cfg.update(components.get("scheduler_config", {}))
         elif self.path.joinpath("scheduler", "scheduler_config.json").exists():
             cfg.update(_read_json(self.path / "scheduler" / "scheduler_config.json"))
@@ -211,31 +254,26 @@ class StableDiffusion(DiscreteEpsModel):
 
     def requirements(self) -> list[Requirement]:
         reqs = []
-        if self.unet is None:
+        if not self._given:
             reqs.append(weights.requirement("sd-v1.5"))
             reqs[-1].path = self.path
         reqs.append(weights.requirement(PROMPT_SETS[self.prompt_set][0]))
         reqs[-1].path = self.prompts_path
         return reqs
 
-    def load(self) -> None:
-        if self.unet is None:
-            self.check_available()
-            from diffusers import AutoencoderKL, UNet2DConditionModel
-            from transformers import AutoTokenizer, CLIPTextModel
-            self.unet = UNet2DConditionModel.from_pretrained(self.path, subfolder="unet", torch_dtype=self.net_dtype)
-            self.vae = AutoencoderKL.from_pretrained(self.path, subfolder="vae", torch_dtype=self.net_dtype)
-            self.text_encoder = CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder",
-                                                              torch_dtype=self.net_dtype)
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer")
-        for m in (self.unet, self.vae, self.text_encoder):
-            if m is not None:
-                m.eval().requires_grad_(False).to(self.device)
+    def read_networks(self) -> dict:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+        dt = self.net_dtype
+        return {"unet": UNet2DConditionModel.from_pretrained(self.path, subfolder="unet", torch_dtype=dt),
+                "vae": AutoencoderKL.from_pretrained(self.path, subfolder="vae", torch_dtype=dt),
+                "text_encoder": CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", torch_dtype=dt),
+                "tokenizer": AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer")}
 
     # ---- conditions: prompts drawn per seed, encoded once per batch ------------------------------------------
     def prompts(self) -> list[str]:
         if self._prompts is None:
-            self._prompts = conditions.load_prompts(self.prompts_path)
+            self._prompts = conditions.prompt_set(self.prompt_set, self.prompts_path)
         return self._prompts
 
     @torch.no_grad()
@@ -245,11 +283,12 @@ class StableDiffusion(DiscreteEpsModel):
         max_len = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77), 77)
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
                              return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids)[0].to(self.net_dtype)
+        with self.precision():
+            return self.text_encoder(ids)[0].to(self.net_dtype)
 
     def conditions(self, seeds: Sequence[int]) -> conditions.Prompts:
         """The seeds' prompts; encoded on first use as {"cond": (B, 77, C), "uncond": (1, 77, C)}."""
-        prompts = conditions.prompts_for_seeds(self.prompts(), seeds, self.prompt_mode)
+        prompts = conditions.prompts_for_seeds(self.prompts(), seeds, self.prompt_mode, self.prompt_seed_start)
         return conditions.Prompts(prompts, lambda p: {"cond": self.encode(p), "uncond": self.encode([""])})
 
     def eps(self, x_in, t, cond):
@@ -269,12 +308,19 @@ class StableDiffusion(DiscreteEpsModel):
         if self.vae is None:
             raise InputError("this Stable Diffusion model was built without its VAE, so it cannot decode")
         scale = float(getattr(self.vae.config, "scaling_factor", 0.18215))
-        with torch.no_grad():
+        with self.precision():                     # differentiable; the runner decodes under no_grad
             return self.vae.decode((x / scale).to(self.net_dtype)).sample.float().clamp(-1, 1)
 
 
-# prompt set -> (weights entry of the prompt file, default way seeds pick prompts)
-PROMPT_SETS = {"coco": ("coco-captions-val2014", "random"), "drawbench": ("drawbench-prompts", "cycle")}
+# prompt set -> (weights entry of the prompt file, default way seeds pick prompts); see conditions.prompts_for_seeds
+PROMPT_SETS = {
+    "coco30k": ("coco-30k-captions", "index"),         # SD's reference: MS-COCO_val2014_30k_captions.csv, seed s = row s
+    "coco": ("coco-captions-val2014", "random"),        # the first caption of every val2014 image, shuffled
+    "coco30k_seed2024": ("coco-captions-val2014", "index"),   # FLUX's reference 30k subset (conditions.py)
+    "drawbench": ("drawbench-prompts", "cycle"),        # the DrawBench sheet, in its order
+    "drawbench_dyweight": ("drawbench-dyweight", "index"),  # DyWeight's FLUX DrawBench list (drawbench.txt)
+    "flux_train": ("flux-train-prompts", "random"),      # the 5k train2014 captions DyWeight's FLUX code trains on
+}
 
 
 def lsun_bedroom(**options) -> LSUNBedroomLDM:

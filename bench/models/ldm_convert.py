@@ -4,8 +4,13 @@ The checkpoint holds the UNet under `model.diffusion_model.` (ldm openaimodel.UN
 channel_mult 1-2-3-4, 2 res-blocks per level, attention at 8/16/32 px with 32 channels per head, legacy QKV order,
 no scale-shift norm) and the VQ-f4 autoencoder under `first_stage_model.` (ch 128, ch_mult 1-2-4, 2 res-blocks,
 z 3 channels, 8192 codes). Both are renamed here to diffusers' UNet2DModel and VQModel of the same architecture;
-`load_state_dict(strict=True)` then checks every name and shape. The non-EMA weights (`model.diffusion_model.*`)
-are the ones latent-diffusion's sampling scripts use.
+`load_state_dict(strict=True)` then checks every name and shape.
+
+EMA weights: latent-diffusion's LatentDiffusion keeps an exponential moving average of the UNet under `model_ema.`
+(LitEma: the parameter's name inside `model` with its dots removed, e.g. `model_ema.diffusion_modelout2weight`
+for `model.diffusion_model.out.2.weight`), and the reference samples inside `ema_scope()`, which swaps those in
+(use_ema = True in its config). `ema_weights` does the same swap on the state dict, so the converted UNet holds
+the EMA weights wherever the checkpoint has them; a checkpoint without `model_ema.` keys keeps `model.*`.
 
 The file is a PyTorch Lightning checkpoint; it is read with an allow-list unpickler (tensors, storages, plain
 containers); Lightning callback/hyper-parameter objects become inert placeholders, anything else is refused.
@@ -83,6 +88,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise InputError(f"{path}: not a latent-diffusion checkpoint (no state_dict)")
     return sd
+
+
+def ema_weights(sd: dict, prefix: str = "model.") -> dict:
+    """The state dict with every parameter under `prefix` replaced by its EMA copy (`model_ema.<name without
+    dots>`) where the checkpoint holds one (LitEma's naming; what LatentDiffusion.ema_scope() swaps in)."""
+    ema = {k[len("model_ema."):]: v for k, v in sd.items() if k.startswith("model_ema.")}
+    if not ema:
+        return sd
+    out = dict(sd)
+    for k in sd:
+        if k.startswith(prefix):
+            key = k[len(prefix):].replace(".", "")
+            if key in ema:
+                out[k] = ema[key]
+    return out
 
 
 # ---- renaming -------------------------------------------------------------------------------------------------
@@ -198,11 +218,12 @@ def convert_vq(sd: dict, config: dict = VQ_CONFIG, prefix: str = "first_stage_mo
     return out
 
 
-def build(sd: dict, unet_config: dict = UNET_CONFIG, vq_config: dict = VQ_CONFIG):
-    """(UNet2DModel, VQModel) with the checkpoint's weights; strict loading names any key that does not fit."""
+def build(sd: dict, unet_config: dict = UNET_CONFIG, vq_config: dict = VQ_CONFIG, use_ema: bool = True):
+    """(UNet2DModel, VQModel) with the checkpoint's weights (the UNet's EMA weights where present, as the
+    reference samples); strict loading names any key that does not fit."""
     from diffusers import UNet2DModel, VQModel
     unet = UNet2DModel(**unet_config)
-    unet.load_state_dict(convert_unet(sd, unet_config), strict=True)
+    unet.load_state_dict(convert_unet(ema_weights(sd) if use_ema else sd, unet_config), strict=True)
     vq = VQModel(**vq_config)
     vq.load_state_dict(convert_vq(sd, vq_config), strict=True)
     return unet.eval(), vq.eval()
