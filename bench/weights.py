@@ -159,8 +159,9 @@ register(Entry(
     "FEWSTEP_FID_REF_MS_COCO", (), homepage="https://cocodataset.org/#download",
     note="no official statistics are published and the DyWeight repository does not pin how its SD reference was "
          "made (its eval/fid.py `ref` computes EDM statistics of a folder of images): compute them from the val2014 "
-         "images with `python -m bench fid-ref --recipe sd --images DIR --out PATH` (centre crop, 512x512) and point "
-         "this entry at the .npz"))
+         "images with `python -m bench fid-ref --recipe sd --images val2014/ --captions "
+         "MS-COCO_val2014_30k_captions.csv --out PATH` (the 30k images the prompts describe, centre crop, 512x512; "
+         "this project's recipe) and point this entry at the .npz"))
 register(Entry(
     "fid-ref-coco30k-flux", "coco30k_val2014_seed2024.npz",
     "MS-COCO val2014 FID reference statistics of FLUX's protocol: the 30k images of the seed-2024 subset "

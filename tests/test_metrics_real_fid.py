@@ -5,6 +5,7 @@ TF-Inception (uint8-valued NCHW images at any resolution, resized inside, `retur
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sys
@@ -311,3 +312,47 @@ def test_latent_mse_is_per_sample():
 def test_uint8_conversion_follows_edm():
     x = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 2.0])
     assert to_uint8(x).tolist() == [0, 64, 128, 255, 255, 255]
+
+
+def test_fid_ref_recipes_read_the_papers_images(inception_file, tmp_path):
+    """`bench fid-ref`: the flux recipe takes the seed-2024 subset of the caption file's images at native size
+    (one image at a time); the sd recipe centre-crops to 512x512; both write the statistics FID reads."""
+    from PIL import Image
+
+    from bench import cli
+    from bench.commands import fid_ref
+    from bench.metrics.frechet import load_statistics
+    from bench.models.conditions import coco_fid_subset_images
+    folder = tmp_path / "val2014"
+    folder.mkdir()
+    g = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(6):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.fromarray(g.integers(0, 256, (20 + i, 30 - i, 3), dtype=np.uint8)).save(folder / name, quality=95)
+        images.append({"id": i, "file_name": name})
+        anns.append({"id": 10 + i, "image_id": i, "caption": f"caption {i}"})
+    captions = tmp_path / "captions_val2014.json"
+    captions.write_text(json.dumps({"images": images, "annotations": anns}))
+    chosen = coco_fid_subset_images(captions, n=4)
+    import random
+    order = list(range(6))
+    random.seed(2024)
+    random.shuffle(order)                                       # the reference's own calls
+    assert [name for name, _ in chosen] == [images[i]["file_name"] for i in order[:4]]
+    out = tmp_path / "flux.npz"
+    assert cli.main(["fid-ref", "--recipe", "flux", "--images", str(folder), "--captions", str(captions),
+                     "--num", "4", "--out", str(out), "--inception", str(inception_file), "--device", "cpu"]) == 0
+    net = torch.jit.load(str(inception_file))
+    feats = []
+    for name, _ in chosen:                                      # independent: PIL -> uint8 -> the network
+        arr = np.asarray(Image.open(folder / name).convert("RGB"))
+        feats.append(net(torch.from_numpy(arr).permute(2, 0, 1)[None].float(), return_features=True)[0].double())
+    f = torch.stack(feats).detach().numpy()
+    mu, sigma = load_statistics(out)
+    np.testing.assert_allclose(mu, f.mean(0), atol=1e-6)
+    np.testing.assert_allclose(sigma, np.cov(f, rowvar=False), atol=1e-6)
+    x = fid_ref.read_image(folder / images[5]["file_name"], "sd")
+    assert x.shape == (1, 3, 512, 512) and x.min() >= -1 and x.max() <= 1
+    assert cli.main(["fid-ref", "--recipe", "flux", "--images", str(folder), "--out", str(out)]) == 2
+    assert cli.main(["fid-ref", "--recipe", "lsun", "--images", str(folder), "--out", str(out)]) == 2

@@ -73,11 +73,16 @@ def load_prompts(path: str | Path) -> list[str]:
 
 
 def coco_fid_subset(path: str | Path, n: int = 30_000, seed: int = 2024) -> list[str]:
-    """The prompts of DyWeight's FLUX FID protocol (dyweight_flux/preprocess/prepare_coco_fid_subset.py): from a
-    COCO captions_val2014.json, one caption per image (the first in the annotation list), images in the file's
-    `images` order; Python's random.seed(seed) shuffles their indices and the first n are kept. Prompt i goes with
-    generation seed 42 + i there (prompt_seed_start = 42). The reference also drops images whose file is missing
-    on disk; with the complete val2014 folder (40,504 images) none is, which this assumes."""
+    """The prompts of DyWeight's FLUX FID protocol (dyweight_flux/preprocess/prepare_coco_fid_subset.py): the
+    captions of `coco_fid_subset_images`. Prompt i goes with generation seed 42 + i there (prompt_seed_start = 42)."""
+    return [caption for _, caption in coco_fid_subset_images(path, n, seed)]
+
+
+def coco_fid_subset_images(path: str | Path, n: int = 30_000, seed: int = 2024) -> list[tuple[str, str]]:
+    """(image file name, caption) of the FLUX FID subset: from a COCO captions_val2014.json, one caption per image
+    (the first in the annotation list), images in the file's `images` order; Python's random.seed(seed) shuffles
+    their indices and the first n are kept. The reference also drops images whose file is missing on disk; with the
+    complete val2014 folder (40,504 images) none is, which this assumes."""
     import random
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
@@ -85,13 +90,12 @@ def coco_fid_subset(path: str | Path, n: int = 30_000, seed: int = 2024) -> list
     first: dict = {}
     for a in data["annotations"]:
         first.setdefault(a["image_id"], a["caption"])
-    pool = [str(first.get(im["id"], "")).strip() for im in data["images"]]
-    pool = [p for p in pool if p]
+    pool = [(im["file_name"], str(first.get(im["id"], "")).strip()) for im in data["images"]]
+    pool = [p for p in pool if p[1]]
     if len(pool) < n:
         raise InputError(f"{path}: {len(pool)} captioned images, fewer than the {n} the subset takes")
     idxs = list(range(len(pool)))
-    random.seed(seed)
-    random.shuffle(idxs)
+    random.Random(seed).shuffle(idxs)          # the same order as the reference's random.seed(seed); shuffle
     return [pool[i] for i in idxs[:n]]
 
 
