@@ -84,3 +84,38 @@ def test_a_grid_with_distillation_runs_end_to_end_on_the_device(tmp_path):
     a = df.sort_values(["label", "metric"]).value.tolist()
     b = results.load(tmp_path / "res_cpu").sort_values(["label", "metric"]).value.tolist()
     assert a == pytest.approx(b, rel=1e-9)                         # the device changes nothing but where it runs
+
+
+def test_the_real_architecture_stand_ins_sample_and_distil_on_the_device(tmp_path, monkeypatch):
+    """EDM (a pickle of NVlabs' network code), Stable Diffusion (diffusers UNet, CFG) and FLUX (diffusers
+    transformer, flow time, the reference's distillation recipe) with every network on the emulated device."""
+    pytest.importorskip("diffusers")
+    from test_models_real_edm import build_pickle
+    from test_models_real_flux import tiny_flux_components
+    from test_models_real_latent import prompts_file, tiny_sd_components
+
+    from bench.models import edm, flux, latent
+    path, _ = build_pickle(tmp_path, monkeypatch, label_dim=10, res=8, extra=False)
+    monkeypatch.setenv("FEWSTEP_EDM_IMAGENET64", str(path))
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "a dog"}\n{"prompt": "a red cat"}\n')
+    with fakedevice.active() as dev:
+        e = edm.EDMModel("tiny", "edm-imagenet64", (3, 8, 8), label_dim=10, device=dev)
+        x = solvers.get("ipndm").sample(e.denoiser(e.conditions([0, 1])), e.noise([0, 1]), e.grid(4), afs=True)
+        assert x.device == dev and e.decode(x).device == dev
+        distill("dyweight", e, e.grid(4), afs=True, seed=0, cache_dir=False, teacher_steps=4, num_samples=2,
+                eval_samples=2, batch_size=2, steps=2)
+        sd = latent.StableDiffusion(components=tiny_sd_components(), prompts_path=prompts_file(tmp_path), device=dev)
+        x = solvers.get("dpm_solver_pp").sample(sd.denoiser(sd.conditions([0, 1])), sd.noise([0, 1]), sd.grid(3))
+        assert x.device == dev and sd.decode(x).device == dev
+        distill("dyweight", sd, sd.grid(3), afs=False, seed=0, cache_dir=False, teacher_steps=4, history=2,
+                num_samples=2, eval_samples=2, batch_size=2, steps=2)
+        f = flux.FluxModel(components=tiny_flux_components(), prompts="coco", prompts_path=prompts_file(tmp_path),
+                           resolution=16, max_sequence_length=16, train_prompts_path=train, device=dev)
+        view = f.view("flow")
+        s = distill("dyweight", view, view.grid(4), afs=False, seed=0, cache_dir=False, teacher="euler",
+                    teacher_steps=4, teacher_denoise=False, history=2, init="euler", divisor="scaled",
+                    time_scale_bounds=[0.5, 1.5], optimizer="adamw", weight_decay=5e-2, num_samples=2,
+                    eval_samples=2, batch_size=1, accumulate=2, steps=2, checkpoint=True)
+        x = s.sample(view.denoiser(f.conditions([0, 1])), view.noise([0, 1]), view.grid(4), afs=False)
+        assert x.device == dev and f.decode(x).device == dev

@@ -6,7 +6,8 @@
   conventions recorded beside the coefficients);
 - Heun on a grid ending at t = 0 is planned and counted at its labelled NFE;
 - DyWeight distils on a prompt-conditioned FLUX stand-in in flow time, on the grid that ends at 0 (and on a
-  prompt-conditioned Stable Diffusion stand-in with guidance).
+  prompt-conditioned Stable Diffusion stand-in with guidance);
+- an image distance on a latent model compares decoded images.
 """
 from __future__ import annotations
 
@@ -163,3 +164,28 @@ def test_sd_dyweight_distils_with_prompts_and_guidance(tmp_path):
     with torch.no_grad():
         out = s.sample(m.denoiser(m.conditions([0, 1])), m.noise([0, 1]), grid, afs=False)
     assert out.shape == (2, *m.shape) and torch.isfinite(out).all()
+
+
+def test_an_image_distance_on_a_latent_model_compares_decoded_images(tmp_path, monkeypatch):
+    """The reference decodes latents (differentiable_decode_first_stage) before the Inception features; a distance
+    that reads images gets decoded student and teacher samples, and its gradient reaches the solver."""
+    pytest.importorskip("diffusers")
+    from test_models_real_latent import prompts_file, tiny_sd_components
+
+    from bench.distill import losses
+    from bench.models import latent
+    seen = []
+
+    def image_mse(student, teacher):
+        seen.append((tuple(student.shape), student.requires_grad, teacher.requires_grad))
+        return (student - teacher).pow(2).flatten(1).mean(1)
+
+    image_mse.reads_images = True
+    monkeypatch.setattr(losses, "_REGISTRY", dict(losses._REGISTRY))
+    losses.register("image_mse", image_mse)
+    assert losses.reads_images(losses.get("inception")[1]) and not losses.reads_images(losses.get("mse")[1])
+    m = latent.StableDiffusion(components=tiny_sd_components(), prompts_path=prompts_file(tmp_path))
+    s = distill("dyweight", m, m.grid(3), afs=False, seed=0, cache_dir=False, teacher_steps=4, history=2,
+                num_samples=2, eval_samples=0, batch_size=2, steps=2, loss="image_mse")
+    assert m.shape == (4, 8, 8) and seen[0] == ((2, 3, 16, 16), True, False)
+    assert s.rows() != solvers.get("dyweight", num_points=3, afs=False, history=2).rows()   # it trained
