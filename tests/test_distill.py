@@ -272,3 +272,33 @@ def test_without_afs(gmm):
     g = gmm.grid(4)
     s = distill("dyweight", gmm, g, afs=False, seed=0, cache_dir=False, **SMALL)
     assert s.afs is False and s.time_scale.shape == (3,) and s.metadata["training"]["nfe"] == 3
+
+
+def test_accumulation_checkpointing_and_adamw_are_the_same_optimisation():
+    """batch 1 x 2 accumulation steps (the FLUX recipe) sees the same pairs per step as batch 2 and descends the
+    same mean; recomputing the student's calls in backward changes nothing; AdamW without weight decay is Adam,
+    and with it the weights shrink towards 0 as decoupled decay does."""
+    from bench.models.gmm import gmm2d
+    m = gmm2d()
+    common = dict(afs=False, seed=3, cache_dir=False, steps=4, num_samples=8, eval_samples=0, teacher_steps=8,
+                  lr=1e-2)
+    base = distill("dyweight", m, m.grid(4), batch_size=2, **common)
+    acc = distill("dyweight", m, m.grid(4), batch_size=1, accumulate=2, checkpoint=True, **common)
+    adamw = distill("dyweight", m, m.grid(4), batch_size=2, optimizer="adamw", weight_decay=0.0, **common)
+    for other in (acc, adamw):
+        torch.testing.assert_close(other.weights, base.weights, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(other.time_scale, base.time_scale, rtol=1e-10, atol=1e-12)
+    decayed = distill("dyweight", m, m.grid(4), batch_size=2, optimizer="adamw", weight_decay=5.0, **common)
+    assert float(decayed.weights.abs().sum()) < float(base.weights.abs().sum())
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'; accepted: adam, adamw"):
+        distill("dyweight", m, m.grid(4), optimizer="sgd", **common)
+    with pytest.raises(ValueError, match="accumulate must be a positive integer"):
+        distill("dyweight", m, m.grid(4), accumulate=0, **common)
+
+
+def test_teacher_and_evaluation_batches_come_from_the_model():
+    from bench.distill.train import Settings
+    from bench.models import edm, flux
+    assert Settings().resolve(3, 3, batch_hint=flux.FluxModel().batch_hint).teacher_batch_size == 4
+    assert Settings().resolve(3, 3, batch_hint=edm.cifar10().batch_hint).teacher_batch_size == 250
+    assert Settings(teacher_batch_size=7).resolve(3, 3, batch_hint=4).teacher_batch_size == 7
