@@ -156,3 +156,22 @@ def test_dry_run_prints_each_models_device_precision_and_memory(capsys, register
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=80 * 2**30))
     assert runner.model_line(Big()).endswith("90.0 GiB of weights of 80 GiB on the device -- DOES NOT FIT "
                                              "(batch 4 for teachers)")
+
+
+def test_metric_networks_run_on_the_cells_device(tmp_path, registered):  # noqa: F811
+    """The runner builds every metric on its model's device, and FID's Inception computes there."""
+    from bench import fakedevice
+    p = tmp_path / "g.toml"
+    p.write_text('name = "g"\nnfe = [8]\nnum_samples = 30000\n[[models]]\nname = "sd15"\n'
+                 'options = { device = "meta" }\nmetrics = ["fid_30k", "clip_score"]\n'
+                 '[[solvers]]\nname = "euler"\nlabel = "Euler"\n')
+    g = grid.load(p)
+    assert {m.device for m in runner.build_metrics(g, g.cells)["sd15"].values()} == {"meta"}
+    from test_metrics_real_fid import TinyInception
+
+    from bench.metrics.features import InceptionFeatures
+    with fakedevice.active() as dev:              # (a TorchScript module cannot move to the emulated device)
+        net = InceptionFeatures(net=TinyInception(), device=dev)
+        images = torch.rand(4, 3, 16, 16) * 2 - 1                 # samples come back to the host ...
+        features = torch.cat(list(net.batched(images, 3)))        # ... and are scored on the device
+        assert net.device == dev and next(net.parameters()).device == dev and features.shape == (4, 64)
