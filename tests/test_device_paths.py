@@ -119,3 +119,20 @@ def test_the_real_architecture_stand_ins_sample_and_distil_on_the_device(tmp_pat
                     eval_samples=2, batch_size=1, accumulate=2, steps=2, checkpoint=True)
         x = s.sample(view.denoiser(f.conditions([0, 1])), view.noise([0, 1]), view.grid(4), afs=False)
         assert x.device == dev and f.decode(x).device == dev
+
+
+def test_gpu_check_runs_the_miniature_paper_grid_and_says_what_it_skipped(tmp_path, capsys):
+    """`bench gpu-check` on the CPU: every stand-in's cells (distillation and released rows included) are stored
+    as ok, each model's line has its timings, and what only a GPU can show is listed as not checked."""
+    pytest.importorskip("diffusers")
+    from bench import cli
+    assert cli.main(["gpu-check", "--no-torchrun", "--num-samples", "4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for paper_model in ("cifar10 / ffhq / afhqv2", "imagenet64", "lsun_bedroom", "sd15", "flux"):
+        assert any(line.startswith(paper_model) and "CRASHED" not in line for line in out.splitlines()), out
+    assert "not checked here: CUDA device placement" in out and "NCCL" in out and "torchrun (--no-torchrun)" in out
+    df = results.load(tmp_path / "single")
+    assert (df.status == "ok").all() and set(df.metric) == {"fid"}
+    assert {"DyWeight", "DyWeight (released)", "iPNDM"} <= set(df.label)
+    assert len(df) == 8 + 3 + 3 + 3 + 4
+    assert cli.main(["gpu-check", "--models", "standin_sdxl"]) == 2

@@ -11,32 +11,19 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import solvers  # noqa: E402
+from bench import standins  # noqa: E402
 from bench.models import flux  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from test_models_real_latent import prompts_file, tiny_tokenizer  # noqa: E402
+from test_models_real_latent import prompts_file  # noqa: E402
 
-SCHED = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
+SCHED = standins.FLUX_SCHEDULER
 
 
 def tiny_flux_components(seed=0):
-    torch.manual_seed(seed)
-    transformer = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
-    vae = diffusers.AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=1,
-                                  down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                                  norm_num_groups=32, sample_size=16, shift_factor=0.0609, scaling_factor=1.5035)
-    clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
-        bos_token_id=0, eos_token_id=2, pad_token_id=1, max_position_embeddings=77, projection_dim=32))
-    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=1000, d_model=32, d_kv=8, d_ff=37, num_layers=1,
-                                                           num_heads=4))
-    return {"transformer": transformer.eval(), "vae": vae.eval(), "text_encoder": clip.eval(),
-            "tokenizer": tiny_tokenizer(), "text_encoder_2": t5.eval(), "tokenizer_2": tiny_tokenizer(512),
-            "scheduler_config": SCHED, "vae_scale_factor": 2}
+    return standins.flux_components(seed, "tiny")
 
 
 def make(tmp_path, **kw):

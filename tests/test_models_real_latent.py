@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import solvers  # noqa: E402
+from bench import standins  # noqa: E402
 from bench.models import latent  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers")
@@ -18,39 +19,15 @@ transformers = pytest.importorskip("transformers")
 
 
 def tiny_tokenizer(max_len=77):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    words = ["<pad>", "<unk>", "a", "photo", "of", "cat", "dog", "red", "bedroom", "an", "astronaut"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                                model_max_length=max_len)
+    return standins.tokenizer(max_len)
 
 
 def tiny_sd_components(seed=0):
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=32, attention_head_dim=(2, 4))
-    vae = diffusers.AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                                  down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                                  norm_num_groups=32, sample_size=16)
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
-        bos_token_id=0, eos_token_id=2, pad_token_id=1, max_position_embeddings=77))
-    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text.eval(), "tokenizer": tiny_tokenizer(),
-            "scheduler_config": dict(latent.SD_BETAS)}
+    return standins.sd_components(seed, "tiny")
 
 
 def tiny_ldm_components(seed=0):
-    torch.manual_seed(seed)
-    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 64),
-                                 layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8)
-    vq = diffusers.VQModel(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=3,
-                           down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                           norm_num_groups=32, num_vq_embeddings=16, vq_embed_dim=3)
-    return {"unet": unet.eval(), "vqvae": vq.eval()}
+    return standins.ldm_components(seed, "tiny")
 
 
 def prompts_file(tmp_path):

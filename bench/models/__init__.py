@@ -19,6 +19,12 @@ _REGISTRY: dict[str, str] = {
     "sd15": "bench.models.latent:sd15",
     "flux": "bench.models.flux:flux",
     "flux_drawbench": "bench.models.flux:flux_drawbench",
+    # random-weight stand-ins of the real architectures, scaled down (bench/standins.py; `bench gpu-check`)
+    "standin_edm": "bench.standins:edm",
+    "standin_edm_cond": "bench.standins:edm_cond",
+    "standin_lsun": "bench.standins:lsun",
+    "standin_sd": "bench.standins:sd",
+    "standin_flux": "bench.standins:flux",
 }
 
 

@@ -28,7 +28,9 @@ class EDMModel(Model):
 
     def __init__(self, name: str, weights_name: str, shape: tuple, label_dim: int = 0, released_key: str | None = None,
                  description: str = "", path: str | Path | None = None, device: str | None = None,
-                 distill_lr: float | None = None, parameters: float = 0.0):
+                 distill_lr: float | None = None, parameters: float = 0.0, network: torch.nn.Module | None = None):
+        """`network`: an EDM preconditioned network given in memory (a stand-in, bench.standins) instead of the
+        pickle at `path`."""
         self.name = name
         self.nominal_parameters = {"network": parameters}
         self.distill_lr = distill_lr
@@ -40,6 +42,9 @@ class EDMModel(Model):
         self.device = devices.device(device)
         self._path = Path(path).expanduser() if path else None
         self._net = None
+        self._given = network                # moved to the device on first use (after torchrun picked the GPU)
+        if network is not None:
+            self._check_shape(network, "the given network")
 
     # ---- files ---------------------------------------------------------------------------------------------
     @property
@@ -47,12 +52,16 @@ class EDMModel(Model):
         return self._path or weights.path(self.weights_name)
 
     def requirements(self):
+        if self._given is not None:
+            return []
         req = weights.requirement(self.weights_name)
         req.path = self.path
         return [req]
 
     def network(self) -> torch.nn.Module:
         """The EDM network (loaded once): checks it is an EDM preconditioned net of the expected shape."""
+        if self._net is None and self._given is not None:
+            self._net = self._given.eval().requires_grad_(False).to(self.device)
         if self._net is None:
             self.check_available()
             from . import edm_pickle
@@ -61,12 +70,15 @@ class EDMModel(Model):
             if not isinstance(net, torch.nn.Module):
                 raise InputError(f"{self.path}: expected an EDM network pickle with an 'ema' network, "
                                  f"found {type(net if isinstance(data, dict) else data).__name__}")
-            got = (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
-            if got != self.shape or int(getattr(net, "label_dim", 0)) != self.label_dim:
-                raise InputError(f"{self.path}: network is {got} with label_dim {getattr(net, 'label_dim', 0)}, "
-                                 f"but model {self.name!r} expects {self.shape} with label_dim {self.label_dim}")
+            self._check_shape(net, str(self.path))
             self._net = net.eval().requires_grad_(False).to(self.device)
         return self._net
+
+    def _check_shape(self, net, where: str) -> None:
+        got = (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
+        if got != self.shape or int(getattr(net, "label_dim", 0)) != self.label_dim:
+            raise InputError(f"{where}: network is {got} with label_dim {getattr(net, 'label_dim', 0)}, "
+                             f"but model {self.name!r} expects {self.shape} with label_dim {self.label_dim}")
 
     # ---- what the runner calls --------------------------------------------------------------------------------
     def conditions(self, seeds: Sequence[int]):

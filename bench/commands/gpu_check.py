@@ -1,0 +1,248 @@
+"""`python -m bench gpu-check`: a miniature `paper_table1` on random-weight stand-ins of the real architectures
+(bench/standins.py), end to end, before the real checkpoints are downloaded.
+
+What it runs, with no file from the internet:
+  1. the paper grid's structure on five stand-ins: EDM pixel models (unconditional and class-conditional, AFS), the
+     LSUN LDM (VQ latents), Stable Diffusion (classifier-free guidance, 2 evaluations per step) and FLUX (flow time,
+     bfloat16); handcrafted solvers, DyWeight distilled per (model, NFE) with the paper's Inception loss on decoded
+     images (the FLUX recipe of dyweight_flux/ on FLUX), and the released coefficients on the EDM and FLUX stand-ins;
+     FID on every cell, computed with a random TorchScript stand-in of TF-Inception and reference statistics made
+     here (they exercise the FID code, their values mean nothing);
+  2. one model at a time in this process, printing its wall time, the time its network alone takes for the same
+     calls (timed separately at the cell's batch size) and their ratio, the distillation time and the peak GPU
+     memory;
+  3. the whole grid again under torchrun (NCCL on CUDA, one process per GPU up to --nproc; gloo with 2 processes on
+     the CPU), whose stored values must equal the single-process ones.
+
+On CUDA the reference precisions are the defaults: fp16 autocast for the LDM and SD stand-ins, bfloat16 for FLUX.
+Without CUDA it runs the same on the CPU and says what it could not check. Exit code 0 when every cell is stored
+as ok and torchrun agrees; 1 otherwise.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.cli import UsageError
+
+HELP = "check a (GPU) machine: a miniature paper_table1 on random-weight stand-ins, torchrun included"
+
+MODELS = {  # stand-in -> (NFEs, AFS for the pixel/LDM rows, the paper model it stands for)
+    "standin_edm": ([3, 5], True, "cifar10 / ffhq / afhqv2"),
+    "standin_edm_cond": ([3], True, "imagenet64"),
+    "standin_lsun": ([3], True, "lsun_bedroom"),
+    "standin_sd": ([4], False, "sd15"),
+    "standin_flux": ([3], False, "flux"),
+}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", type=Path, help="working folder (default: a temporary folder, removed at the end)")
+    parser.add_argument("--size", default=None, help="stand-in size: tiny or small (default: small on CUDA, "
+                                                     "tiny on the CPU)")
+    parser.add_argument("--num-samples", type=int, default=None, help="samples per cell (default 64 on CUDA, 8 on "
+                                                                      "the CPU)")
+    parser.add_argument("--nproc", type=int, default=2, help="torchrun processes at most (default 2)")
+    parser.add_argument("--no-torchrun", action="store_true", help="skip the torchrun part")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"stand-ins (default: all of "
+                                                                          f"{', '.join(MODELS)})")
+
+
+def grid_toml(name: str, models: list[str], size: str, num_samples: int, batch_size: int, inception: Path,
+              reference: Path, steps: int) -> str:
+    """The miniature paper grid: the paper's rows per model kind, distillation settings scaled down."""
+    fid = f'{{ fid = {{ inception = "{inception}", reference = "{reference}", num_samples = {num_samples} }} }}'
+    lines = [f'name = "{name}"', 'description = "bench gpu-check: a miniature paper_table1 on stand-ins"',
+             f"num_samples = {num_samples}", f"batch_size = {batch_size}", "seed_start = 0", "nfe = [3]", ""]
+    for m in models:
+        nfes, _, _ = MODELS[m]
+        lines += ["[[models]]", f'name = "{m}"', f'options = {{ size = "{size}" }}', f"nfe = {nfes}",
+                  'metrics = ["fid"]', f"metric_options = {fid}", ""]
+    pixel = [m for m in models if MODELS[m][1]]
+    latent_cfg = [m for m in models if m == "standin_sd"]
+    flux = [m for m in models if m == "standin_flux"]
+    small = (f"num_samples = {2 * batch_size}, eval_samples = {batch_size}, batch_size = {min(batch_size, 8)}, "
+             f"steps = {steps}, teacher_steps = 8")
+
+    def entry(label, name, group, options="", extra=""):
+        return ["[[solvers]]", f'name = "{name}"', f'label = "{label}"', f"models = {group}"] + \
+            ([f"options = {{ {options} }}"] if options else []) + ([extra] if extra else []) + [""]
+
+    if pixel:
+        lines += entry("iPNDM", "ipndm", pixel, extra="afs = true")
+        lines += entry("DPM-Solver++(3M)", "dpm_solver_pp", pixel, "order = 3", "afs = true")
+        lines += entry("DyWeight", "dyweight", pixel,
+                       extra=f'afs = true\ndistill = {{ loss = "inception", {small} }}')
+    released = [m for m in pixel if m == "standin_edm"]
+    if released:
+        lines += entry("DyWeight (released)", "dyweight", released, extra="afs = true\nreleased = true")
+    if latent_cfg:
+        lines += entry("iPNDM", "ipndm", latent_cfg, "max_order = 2")
+        lines += entry("DPM-Solver++(2M)", "dpm_solver_pp", latent_cfg, "order = 2")
+        lines += entry("DyWeight", "dyweight", latent_cfg,
+                       extra=f'distill = {{ history = 2, loss = "inception", {small} }}')
+    if flux:
+        lines += entry("iPNDM", "ipndm", flux, "max_order = 2", 'time = "flow"')
+        lines += entry("DPM-Solver++(2M)", "dpm_solver_pp", flux, "order = 2", 'time = "flow"')
+        recipe = ('teacher = "euler", teacher_denoise = false, loss = "mse", history = 2, init = "euler", '
+                  'divisor = "scaled", time_scale_bounds = [0.5, 1.5], optimizer = "adamw", weight_decay = 5e-2, '
+                  f'lr = 1e-3, warmup = 0.0, lr_final = 0.0, accumulate = 2, checkpoint = true, {small}')
+        recipe = recipe.replace(f"batch_size = {min(batch_size, 8)}", "batch_size = 1")
+        lines += entry("DyWeight", "dyweight", flux, extra=f'time = "flow"\ndistill = {{ {recipe} }}')
+        lines += entry("DyWeight (released)", "dyweight", flux, extra='time = "flow"\nreleased = true')
+    return "\n".join(lines)
+
+
+def network_seconds(model, cells, batch_size: int, device: str) -> float:
+    """The time the model's network alone takes for every denoiser call of `cells` (timed at the batch size)."""
+    from bench import plan as _  # noqa: F401  (cells carry their plans)
+    total = 0.0
+    for c in cells:
+        problem = model.view(c.plan.time)
+        seeds = list(range(batch_size))
+        den = problem.denoiser(problem.conditions(seeds))
+        x = problem.noise(seeds)
+        sigma = torch.full((batch_size,), float(c.plan.sigmas[1]), dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            den(x, sigma)                                             # warm-up
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                den(x, sigma)
+            _sync(device)
+        per_call = (time.perf_counter() - t0) / 3
+        total += per_call * c.plan.calls * -(-c.num_samples // batch_size)
+    return total
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(args) -> int:
+    from bench import grid as grids
+    from bench import results, runner, standins
+    from bench.metrics.fid import write_reference
+    from bench.models import devices
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        raise UsageError(f"unknown stand-in {unknown[0]!r}; accepted: {', '.join(MODELS)}")
+    cuda = torch.cuda.is_available()
+    device = devices.device(None)
+    size = args.size or ("small" if cuda else "tiny")
+    if size not in standins.SIZES:
+        raise UsageError(f"unknown --size {size!r}; accepted: {', '.join(standins.SIZES)}")
+    n = args.num_samples or (64 if cuda else 8)
+    if n < 4:
+        raise UsageError(f"--num-samples must be at least 4, got {n}")
+    batch = min(16, n)
+    work = args.out or Path(tempfile.mkdtemp(prefix="bench-gpu-check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
+    problems: list[str] = []
+    print(f"torch {torch.__version__}; device {device}"
+          + (f" ({torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB,"
+             f" {torch.cuda.device_count()} visible, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'NO'})"
+             if cuda else "") + f"; stand-ins {size}, {n} samples per cell; folder {work}")
+    if not cuda:
+        skipped += ["CUDA device placement", "fp16 autocast of the LDM/SD stand-ins (CUDA only)",
+                    "bfloat16 on a GPU", "peak GPU memory", "NCCL"]
+
+    # ---- files a real run downloads: stand-ins made here ------------------------------------------------------
+    inception = standins.write_inception(work / "inception-standin.pt")
+    os.environ["FEWSTEP_INCEPTION"] = str(inception)              # the distillation's Inception loss reads it
+    g = torch.Generator().manual_seed(0)
+    reference = write_reference(torch.rand(256, 3, 32, 32, generator=g) * 2 - 1, work / "fid-ref-standin.npz",
+                                inception=inception)
+    steps = 20 if cuda else 4
+
+    # ---- 2. one model at a time, in this process --------------------------------------------------------------
+    print(f"\n{'stand-in for':<24} {'cells':>5} {'wall s':>8} {'network s':>9} {'ratio':>6} {'distil s':>8} "
+          f"{'peak GPU':>9}")
+    for m in args.models:
+        path = work / f"{m}.toml"
+        path.write_text(grid_toml("gpu_check", [m], size, n, batch, inception, reference, steps))
+        g = grids.load(path)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        lines: list[str] = []
+        t0 = time.perf_counter()
+        try:
+            runner.run(g, work / "single", progress=False, out=lines.append)
+        except Exception as err:                     # a crash is the finding: report it and check the rest
+            problems.append(f"{m}: {type(err).__name__}: {err}".splitlines()[0])
+            print(f"{MODELS[m][2]:<24} CRASHED: {problems[-1]}")
+            continue
+        wall = time.perf_counter() - t0
+        distil = next((float(s.split("(distillation ")[1].split(" s")[0]) for s in lines if "(distillation " in s),
+                      0.0)
+        df = results.load(work / "single")
+        rows = df[df.model == m]
+        sampled = float(rows.drop_duplicates("cell_key").wall_time.sum())
+        net = network_seconds(g.models[m], g.cells, batch, device)
+        peak = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else "-"
+        print(f"{MODELS[m][2]:<24} {len(g.cells):>5} {wall:>8.1f} {net:>9.2f} {sampled / max(net, 1e-9):>6.1f} "
+              f"{distil:>8.1f} {peak:>9}")
+        bad = rows[rows.status != "ok"]
+        for _, r in bad.iterrows():
+            problems.append(f"{m} / {r.label} / NFE {r.nfe}: {r.error}")
+        g.models[m].release()
+    print("(ratio: the cells' wall time over their network time; distillation is not in either)")
+
+    # ---- 3. torchrun ------------------------------------------------------------------------------------------
+    if args.no_torchrun:
+        skipped.append("torchrun (--no-torchrun)")
+    elif shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
+        skipped.append("torchrun (not installed)")
+    else:
+        nproc = max(1, min(args.nproc, torch.cuda.device_count())) if cuda else 2
+        if cuda and nproc < 2:
+            skipped.append("torchrun with 2 ranks (one GPU visible: NCCL runs with 1 rank)")
+        combined = work / "combined.toml"
+        combined.write_text(grid_toml("gpu_check", args.models, size, n, batch, inception, reference, steps))
+        solvers_dir = work / "single" / "solvers"         # distilled solvers are reused, as in a resumed run
+        if solvers_dir.exists() and not (work / "torchrun" / "solvers").exists():
+            shutil.copytree(solvers_dir, work / "torchrun" / "solvers")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "bench", "run", "--grid", str(combined), "--results-dir", str(work / "torchrun"),
+               "--no-progress"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        wall = time.perf_counter() - t0
+        backend = "nccl" if cuda else "gloo"
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            problems.append(f"torchrun ({backend}, {nproc} processes) exited {proc.returncode}: " + " | ".join(tail))
+        else:
+            key = ["model", "label", "nfe", "metric"]
+            a = results.load(work / "single").set_index(key).value
+            b = results.load(work / "torchrun").set_index(key).value
+            common = a.index.intersection(b.index)
+            diff = float(((a[common] - b[common]).abs() / a[common].abs().clip(lower=1e-12)).max())
+            print(f"\ntorchrun ({backend}, {nproc} processes): {len(common)} values in {wall:.1f} s; largest relative "
+                  f"difference to the single process {diff:.2e}")
+            if len(common) != len(a) or not diff <= (1e-3 if cuda else 1e-6):
+                problems.append(f"torchrun's values differ from the single process (max rel. diff {diff:.2e}, "
+                                f"{len(common)} of {len(a)} values)")
+    if skipped:
+        print("\nnot checked here: " + "; ".join(skipped))
+    if problems:
+        print("\nPROBLEMS:\n  " + "\n  ".join(problems))
+    else:
+        print("\nall cells ok" + ("" if args.no_torchrun else ", torchrun agrees"))
+    if args.out is None and not problems:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if problems else 0
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
