@@ -182,7 +182,7 @@ def edm_cond(size: str = "tiny", device: str | None = None, seed: int = 0) -> ED
 def lsun(size: str = "tiny", device: str | None = None, seed: int = 0, **options):
     from bench.models.latent import LSUNBedroomLDM
     m = LSUNBedroomLDM(components=ldm_components(seed, size), device=device, **options)
-    m.name = "standin_lsun"
+    m.name, m.description = "standin_lsun", f"LSUN-Bedroom LDM stand-in ({size}, random weights, VQ latents)"
     return m
 
 
@@ -190,7 +190,7 @@ def sd(size: str = "tiny", device: str | None = None, seed: int = 0, **options):
     from bench.models.latent import StableDiffusion
     m = StableDiffusion(components=sd_components(seed, size), prompts="coco",
                         prompts_path=_prompts_file("captions.json", PROMPTS), device=device, **options)
-    m.name = "standin_sd"
+    m.name, m.description = "standin_sd", f"Stable Diffusion stand-in ({size}, random weights, CFG 7.5)"
     return m
 
 
@@ -202,7 +202,7 @@ def flux(size: str = "tiny", device: str | None = None, seed: int = 0, torch_dty
                   prompts_path=_prompts_file("captions.json", PROMPTS), resolution=16 if size == "tiny" else 32,
                   max_sequence_length=16, train_prompts_path=_prompts_file("train.jsonl", PROMPTS[::-1]),
                   device=device, **options)
-    m.name = "standin_flux"
+    m.name, m.description = "standin_flux", f"FLUX.1-dev stand-in ({size}, random weights, flow time)"
     return m
 
 
