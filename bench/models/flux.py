@@ -79,7 +79,7 @@ def image_ids(H: int, W: int) -> torch.Tensor:
     return ids.reshape(-1, 3)
 
 
-class FluxModel(Model):
+class FluxModel(loaded.LoadedNetworks, Model):
     name = "flux"
     description = "FLUX.1-dev, 512x512 (latents 16x64x64), guidance embedding 3.5, flow matching as EDM"
     sigma_max = 1000.0
@@ -178,21 +178,6 @@ class FluxModel(Model):
                                                                  torch_dtype=dt),
                 "tokenizer": AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer"),
                 "tokenizer_2": AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer_2")}
-
-    def load(self) -> None:
-        if self.transformer is None:
-            self.check_available()
-            for name, module in loaded.get(self.weights_key(), self.read_networks, self).items():
-                setattr(self, name, module)
-        for name in self.NETWORKS:
-            m = getattr(self, name)
-            if isinstance(m, torch.nn.Module):
-                m.eval().requires_grad_(False).to(self.device)
-
-    def drop_networks(self) -> None:
-        if not self._given:
-            for name in self.NETWORKS:
-                setattr(self, name, None)
 
     # ---- the grid ---------------------------------------------------------------------------------------------
     def grid(self, num_points: int, schedule: str | None = None, **options) -> torch.Tensor:

@@ -63,7 +63,7 @@ def sigma_to_t(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return lo.to(torch.float64) + w
 
 
-class DiscreteEpsModel(Model):
+class DiscreteEpsModel(loaded.LoadedNetworks, Model):
     """An eps-prediction network on a discrete VP schedule, seen as the EDM denoiser above."""
 
     schedule = "discrete"
@@ -121,25 +121,6 @@ class DiscreteEpsModel(Model):
 
     def weights_key(self):
         return None if self._given else (type(self).__name__, str(self.path), str(self.net_dtype), str(self.device))
-
-    def load(self) -> None:
-        if getattr(self, self.NETWORKS[0]) is None:
-            self.check_available()
-            for name, module in loaded.get(self.weights_key(), self.read_networks, self).items():
-                setattr(self, name, module)
-        for name in self.NETWORKS:
-            m = getattr(self, name)
-            if isinstance(m, torch.nn.Module):
-                m.eval().requires_grad_(False).to(self.device)
-
-    def drop_networks(self) -> None:
-        if not self._given:
-            for name in self.NETWORKS:
-                setattr(self, name, None)
-
-    def read_networks(self) -> dict:
-        """The networks read from `self.path`, by attribute name."""
-        raise NotImplementedError
 
 
 def _read_json(path: Path) -> dict:

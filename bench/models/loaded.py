@@ -38,3 +38,30 @@ def release(key: tuple) -> None:
 
 def is_loaded(key: tuple) -> bool:
     return key in _LOADED
+
+
+class LoadedNetworks:
+    """For models whose networks (`NETWORKS`, attribute names) are either given in memory (`_given`) or read from
+    disk by `read_networks()` under `weights_key()` and shared through this module."""
+
+    NETWORKS: tuple = ()
+
+    def load(self) -> None:
+        """Read the networks once (shared with every model of the same weights key); put them on the device."""
+        if getattr(self, self.NETWORKS[0]) is None:
+            self.check_available()
+            for name, module in get(self.weights_key(), self.read_networks, self).items():
+                setattr(self, name, module)
+        for name in self.NETWORKS:
+            m = getattr(self, name)
+            if isinstance(m, torch.nn.Module):
+                m.eval().requires_grad_(False).to(self.device)
+
+    def drop_networks(self) -> None:
+        if not self._given:
+            for name in self.NETWORKS:
+                setattr(self, name, None)
+
+    def read_networks(self) -> dict:
+        """The networks read from disk, by attribute name."""
+        raise NotImplementedError
