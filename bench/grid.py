@@ -94,9 +94,7 @@ class SolverEntry:
     @property
     def family(self) -> str:
         import solvers
-        import torch
-        cls = solvers.solver_class(self.name)
-        return "learned" if self.learned or issubclass(cls, torch.nn.Module) else "handcrafted"
+        return "learned" if self.learned or solvers.solver_class(self.name).learned else "handcrafted"
 
     def identity(self) -> dict:
         """What determines this entry's samples (the label is a display name and does not)."""
@@ -367,8 +365,11 @@ def _expand(grid: Grid) -> None:
         if (e.distill is not None) + e.released + bool(e.options.get("weights") is not None) > 1:
             raise InputError(f"{where}: a learned entry takes exactly one of distill = {{...}}, released = true or "
                              "options.weights")
-        if e.learned and e.name != "dyweight":
-            raise InputError(f"{where}: distill/released need name = \"dyweight\" (the learned solver), got {e.name!r}")
+        if e.learned and not solvers.solver_class(e.name).learned:
+            raise InputError(f"{where}: distill/released need a learned solver (one of "
+                             f"{', '.join(solvers.learned_names())}), got {e.name!r}")
+        if e.released and "released" not in solvers.solver_class(e.name).parameter_options:
+            raise InputError(f"{where}: {e.name} has no released coefficients (released = true)")
         if e.distill_from is not None:
             if e.distill is None:
                 raise InputError(f"{where}: distill_from needs distill = {{...}} too")
@@ -387,8 +388,8 @@ def _expand(grid: Grid) -> None:
                              "entries may share it only with disjoint `models` lists)")
         labels.setdefault(e.label, set()).update(covered)
         if e.distill is not None:
-            _check_distill_options(e.distill, where)
-        if not e.learned and not (e.name == "dyweight" and "weights" not in e.options):
+            _check_distill_options(e.name, e.distill, where)
+        if not e.learned and not _untrained(e):
             try:
                 solvers.get(e.name, **e.options)
             except (TypeError, ValueError) as err:
@@ -424,6 +425,14 @@ def _expand(grid: Grid) -> None:
                     metric_options={m: ms["metric_options"].get(m, {}) for m in ms["metrics"]}))
     if not grid.cells:
         raise InputError(f"grid {gname} has no cells to run (every cell was skipped as unreachable)")
+
+
+def _untrained(e: SolverEntry) -> bool:
+    """A learned solver without distillation, release or explicit parameters: its official initialisation for
+    each cell's grid (its options are structure options then)."""
+    import solvers
+    cls = solvers.solver_class(e.name)
+    return cls.learned and not any(k in e.options for k in cls.parameter_options)
 
 
 def _metric_options(top: dict, model_level: dict, where: str) -> dict:
@@ -477,13 +486,14 @@ def _distill_options(options: dict, where: str) -> dict:
     return {k: v for k, v in options.items() if k not in ("seed", "cache_id", "dtype")}
 
 
-def _check_distill_options(options: dict, where: str) -> None:
-    """Reject options bench.distill does not accept (before any cell exists)."""
+def _check_distill_options(name: str, options: dict, where: str) -> None:
+    """Reject options bench.distill does not accept for this learned solver (before any cell exists)."""
+    import solvers
     try:
         from bench.distill import Settings
     except ImportError:                                   # the distillation package is optional at load time
         return
     try:
-        Settings.from_options(_distill_options(options, where))
+        Settings.from_options(_distill_options(options, where), solvers.solver_class(name).structure)
     except (TypeError, ValueError) as err:
         raise InputError(f"{where}: {err}") from None

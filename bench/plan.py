@@ -43,14 +43,9 @@ class Plan:
 def probe(entry) -> solvers.Solver:
     """A solver instance for budget arithmetic (`calls`, `num_points`) of a grid entry."""
     cls = solvers.solver_class(entry.name)
-    if entry.learned or (issubclass(cls, _module()) and "weights" not in entry.options):
+    if cls.learned and (entry.learned or not any(k in entry.options for k in cls.parameter_options)):
         return cls.budget_probe()
     return solvers.get(entry.name, **entry.options)
-
-
-def _module():
-    import torch
-    return torch.nn.Module
 
 
 def time_for(entry, solver) -> str:

@@ -185,11 +185,12 @@ class Builder:
         e = c.entry
         model = self.grid.models[c.model]
         if e.released:
-            return solvers.get("dyweight", released=model.released_key, nfe=c.nfe)
+            return solvers.get(e.name, released=model.released_key, nfe=c.nfe)
         if e.distill is not None:
             return self.distilled(c)
-        if e.name == "dyweight" and "weights" not in e.options:
-            return solvers.get("dyweight", num_points=c.num_points, afs=e.afs, **e.options)
+        cls = solvers.solver_class(e.name)
+        if cls.learned and not any(k in e.options for k in cls.parameter_options):
+            return cls.untrained(c.num_points, e.afs, **e.options)       # its official initialisation
         return solvers.get(e.name, **e.options)
 
     def distilled(self, c: GridCell):
@@ -218,7 +219,7 @@ class Builder:
                 self.log(f"distilling {e.label} for {source_name} at NFE {c.nfe} ...")
                 t0 = time.perf_counter()
                 try:
-                    solver = distill("dyweight", source, sigmas, afs=e.afs, seed=seed,
+                    solver = distill(e.name, source, sigmas, afs=e.afs, seed=seed,
                                      cache_dir=self.results_dir / "cache", **options)
                 except (ValueError, FileNotFoundError) as err:     # bad input: reported to every rank
                     error = f"distilling {e.label} for {source_name} at NFE {c.nfe} failed: {err}".splitlines()[0]

@@ -58,17 +58,25 @@ def register(name: str, target: str) -> None:
     _REGISTRY[name] = target
 
 
+def learned_names() -> list[str]:
+    """The registered learned solvers (solvers.learned.LearnedSolver)."""
+    return [n for n in _REGISTRY if solver_class(n).learned]
+
+
 def load(path) -> Solver:
-    """Load a saved learned solver (see DyWeight.save)."""
-    from .dyweight import DyWeight
-    return DyWeight.load(path)
+    """Load a saved learned solver of any kind (the file records its kind and grid)."""
+    from .learned import read_state
+    return from_state(read_state(path))
 
 
 def from_state(state: dict) -> Solver:
-    """Rebuild a learned solver from its `state()` (what `save` writes)."""
-    from .dyweight import DyWeight
-    return DyWeight.from_state(state)
+    """Rebuild a learned solver from its `state()` (what `save` writes), whatever its kind."""
+    kind = state.get("solver") if isinstance(state, dict) else None
+    if kind not in _REGISTRY or not solver_class(kind).learned:
+        raise InputError(f"not a saved learned solver (solver={kind!r}); learned solvers: "
+                         f"{', '.join(learned_names())}")
+    return solver_class(kind).from_state(state)
 
 
-__all__ = ["get", "names", "load", "from_state", "register", "solver_class", "schedules", "Solver", "Denoiser",
+__all__ = ["get", "names", "learned_names", "load", "from_state", "register", "solver_class", "schedules", "Solver", "Denoiser",
            "NonFiniteError", "CountingDenoiser"]

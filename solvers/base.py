@@ -41,6 +41,8 @@ class Solver:
     min_points: int = 2
     #: an exponential integrator (DPM-Solver++, UniPC) is the same method in sigma and in flow time (solvers.flow)
     exponential_integrator: bool = False
+    #: a learned solver (solvers.learned.LearnedSolver): distilled, released or given explicit parameters
+    learned: bool = False
 
     # ---- the public interface -------------------------------------------------------------------
     def sample(self, denoiser: Denoiser, x_T: torch.Tensor, sigmas, afs: bool = False,

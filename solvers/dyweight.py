@@ -21,14 +21,12 @@ Saved files and `time_scale=` hold s itself (post-activation) in both parameteri
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
-from .base import Solver, afs_pair, combine
+from .base import afs_pair, combine
 from .ipndm import AB_COEFFS
 from .base import InputError
+from .learned import LearnedSolver, read_state
 
 INITS = ("adams_bashforth", "euler", "uniform")
 DIVISORS = ("shifted", "scaled")
@@ -50,14 +48,17 @@ def init_rows(num_steps: int, history: int, init: str = "adams_bashforth") -> li
     return rows
 
 
-class DyWeight(Solver, torch.nn.Module):
+class DyWeight(LearnedSolver):
     name = "dyweight"
     min_points = 2
+    structure = ("history", "init", "time_shift", "time_scaling", "divisor", "time_scale_bounds")
+    parameter_options = ("weights", "time_scale", "released")
+    distill_defaults = {}                 # bench.distill.Settings' defaults are the paper's (Appendix D.2)
 
     def __init__(self, weights, time_scale=None, afs: bool | None = None, history: int | None = None,
                  time_shift: bool = True, divisor_eps: float = 1e-8, sigmas=None, metadata: dict | None = None,
                  divisor: str = "shifted", time_scale_bounds=None):
-        torch.nn.Module.__init__(self)
+        LearnedSolver.__init__(self)
         if divisor not in DIVISORS:
             raise InputError(f"dyweight divisor must be one of {', '.join(DIVISORS)}, got {divisor!r}")
         bounds = None if time_scale_bounds is None else tuple(float(v) for v in time_scale_bounds)
@@ -111,12 +112,16 @@ class DyWeight(Solver, torch.nn.Module):
     def from_options(cls, weights=None, time_scale=None, released: str | None = None, nfe: int | None = None,
                      run: str | None = None, num_points: int | None = None, afs: bool | None = None, history: int = 3,
                      init: str = "adams_bashforth", time_shift: bool = True, divisor_eps: float = 1e-8,
-                     divisor: str = "shifted", time_scale_bounds=None):
+                     divisor: str = "shifted", time_scale_bounds=None, time_scaling: bool = True):
         """solvers.get("dyweight", ...): from explicit `weights` (+ `time_scale`), from the paper's released
         coefficients (`released=<dataset>, nfe=<n>`), or freshly initialised for `num_points` (+ `afs`).
 
         `run=` picks one released checkpoint where a (dataset, nfe) pair has several: cifar10 NFE 4 has
-        "00001-cifar-nfe4" (inception loss, the default) and "00002-cifar-nfe4" (piecewise loss)."""
+        "00001-cifar-nfe4" (inception loss, the default) and "00002-cifar-nfe4" (piecewise loss).
+        time_scaling=False freezes s (a training switch: s stays 1 at initialisation)."""
+        for flag, value in (("time_shift", time_shift), ("time_scaling", time_scaling)):
+            if not isinstance(value, bool):
+                raise InputError(f"{flag} must be True or False, got {value!r}")
         chosen = [weights is not None, released is not None, num_points is not None]
         if sum(chosen) != 1:
             raise InputError("dyweight needs exactly one of weights=[[...], ...], released=<dataset> (with nfe=), "
@@ -142,11 +147,13 @@ class DyWeight(Solver, torch.nn.Module):
             raise InputError(f"dyweight needs num_points >= 2, got {num_points}")
         if afs and num_points < 3:
             raise InputError("dyweight with afs=True needs num_points >= 3")
-        if history < 1:
-            raise InputError(f"dyweight history must be >= 1, got {history}")
-        return cls(init_rows(num_points - 1, history, init), None, afs=bool(afs), history=history,
-                   time_shift=time_shift, divisor_eps=divisor_eps, divisor=divisor,
-                   time_scale_bounds=time_scale_bounds)
+        if not isinstance(history, int) or history < 1:
+            raise InputError(f"dyweight history must be an integer >= 1, got {history!r}")
+        out = cls(init_rows(num_points - 1, history, init), None, afs=bool(afs), history=history,
+                  time_shift=time_shift, divisor_eps=divisor_eps, divisor=divisor,
+                  time_scale_bounds=time_scale_bounds)
+        out.time_scale.requires_grad_(time_scaling)
+        return out
 
     def options(self) -> dict:
         out = {"num_points": self.grid_points, "afs": self.afs, "history": self.history,
@@ -169,13 +176,18 @@ class DyWeight(Solver, torch.nn.Module):
         W = self.weights.detach()
         return [W[i, self.history - min(i + 1, self.history):].tolist() for i in range(W.shape[0])]
 
+    @classmethod
+    def untrained(cls, num_points: int, afs: bool = False, **structure) -> "DyWeight":
+        """The paper's initialisation; a distillation's history must fit the grid (1 .. N-1)."""
+        history = structure.get("history", 3)
+        if not isinstance(history, int) or not 1 <= history <= num_points - 1:
+            raise InputError(f"history must be an integer in 1..{num_points - 1} (the student's steps), got "
+                             f"{history!r}")
+        return super().untrained(num_points, afs, **structure)
+
     # ---- the interface -----------------------------------------------------------------------
     def calls(self, num_points: int, afs: bool = False, ends_at_zero: bool = False) -> int:
         return num_points - 1 - int(afs)
-
-    @classmethod
-    def budget_probe(cls) -> "DyWeight":
-        return cls.from_options(num_points=3)
 
     def check_grid(self, sigmas, x_T, afs):
         t = super().check_grid(sigmas, x_T, afs)
@@ -235,11 +247,6 @@ class DyWeight(Solver, torch.nn.Module):
                 "weights_oldest_to_newest": self.rows(), "time_scale": self.scales().detach().tolist(),
                 "sigmas": self.sigmas, "metadata": self.metadata}
 
-    def save(self, path) -> None:
-        """JSON with float64 values written exactly (repr round-trips), plus the grid and training settings."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.state(), indent=1))
-
     @classmethod
     def from_state(cls, st: dict) -> "DyWeight":
         if st.get("solver") != "dyweight":
@@ -251,13 +258,4 @@ class DyWeight(Solver, torch.nn.Module):
 
     @classmethod
     def load(cls, path) -> "DyWeight":
-        try:
-            st = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no saved solver at {path}") from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} is not a saved solver (invalid JSON: {e})") from None
-        return cls.from_state(st)
-
-    def __repr__(self) -> str:
-        return Solver.__repr__(self)
+        return cls.from_state(read_state(path))

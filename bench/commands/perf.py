@@ -84,14 +84,15 @@ def _identity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 def _plan(name: str, nfe: int):
     """(solver, afs, num_points) for a budget: AFS when the solver can spend exactly nfe with it, else without."""
     import solvers
-    solver = (solvers.get("dyweight", num_points=3, afs=True) if name == "dyweight" else solvers.get(name))
+    cls = solvers.solver_class(name)
+    solver = cls.budget_probe() if cls.learned else solvers.get(name)
     for afs in (True, False):
         try:
             n = solver.num_points(nfe, afs=afs)
         except ValueError:
             continue
-        if name == "dyweight":
-            solver = solvers.get("dyweight", num_points=n, afs=afs)
+        if cls.learned:                                   # its official initialisation on this grid
+            solver = cls.untrained(n, afs)
         return solver, afs, n
     return None
 

@@ -32,29 +32,29 @@ import time
 
 import torch
 
-from solvers.dyweight import DyWeight
+import solvers
 
 from . import losses
 from .teacher import Cache, Source, Teacher, default_cache_dir, endpoints, identity, path_states
 from .train import Settings, train
 from solvers.base import InputError
 
-KINDS = ("dyweight",)
-
 
 def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list[float], Settings, Teacher]:
     """Every check `distill` makes before its first network call: the kind, the grid, the options and the
     teacher. The grid loader runs it on each distilled cell's own grid, so a grid that would fail here fails at
     load time. Returns (grid as floats, resolved settings, teacher)."""
-    if kind not in KINDS:
-        raise InputError(f"unknown learned solver {kind!r}; accepted: {', '.join(KINDS)}")
+    if kind not in solvers.learned_names():
+        raise InputError(f"unknown learned solver {kind!r}; accepted: {', '.join(solvers.learned_names())}")
+    cls = solvers.solver_class(kind)
     grid = [float(v) for v in (sigmas.detach().double().cpu() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if len(grid) < (3 if afs else 2) or any(a <= b for a, b in zip(grid, grid[1:])) or grid[-1] < 0:
         raise InputError(f"sigmas must be a strictly descending grid ending at or above 0 with at least "
                          f"{3 if afs else 2} points (afs={afs}), got {grid}")
-    settings = Settings.from_options(options)
+    settings = Settings.from_options({**cls.distill_defaults, **options}, cls.structure)
     nfe = len(grid) - 1 - int(afs)
     settings.resolve(nfe, len(grid) - 1, getattr(target, "distill_lr", None), getattr(target, "batch_hint", None))
+    cls.untrained(len(grid), afs, **settings.structure)         # the structure fits this grid
     teacher = Teacher(settings.teacher, settings.teacher_steps, settings.teacher_options, settings.teacher_afs,
                       settings.teacher_denoise, settings.teacher_schedule)
     teacher.check()
@@ -65,8 +65,10 @@ def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list
 
 
 def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed: int = 0, *, cache_dir=None,
-            cache_id: str | None = None, dtype: torch.dtype | None = None, progress=None, **options) -> DyWeight:
-    """Distil a learned solver of `kind` for the grid `sigmas` from a teacher; return it trained."""
+            cache_id: str | None = None, dtype: torch.dtype | None = None, progress=None,
+            **options) -> solvers.Solver:
+    """Distil the registered learned solver `kind` (solvers.learned_names()) for the grid `sigmas` from a teacher;
+    return it trained."""
     t_start = time.perf_counter()
     grid, settings, teacher = validate(kind, sigmas, afs, target, **options)
     nfe = len(grid) - 1 - int(afs)
@@ -87,10 +89,7 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     teacher_seconds = sum(s.seconds for s in (train_set, eval_set, path_set) if s is not None)
 
     torch.manual_seed(seed)
-    student = DyWeight.from_options(num_points=len(grid), afs=afs, history=settings.history, init=settings.init,
-                                    time_shift=settings.time_shift, divisor=settings.divisor,
-                                    time_scale_bounds=settings.time_scale_bounds)
-    student.time_scale.requires_grad_(settings.time_scaling)
+    student = solvers.solver_class(kind).untrained(len(grid), afs, **settings.structure)
     curves = train(student, source, grid, afs, settings, train_set, eval_set, path_set, seed=seed,
                    progress=progress)
     student.sigmas = grid
@@ -103,4 +102,4 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     return student
 
 
-__all__ = ["distill", "validate", "losses", "Settings", "Teacher", "default_cache_dir", "KINDS"]
+__all__ = ["distill", "validate", "losses", "Settings", "Teacher", "default_cache_dir"]

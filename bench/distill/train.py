@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from solvers.dyweight import DIVISORS, INITS
-
 from bench.metrics.analytic import relative_l2
 
 from . import losses
@@ -45,13 +43,9 @@ def default_lr(nfe: int) -> float:
 class Settings:
     """Every option of `distill` besides the target, grid, AFS and seed (None: a default that depends on NFE)."""
 
-    # the student
-    history: int = 3                      # K, the number of buffered derivatives (1 .. N-1)
-    init: str = "adams_bashforth"         # or "euler", "uniform"
-    time_shift: bool = True               # Eq. 9; off keeps the nominal grid t^_i = t_i
-    time_scaling: bool = True             # learn s_n; off freezes s = 1
-    divisor: str = "shifted"              # "scaled": the FLUX code's derivative at the scaled time (solvers/dyweight.py)
-    time_scale_bounds: list | None = None  # [a, b]: s = a + (b - a) sigmoid(phi) (FLUX: [0.5, 1.5])
+    # the student: the learned solver's own structure options (its `structure`, e.g. DyWeight's history, init,
+    # time_shift, time_scaling, divisor, time_scale_bounds), passed to its `untrained(...)`
+    structure: dict = None
     # the teacher
     teacher: str = "ipndm"
     teacher_steps: int = 35
@@ -82,13 +76,16 @@ class Settings:
     eval_every: int | None = None
 
     @classmethod
-    def from_options(cls, options: dict) -> "Settings":
-        accepted = [f.name for f in fields(cls)]
-        unknown = [k for k in options if k not in accepted]
+    def from_options(cls, options: dict, structure: tuple = ()) -> "Settings":
+        """Shared settings from `options`; the keys in `structure` (the learned solver's) go to `structure`."""
+        accepted = [f.name for f in fields(cls) if f.name != "structure"]
+        unknown = [k for k in options if k not in accepted and k not in structure]
         if unknown:
             raise InputError(f"distill has no option {', '.join(map(repr, unknown))}; accepted: "
-                             f"{', '.join(accepted)}, cache_dir, cache_id, dtype, noise_shape, afs, seed")
-        s = cls(**options)
+                             f"{', '.join([*structure, *accepted])}, cache_dir, cache_id, dtype, noise_shape, afs, "
+                             "seed")
+        s = cls(**{k: v for k, v in options.items() if k in accepted})
+        s.structure = {k: v for k, v in options.items() if k in structure}
         s.teacher_options = dict(s.teacher_options or {})
         return s
 
@@ -97,12 +94,9 @@ class Settings:
         """Check every value; fill the defaults. num_steps = N - 1, the student's grid intervals; model_lr = the
         paper's learning rate for the model being distilled (Model.distill_lr), else the NFE-dependent default;
         batch_hint = the model's batch size for teacher and evaluation runs (Model.batch_hint)."""
-        if self.init not in INITS:
-            raise InputError(f"unknown init {self.init!r}; accepted: {', '.join(INITS)}")
         if self.supervision not in SUPERVISIONS:
             raise InputError(f"unknown supervision {self.supervision!r}; accepted: {', '.join(SUPERVISIONS)}")
-        if not isinstance(self.history, int) or not 1 <= self.history <= num_steps:
-            raise InputError(f"history must be an integer in 1..{num_steps} (the student's steps), got {self.history!r}")
+        self.structure = dict(self.structure or {})
         if self.teacher_batch_size is None:
             self.teacher_batch_size = int(batch_hint or 500)
         for name in ("num_samples", "eval_samples", "batch_size", "path_substeps", "teacher_batch_size",
@@ -112,13 +106,11 @@ class Settings:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
-        if self.divisor not in DIVISORS:
-            raise InputError(f"unknown divisor {self.divisor!r}; accepted: {', '.join(DIVISORS)}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise InputError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.lr_final, (int, float)) and 0 <= self.lr_final <= 1):
             raise InputError(f"lr_final must be a fraction in [0, 1], got {self.lr_final!r}")
-        for name in ("time_shift", "time_scaling", "teacher_afs", "teacher_denoise", "checkpoint"):
+        for name in ("teacher_afs", "teacher_denoise", "checkpoint"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         losses.get(self.loss)
@@ -140,6 +132,7 @@ class Settings:
         """The settings for metadata["training"]; the distance is recorded as "distance" ("loss" is the curve)."""
         d = asdict(self)
         d["distance"] = losses.get(d.pop("loss"))[0]
+        d.update(d.pop("structure") or {})        # the student's structure options sit beside the shared ones
         return d
 
 

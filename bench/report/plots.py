@@ -141,7 +141,8 @@ def released_panels(nfes=(3, 4)) -> list[tuple[str, pd.DataFrame]]:
 
 
 def distilled_solvers(results_dir: Path) -> list[dict]:
-    """Every saved DyWeight under <results_dir>/solvers/<grid>/<model>/<label>-nfe<N>.json, with its path parts."""
+    """Every saved learned solver with weight rows (DyWeight's `weights_oldest_to_newest`, what the heatmaps draw)
+    under <results_dir>/solvers/<grid>/<model>/<label>-nfe<N>.json, with its path parts."""
     import json
     out = []
     root = Path(results_dir) / "solvers"
@@ -150,7 +151,7 @@ def distilled_solvers(results_dir: Path) -> list[dict]:
             st = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if st.get("solver") != "dyweight":
+        if not isinstance(st, dict) or "weights_oldest_to_newest" not in st:
             continue
         grid, model = p.parent.parent.name, p.parent.name
         out.append({"path": p, "grid": grid, "model": model, "name": p.stem, "state": st})

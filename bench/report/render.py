@@ -46,13 +46,13 @@ def _has_transfer(df: pd.DataFrame) -> bool:
 
 
 def transfer_measured(df: pd.DataFrame, metric: str, nfe: int) -> pd.DataFrame | None:
-    """Rows = evaluated on, columns = "C.-<model the coefficients were distilled on>" (native DyWeight rows count
+    """Rows = evaluated on, columns = "C.-<model the coefficients were distilled on>" (native learned rows count
     for their own model) plus every handcrafted solver of the grid; None without transfer rows."""
     sel = df[(df.metric == metric) & (df.nfe == nfe)]
     if not _has_transfer(sel):
         return None
     sel = sel.assign(value=sel.value.where(sel.status == "ok"))
-    learned = sel[sel.solver == "dyweight"]
+    learned = sel[sel.family == "learned"]
     src = learned.distilled_on.astype(str).where(learned.distilled_on.astype(str) != "", learned.model)
     m = learned.assign(source="C.-" + src).pivot_table(index="model", columns="source", values="value",
                                                        aggfunc="mean")

@@ -1,0 +1,87 @@
+"""The learned-solver protocol: what every learned solver declares, so that distillation, grids, the runner and
+the reports treat them as one family without naming any of them.
+
+A learned solver is a `Solver` that is also a `torch.nn.Module` (its learned quantities are Parameters, trained by
+backpropagation through `sample`), and subclasses `LearnedSolver`, which sets `learned = True`. It provides:
+
+  from_options(num_points=N, afs=..., **structure)   the untrained solver at the method's official
+                                                     initialisation for a grid of N points; other keywords of
+                                                     from_options give explicit parameters (post-activation)
+  structure                                          the from_options keywords a distillation passes through
+                                                     (e.g. DyWeight's history, init); the rest of a distillation's
+                                                     options are shared settings (bench.distill.Settings)
+  parameter_options                                  the keywords that give explicit parameters (with them no
+                                                     num_points is needed)
+  distill_defaults                                   the method's official distillation settings, overridable
+  state() / from_state(state)                        everything that rebuilds it, "solver" naming its registry
+                                                     kind; `save`/`solvers.load` write and read it as JSON
+  learns()                                           parameter name -> number of learned values
+  sigmas, metadata                                   the grid it was distilled for, and its provenance (the
+                                                     distillation's settings and curves), saved in its state
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .base import InputError, Solver
+
+
+class LearnedSolver(Solver, torch.nn.Module):
+    learned = True
+    structure: tuple = ()
+    parameter_options: tuple = ()
+    distill_defaults: dict = {}
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)
+        self.sigmas = None            # the grid it was distilled for (set by bench.distill)
+        self.metadata: dict = {}      # provenance: released checkpoint, or the distillation's settings and curves
+
+    @classmethod
+    def untrained(cls, num_points: int, afs: bool = False, **structure) -> "LearnedSolver":
+        """The official initialisation for a grid of `num_points` points (what distillation starts from)."""
+        unknown = [k for k in structure if k not in cls.structure]
+        if unknown:
+            raise InputError(f"{cls.name} has no structure option {', '.join(map(repr, unknown))}; accepted: "
+                             f"{', '.join(cls.structure) or '(none)'}")
+        return cls.from_options(num_points=num_points, afs=afs, **structure)
+
+    @classmethod
+    def budget_probe(cls) -> "LearnedSolver":
+        return cls.from_options(num_points=cls.min_points + 1)
+
+    def learns(self) -> dict[str, int]:
+        """Every learned quantity and its number of values (trainable Parameters)."""
+        return {name: p.numel() for name, p in self.named_parameters() if p.requires_grad}
+
+    def parameter_count(self) -> int:
+        return sum(self.learns().values())
+
+    # ---- persistence ----------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, st: dict) -> "LearnedSolver":
+        raise NotImplementedError
+
+    def save(self, path) -> None:
+        """JSON with float64 values written exactly (repr round-trips), plus the grid and training settings."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.state(), indent=1))
+
+
+def read_state(path) -> dict:
+    """The JSON state of a saved learned solver; one-line errors for a missing or malformed file."""
+    try:
+        st = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no saved solver at {path}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not a saved solver (invalid JSON: {e})") from None
+    if not isinstance(st, dict) or not isinstance(st.get("solver"), str):
+        raise InputError(f"{path} is not a saved solver (no 'solver' kind recorded)")
+    return st

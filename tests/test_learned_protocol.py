@@ -1,0 +1,115 @@
+"""The learned-solver protocol (solvers/learned.py): a learned solver written as one class and registered by one
+line is distilled, saved, loaded and run in a grid by the same code as DyWeight, with nothing naming it."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+import solvers
+from bench import grid as grids, results, runner
+from bench.distill import distill
+from bench.models.gmm import gmm2d
+from solvers.base import derivative
+from solvers.learned import LearnedSolver
+
+
+class ScaledEuler(LearnedSolver):
+    """x_{i+1} = x_i + c_i (t_{i+1} - t_i) d(x_i, t_i), c learned (init 1: Euler); structure: `damp`, a factor
+    applied to the initial c."""
+
+    name = "scaled_euler"
+    structure = ("damp",)
+    parameter_options = ("c",)
+    distill_defaults = {"steps": 5, "lr": 5e-2}
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.tensor(c, dtype=torch.float64))
+
+    @classmethod
+    def from_options(cls, c=None, num_points=None, afs=None, damp: float = 1.0):
+        if (c is None) == (num_points is None):
+            raise solvers.base.InputError("scaled_euler needs exactly one of c=[...] or num_points=N")
+        return cls(c if c is not None else [float(damp)] * (num_points - 1))
+
+    def calls(self, num_points, afs=False, ends_at_zero=False):
+        return num_points - 1 - int(afs)
+
+    def _sample(self, den, x, t, afs):
+        c = self.c if torch.is_grad_enabled() else self.c.detach().tolist()
+        for i in range(len(t) - 1):
+            a, g = (1 / (1 + t[0] ** 2) ** 0.5, x) if afs and i == 0 else derivative(den, x, t[i])
+            x = x + c[i] * (t[i + 1] - t[i]) * a * g
+        return x
+
+    def options(self):
+        return {"c": self.c.detach().tolist()}
+
+    def state(self):
+        return {"solver": self.name, "c": self.c.detach().tolist(), "metadata": self.metadata}
+
+    @classmethod
+    def from_state(cls, st):
+        out = cls(st["c"])
+        out.metadata = st.get("metadata", {})
+        return out
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    mod = types.ModuleType("_user_learned")
+    mod.ScaledEuler = ScaledEuler
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setattr(solvers, "_REGISTRY", dict(solvers._REGISTRY))
+    solvers.register("scaled_euler", "_user_learned:ScaledEuler")
+    return ScaledEuler
+
+
+def test_the_family_is_declared_not_named(registered, tmp_path):
+    assert solvers.learned_names() == ["dyweight", "scaled_euler"]
+    assert not solvers.solver_class("ipndm").learned and solvers.solver_class("dyweight").learned
+    s = solvers.solver_class("scaled_euler").untrained(5, damp=0.5)
+    assert s.learns() == {"c": 4} and s.parameter_count() == 4 and s.c.tolist() == [0.5] * 4
+    with pytest.raises(ValueError, match="scaled_euler has no structure option 'history'; accepted: damp"):
+        solvers.solver_class("scaled_euler").untrained(5, history=2)
+    dy = solvers.solver_class("dyweight").untrained(4, afs=True, history=2)
+    assert dy.learns() == {"weights": 3 * 2, "time_scale": 2}
+    m = gmm2d()
+    out = distill("scaled_euler", m, m.grid(4), afs=False, seed=0, cache_dir=False, num_samples=64,
+                  eval_samples=32, teacher_steps=8, damp=0.9)
+    assert out.metadata["training"]["steps"] == 5 and out.metadata["training"]["damp"] == 0.9   # its defaults
+    ev = out.metadata["training"]["eval_error"]
+    assert ev[-1] < ev[0]                                       # it learned
+    out.save(tmp_path / "s.json")
+    back = solvers.load(tmp_path / "s.json")
+    assert type(back) is ScaledEuler and back.c.tolist() == out.c.tolist()
+    x = m.noise(range(4))
+    torch.testing.assert_close(solvers.get("scaled_euler", **out.options()).sample(m.denoiser(), x, m.grid(4)),
+                               out.sample(m.denoiser(), x, m.grid(4)))
+    with pytest.raises(ValueError, match="not a saved learned solver \\(solver='ipndm'\\)"):
+        solvers.from_state({"solver": "ipndm"})
+
+
+def test_a_grid_distils_and_runs_any_registered_learned_solver(registered, tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text('name = "g"\nnfe = [3]\nnum_samples = 16\n[[models]]\nname = "gmm2d"\n'
+                 'metrics = ["endpoint_error"]\n'
+                 '[[solvers]]\nname = "scaled_euler"\nlabel = "Scaled Euler"\n'
+                 'distill = { num_samples = 32, eval_samples = 8, teacher_steps = 6 }\n'
+                 '[[solvers]]\nname = "scaled_euler"\nlabel = "Scaled Euler (init)"\n')
+    g = grids.load(p)
+    assert {c.entry.family for c in g.cells} == {"learned"}
+    assert runner.run(g, tmp_path / "res", progress=False, out=lambda *_: None) == 2
+    df = results.load(tmp_path / "res")
+    assert (df.status == "ok").all() and set(df.family) == {"learned"}
+    saved = list((tmp_path / "res" / "solvers" / "g" / "gmm2d").glob("*.json"))
+    assert len(saved) == 1 and type(solvers.load(saved[0])) is ScaledEuler      # only the distilled row is saved
+    p.write_text(p.read_text().replace('label = "Scaled Euler (init)"\n', 'label = "R"\nreleased = true\n'))
+    with pytest.raises(ValueError, match="scaled_euler has no released coefficients"):
+        grids.load(p)
+    p.write_text(p.read_text().replace('num_samples = 32,', 'history = 2, num_samples = 32,'))
+    with pytest.raises(ValueError, match="distill has no option 'history'; accepted: damp, teacher"):
+        grids.load(p)
