@@ -176,10 +176,12 @@ class Grid:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def load(name_or_path: str | Path, overrides: dict | None = None) -> Grid:
+def load(name_or_path: str | Path, overrides: dict | None = None, extra_solvers: list | None = None) -> Grid:
     """Read, override (e.g. {"num_samples": 200}) and validate a grid; raise one clear error on bad input."""
     path = path_of(name_or_path)
     raw = read(path)
+    for spec in extra_solvers or []:
+        raw.setdefault("solvers", []).append(user_solver_entry(raw, *spec))
     for k, v in (overrides or {}).items():
         if "." in k or "[" in k:
             set_path(raw, k, v)
@@ -204,6 +206,28 @@ def load(name_or_path: str | Path, overrides: dict | None = None) -> Grid:
     _unknown(raw, _TOP_KEYS, f"grid {name}")
     _expand(grid)
     return grid
+
+
+def user_solver_entry(raw: dict, spec: str, distill: bool = False) -> dict:
+    """A [[solvers]] table for a user's solver named by its spec (`bench run --solver file.py:Class`): labelled by
+    the class's `label` or name, with AFS where every entry of the grid uses it, distilled with the defaults when
+    asked."""
+    import solvers
+    if not solvers.is_spec(spec) and spec not in solvers.names():
+        raise InputError(f"--solver {spec!r}: expected path/to/file.py:Class, package.module:Class or a registered "
+                         f"name ({', '.join(solvers.names())})")
+    try:
+        cls = solvers.solver_class(spec)
+    except (ValueError, FileNotFoundError) as err:
+        raise InputError(f"--solver {spec!r}: {err}") from None
+    if distill and not cls.learned:
+        raise InputError(f"--distill needs a learned solver (a solvers.learned.LearnedSolver); {spec!r} is not one")
+    tables = [t for t in raw.get("solvers", []) if isinstance(t, dict)]
+    table = {"name": spec, "label": str(getattr(cls, "label", "") or cls.__name__),
+             "afs": bool(tables) and all(t.get("afs", False) for t in tables)}
+    if distill:
+        table["distill"] = {}
+    return table
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -341,8 +365,13 @@ def _expand(grid: Grid) -> None:
         if not isinstance(st, dict) or "name" not in st:
             raise InputError(f"{where}: needs name = one of {', '.join(solvers.names())}")
         _unknown(st, _SOLVER_KEYS, where)
-        if st["name"] not in solvers.names():
-            raise InputError(f"{where}: unknown solver {st['name']!r}; accepted: {', '.join(solvers.names())}")
+        if st["name"] not in solvers.names() and not solvers.is_spec(st["name"]):
+            raise InputError(f"{where}: unknown solver {st['name']!r}; accepted: {', '.join(solvers.names())}, or "
+                             "a user's solver as path/to/file.py:Class or package.module:Class")
+        try:
+            solvers.solver_class(st["name"])
+        except (ValueError, FileNotFoundError) as err:
+            raise InputError(f"{where}: {err}") from None
         e = SolverEntry(name=st["name"], label=str(st.get("label", st["name"])), afs=st.get("afs", False),
                         schedule=st.get("schedule", raw.get("schedule")),
                         schedule_options=st.get("schedule_options", {}), options=st.get("options", {}),

@@ -230,7 +230,7 @@ class Builder:
                                                   "model": source_name, "label": e.label, "nfe": c.nfe,
                                                   "distill_seconds": seconds}
                     solver.save(path)
-            state = solver.state() if error is None else None
+            state = solvers.state_of(solver) if error is None else None
         self.dist.sync(error)                          # the other ranks wait here, without a timeout
         state = self.dist.broadcast(state)             # (no shared file system needed between nodes)
         if not self.dist.main:

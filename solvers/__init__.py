@@ -33,11 +33,54 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
+def is_spec(name: str) -> bool:
+    """Whether `name` names a user's solver class: "path/to/file.py:Class" or "package.module:Class"."""
+    return isinstance(name, str) and ":" in name
+
+
 def solver_class(name: str) -> type:
+    """The class of a registered name, or of a user's solver named by its spec (see `is_spec`; the class records
+    it as `spec`, so a saved learned solver of that class can be loaded again)."""
+    if name not in _REGISTRY and is_spec(name):
+        return _load_spec(name)
     if name not in _REGISTRY:
-        raise InputError(f"unknown solver {name!r}; accepted: {', '.join(_REGISTRY)}")
-    module, cls = _REGISTRY[name].split(":")
+        raise InputError(f"unknown solver {name!r}; accepted: {', '.join(_REGISTRY)}, or a user's solver as "
+                         "path/to/file.py:Class or package.module:Class")
+    target = _REGISTRY[name]
+    if target.split(":")[0].endswith(".py"):
+        return _load_spec(target)
+    module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def _load_spec(spec: str) -> type:
+    """Import the class of "file.py:Class" (relative to the working directory) or "package.module:Class"."""
+    import hashlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+    where, _, attr = spec.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.exists():
+            raise FileNotFoundError(f"solver file {where} does not exist (solver {spec!r})")
+        modname = f"_user_solver_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        if modname not in sys.modules:
+            loader = importlib.util.spec_from_file_location(modname, path)
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[modname] = module
+            loader.loader.exec_module(module)
+        module = sys.modules[modname]
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise InputError(f"solver {spec!r}: cannot import module {where!r} ({e})") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Solver)):
+        raise InputError(f"solver {spec!r}: {attr!r} is not a solvers.Solver subclass in {where}")
+    cls.spec = spec
+    return cls
 
 
 def get(name: str, **options) -> Solver:
@@ -54,7 +97,7 @@ def get(name: str, **options) -> Solver:
 
 
 def register(name: str, target: str) -> None:
-    """Register a user's solver: target is "module:Class" (a Solver subclass)."""
+    """Register a user's solver: target is "module:Class" or "path/to/file.py:Class" (a Solver subclass)."""
     _REGISTRY[name] = target
 
 
@@ -69,14 +112,23 @@ def load(path) -> Solver:
     return from_state(read_state(path))
 
 
+def state_of(solver: Solver) -> dict:
+    """A learned solver's `state()`, with the spec of a user's class loaded from its file (see `solver_class`)."""
+    st = solver.state()
+    spec = getattr(type(solver), "spec", None)
+    return {**st, "spec": spec} if spec else st
+
+
 def from_state(state: dict) -> Solver:
     """Rebuild a learned solver from its `state()` (what `save` writes), whatever its kind."""
     kind = state.get("solver") if isinstance(state, dict) else None
-    if kind not in _REGISTRY or not solver_class(kind).learned:
+    if isinstance(state, dict) and is_spec(state.get("spec")):
+        kind = state["spec"]
+    if not (kind in _REGISTRY or is_spec(kind)) or not solver_class(kind).learned:
         raise InputError(f"not a saved learned solver (solver={kind!r}); learned solvers: "
                          f"{', '.join(learned_names())}")
     return solver_class(kind).from_state(state)
 
 
-__all__ = ["get", "names", "learned_names", "load", "from_state", "register", "solver_class", "schedules", "Solver", "Denoiser",
+__all__ = ["get", "names", "learned_names", "is_spec", "state_of", "load", "from_state", "register", "solver_class", "schedules", "Solver", "Denoiser",
            "NonFiniteError", "CountingDenoiser"]

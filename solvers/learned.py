@@ -70,8 +70,9 @@ class LearnedSolver(Solver, torch.nn.Module):
 
     def save(self, path) -> None:
         """JSON with float64 values written exactly (repr round-trips), plus the grid and training settings."""
+        from . import state_of
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.state(), indent=1))
+        Path(path).write_text(json.dumps(state_of(self), indent=1))
 
 
 def read_state(path) -> dict:

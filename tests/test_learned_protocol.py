@@ -113,3 +113,59 @@ def test_a_grid_distils_and_runs_any_registered_learned_solver(registered, tmp_p
     p.write_text(p.read_text().replace('num_samples = 32,', 'history = 2, num_samples = 32,'))
     with pytest.raises(ValueError, match="distill has no option 'history'; accepted: damp, teacher"):
         grids.load(p)
+
+
+HANDCRAFTED = '''
+from solvers.base import Solver, combine, derivative
+
+
+class TwoStep(Solver):
+    """Adams-Bashforth 2 with fixed coefficients, Euler first (a user's handcrafted solver)."""
+    name = "two_step"
+    label = "Two-step"
+
+    def calls(self, num_points, afs=False, ends_at_zero=False):
+        return num_points - 1 - int(afs)
+
+    def _sample(self, den, x, t, afs):
+        prev = None
+        for i in range(len(t) - 1):
+            d = (1 / (1 + t[0] ** 2) ** 0.5, x) if afs and i == 0 else derivative(den, x, t[i])
+            h = t[i + 1] - t[i]
+            terms = [(h * d[0], d[1])] if prev is None else [(1.5 * h * d[0], d[1]), (-0.5 * h * prev[0], prev[1])]
+            x = combine((1, x), *terms)
+            prev = d
+        return x
+'''
+
+
+def test_a_users_solvers_from_their_files_join_any_grid(tmp_path, monkeypatch, registered):
+    """`bench run --grid G --solver file.py:Class [--distill]`: a handcrafted and a learned solver from the user's
+    own files become rows of the grid, the learned one distilled per NFE and saved so that it loads again."""
+    from bench import cli
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "two_step.py").write_text(HANDCRAFTED)
+    import inspect
+    (tmp_path / "scaled.py").write_text("import torch\nimport solvers\nfrom solvers.base import derivative\n"
+                                        "from solvers.learned import LearnedSolver\n\n\n"
+                                        + inspect.getsource(ScaledEuler))
+    (tmp_path / "g.toml").write_text('name = "g"\nnfe = [3, 5]\nnum_samples = 16\n[[models]]\nname = "gmm2d"\n'
+                                     'metrics = ["endpoint_error"]\n[[solvers]]\nname = "ipndm"\nlabel = "iPNDM"\n'
+                                     'afs = true\n')
+    assert cli.main(["run", "--grid", "g.toml", "--solver", "two_step.py:TwoStep", "--results-dir", "res",
+                     "--no-progress"]) == 0
+    assert cli.main(["run", "--grid", "g.toml", "--solver", "scaled.py:ScaledEuler", "--distill", "--set",
+                     "solvers[ScaledEuler].distill.num_samples=32", "--set",
+                     "solvers[ScaledEuler].distill.eval_samples=8", "--results-dir", "res", "--no-progress"]) == 0
+    df = results.load(tmp_path / "res")
+    assert (df.status == "ok").all()
+    fam = df.drop_duplicates("label").set_index("label").family.to_dict()
+    assert fam == {"iPNDM": "handcrafted", "Two-step": "handcrafted", "ScaledEuler": "learned"}
+    assert set(df[df.label == "Two-step"].solver) == {"two_step.py:TwoStep"} and bool(df.afs.all())
+    saved = sorted((tmp_path / "res" / "solvers" / "g" / "gmm2d").glob("*.json"))
+    assert [p.name for p in saved] == ["ScaledEuler-nfe3.json", "ScaledEuler-nfe5.json"]
+    back = solvers.load(saved[0])
+    assert type(back).__name__ == "ScaledEuler" and back.metadata["training"]["steps"] == 5
+    assert cli.main(["run", "--grid", "g.toml", "--solver", "missing.py:X", "--dry-run"]) == 2
+    assert cli.main(["run", "--grid", "g.toml", "--solver", "two_step.py:TwoStep", "--distill", "--dry-run"]) == 2
+    assert cli.main(["run", "--grid", "g.toml", "--solver", "two_step.py:Nope", "--dry-run"]) == 2

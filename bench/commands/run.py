@@ -18,6 +18,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any grid value, e.g. --set num_samples=200 or "
                              "--set 'solvers[DyWeight].distill.steps=50' (repeatable; values are TOML)")
+    parser.add_argument("--solver", action="append", default=[], metavar="FILE.py:CLASS",
+                        help="add a user's solver as a row of the grid (path/to/file.py:Class or module:Class; "
+                             "repeatable)")
+    parser.add_argument("--distill", action="store_true",
+                        help="distil the --solver rows (learned solvers) per model and NFE with the defaults")
     parser.add_argument("--retry-failed", action="store_true", help="recompute cells stored as failed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -40,7 +45,9 @@ def main(args) -> int:
     for key in ("num_samples", "batch_size"):
         if getattr(args, key) is not None and getattr(args, key) <= 0:
             raise InputError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
-    grid = grids.load(args.grid, overrides(args))
+    if args.distill and not args.solver:
+        raise InputError("--distill applies to --solver rows; name one with --solver FILE.py:CLASS")
+    grid = grids.load(args.grid, overrides(args), [(spec, args.distill) for spec in args.solver])
     if args.dry_run:
         return runner.dry_run(grid, args.results_dir)
     runner.run(grid, args.results_dir, progress=not args.no_progress, retry_failed=args.retry_failed)

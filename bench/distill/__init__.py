@@ -44,9 +44,11 @@ def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list
     """Every check `distill` makes before its first network call: the kind, the grid, the options and the
     teacher. The grid loader runs it on each distilled cell's own grid, so a grid that would fail here fails at
     load time. Returns (grid as floats, resolved settings, teacher)."""
-    if kind not in solvers.learned_names():
+    if kind not in solvers.learned_names() and not solvers.is_spec(kind):
         raise InputError(f"unknown learned solver {kind!r}; accepted: {', '.join(solvers.learned_names())}")
     cls = solvers.solver_class(kind)
+    if not cls.learned:
+        raise InputError(f"{kind!r} is not a learned solver (a solvers.learned.LearnedSolver)")
     grid = [float(v) for v in (sigmas.detach().double().cpu() if isinstance(sigmas, torch.Tensor) else sigmas)]
     if len(grid) < (3 if afs else 2) or any(a <= b for a, b in zip(grid, grid[1:])) or grid[-1] < 0:
         raise InputError(f"sigmas must be a strictly descending grid ending at or above 0 with at least "
