@@ -25,6 +25,7 @@ _REGISTRY = {
     "dpm_solver_pp": "solvers.dpm_solver_pp:DPMSolverPP",
     "unipc": "solvers.unipc:UniPC",
     "dyweight": "solvers.dyweight:DyWeight",
+    "epd": "solvers.epd:EPD",
 }
 
 

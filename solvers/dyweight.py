@@ -221,23 +221,12 @@ class DyWeight(LearnedSolver):
             w = W[i][K - p:]
             h = t[i + 1] - t_hat
             x = combine((1, x), *((h * w[j] * a, g) for j, (a, g) in enumerate(buffer[-p:])))   # gradient weighting
-            if getattr(self, "_states", None) is not None:     # trajectory(): keep every state
-                self._states.append(x)
+            self._record(x)                                    # trajectory(): keep every state
             if self.time_shift:
                 t_hat = t_hat + sum(w) * h                     # time shifting
             else:
                 t_hat = t[i + 1]
         return x
-
-    def trajectory(self, denoiser, x_T, sigmas, afs: bool = False) -> list:
-        """Every state [x_0 = x_T, x_1, ..., x_{N-1}] of one `sample` run (x_i nominally at grid point t_i);
-        used by path supervision in bench.distill (paper Appendix C)."""
-        self._states = [x_T]
-        try:
-            self.sample(denoiser, x_T, sigmas, afs=afs)
-            return self._states
-        finally:
-            self._states = None
 
     # ---- persistence -------------------------------------------------------------------------
     def state(self) -> dict:

@@ -53,6 +53,20 @@ class LearnedSolver(Solver, torch.nn.Module):
     def budget_probe(cls) -> "LearnedSolver":
         return cls.from_options(num_points=cls.min_points + 1)
 
+    def trajectory(self, denoiser, x_T, sigmas, afs: bool = False) -> list:
+        """Every state [x_0 = x_T, x_1, ..., x_{N-1}] of one `sample` run (x_i nominally at grid point t_i); the
+        path supervision of bench.distill reads it. `_sample` reports each new state through `_record`."""
+        self._states = [x_T]
+        try:
+            self.sample(denoiser, x_T, sigmas, afs=afs)
+            return self._states
+        finally:
+            self._states = None
+
+    def _record(self, x) -> None:
+        if getattr(self, "_states", None) is not None:
+            self._states.append(x)
+
     def learns(self) -> dict[str, int]:
         """Every learned quantity and its number of values (trainable Parameters)."""
         return {name: p.numel() for name, p in self.named_parameters() if p.requires_grad}

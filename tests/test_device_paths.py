@@ -36,7 +36,8 @@ def test_every_solver_samples_on_the_device():
         m = gmm2d(device=dev)
         den = m.denoiser()
         for name in solvers.names():
-            s = solvers.get(name, num_points=6, afs=True) if name == "dyweight" else solvers.get(name)
+            cls = solvers.solver_class(name)
+            s = cls.untrained(6, afs=True) if cls.learned else solvers.get(name)
             x = s.sample(den, m.noise(range(4)), m.grid(6), afs=True)
             assert x.device == dev and torch.isfinite(x.cpu()).all(), name
 

@@ -69,7 +69,7 @@ def registered(monkeypatch):
 
 
 def test_the_family_is_declared_not_named(registered, tmp_path):
-    assert solvers.learned_names() == ["dyweight", "scaled_euler"]
+    assert solvers.learned_names() == ["dyweight", "epd", "scaled_euler"]
     assert not solvers.solver_class("ipndm").learned and solvers.solver_class("dyweight").learned
     s = solvers.solver_class("scaled_euler").untrained(5, damp=0.5)
     assert s.learns() == {"c": 4} and s.parameter_count() == 4 and s.c.tolist() == [0.5] * 4
