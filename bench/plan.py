@@ -44,7 +44,10 @@ def probe(entry) -> solvers.Solver:
     """A solver instance for budget arithmetic (`calls`, `num_points`) of a grid entry."""
     cls = solvers.solver_class(entry.name)
     if cls.learned and (entry.learned or not any(k in entry.options for k in cls.parameter_options)):
-        return cls.budget_probe()
+        # its structure decides its budget (EPD's K): the untrained entry's options, or the distillation's
+        given = {**entry.options, **(entry.distill or {})}
+        structure = {k: v for k, v in given.items() if k in cls.structure}
+        return cls.from_options(num_points=cls.min_points + 1, **structure) if structure else cls.budget_probe()
     return solvers.get(entry.name, **entry.options)
 
 

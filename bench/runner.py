@@ -473,7 +473,10 @@ def summary_table(grid: Grid, results_dir: Path) -> str:
     for (model, metric), part in df.groupby(["model", "metric"], sort=False):
         table = part.pivot_table(index="solver_label", columns="nfe", values="value", aggfunc="first", dropna=False)
         table = table.reindex([o for o in order if o in table.index])
-        text = table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="failed")
+        cells = part.pivot_table(index="solver_label", columns="nfe", values="status", aggfunc="first")
+        text = table.astype(object).where(table.notna(), cells.reindex_like(table).map(
+            lambda st: "failed" if isinstance(st, str) else "-"))   # "-": no such cell (e.g. an unreachable NFE)
+        text = text.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v).to_string()
         better = "higher" if bench.metrics.get(metric).higher_is_better else "lower"
         blocks.append(f"{model} · {metric} ({better} is better)\n{text}")
     return "\n\n".join(blocks)

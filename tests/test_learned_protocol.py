@@ -169,3 +169,24 @@ def test_a_users_solvers_from_their_files_join_any_grid(tmp_path, monkeypatch, r
     assert cli.main(["run", "--grid", "g.toml", "--solver", "missing.py:X", "--dry-run"]) == 2
     assert cli.main(["run", "--grid", "g.toml", "--solver", "two_step.py:TwoStep", "--distill", "--dry-run"]) == 2
     assert cli.main(["run", "--grid", "g.toml", "--solver", "two_step.py:Nope", "--dry-run"]) == 2
+
+
+def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
+    """The learned_quick grid, reduced (fewer samples, pairs and steps), runs every learned row and records the
+    training cost of each distilled solver."""
+    text = grids.path_of("learned_quick").read_text()
+    for old, new in (("num_samples = 2000", "num_samples = 64"), ("num_samples = 500", "num_samples = 32"),
+                     ("steps = 400", "steps = 3, num_samples = 64, eval_samples = 16"), ("steps = 300", "steps = 3"),
+                     ("num_samples = 512, eval_samples = 128", "num_samples = 32, eval_samples = 8"),
+                     ("nfe = [3, 5, 7]", "nfe = [3, 5]")):
+        assert old in text
+        text = text.replace(old, new)
+    (tmp_path / "lq.toml").write_text(text)
+    g = grids.load(tmp_path / "lq.toml")
+    assert {c.entry.name for c in g.cells if c.entry.family == "learned"} == set(solvers.learned_names())
+    runner.run(g, tmp_path / "res", progress=False, out=lambda *_: None)
+    df = results.load(tmp_path / "res")
+    assert (df.status == "ok").all() and {"DyWeight", "EPD (K=1)", "EPD (K=2)"} <= set(df.label)
+    for path in (tmp_path / "res" / "solvers").rglob("*.json"):
+        t = solvers.load(path).metadata["training"]
+        assert t["parameters"] > 0 and t["teacher_calls"] > 0 and t["student_calls"] > 0 and t["wall_time"] > 0

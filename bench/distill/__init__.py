@@ -95,9 +95,19 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     curves = train(student, source, grid, afs, settings, train_set, eval_set, path_set, seed=seed,
                    progress=progress)
     student.sigmas = grid
+    # the training's cost in denoiser calls, the unit every method shares: the teacher's endpoint runs (cached runs
+    # count what they cost once; path supervision's sub-stepped teacher runs are not included) and the student's
+    # forward passes (each also backpropagated)
+    teacher_calls = teacher.build().calls(settings.teacher_steps + 1, settings.teacher_afs,
+                                          ends_at_zero=grid[-1] == 0) + int(teacher.denoise_to_zero)
+    teacher_samples = settings.num_samples + settings.eval_samples
+    cost = {"parameters": student.parameter_count(), "learns": student.learns(),
+            "teacher_calls": teacher_calls * teacher_samples,
+            "student_calls": settings.steps * settings.batch_size * settings.accumulate * student.calls(len(grid),
+                                                                                                        afs)}
     student.metadata.update({
         "distilled": True, "model": source.name, "nfe": nfe, "afs": afs, "seed": seed,
-        "training": {**curves, "wall_time": time.perf_counter() - t_start, "teacher_seconds": teacher_seconds,
+        "training": {**curves, **cost, "wall_time": time.perf_counter() - t_start, "teacher_seconds": teacher_seconds,
                      "teacher_cache_hit": train_set.cache_hit, "teacher_cache_key": train_set.key,
                      "model_identity": ident, "seed": seed, "afs": afs, "nfe": nfe, **settings.record()},
     })
