@@ -190,3 +190,9 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
     for path in (tmp_path / "res" / "solvers").rglob("*.json"):
         t = solvers.load(path).metadata["training"]
         assert t["parameters"] > 0 and t["teacher_calls"] > 0 and t["student_calls"] > 0 and t["wall_time"] > 0
+    from bench import cli
+    assert cli.main(["report", "--results-dir", str(tmp_path / "res"), "--reports-dir", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "learned_quick.md").read_text()
+    costs = [line for line in md.splitlines() if line.startswith("| gmm2d EPD") or line.startswith("| gmm2d DyWeight")]
+    assert costs and all(line.split("|")[3].strip().replace(",", "").isdigit() for line in costs)
+    assert "| epd |" in md and "| dyweight |" in md

@@ -141,8 +141,8 @@ def released_panels(nfes=(3, 4)) -> list[tuple[str, pd.DataFrame]]:
 
 
 def distilled_solvers(results_dir: Path) -> list[dict]:
-    """Every saved learned solver with weight rows (DyWeight's `weights_oldest_to_newest`, what the heatmaps draw)
-    under <results_dir>/solvers/<grid>/<model>/<label>-nfe<N>.json, with its path parts."""
+    """Every saved learned solver under <results_dir>/solvers/<grid>/<model>/<label>-nfe<N>.json, with its path
+    parts (`has_weight_rows`: it holds DyWeight's weight rows, what the coefficient heatmaps draw)."""
     import json
     out = []
     root = Path(results_dir) / "solvers"
@@ -151,10 +151,11 @@ def distilled_solvers(results_dir: Path) -> list[dict]:
             st = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if not isinstance(st, dict) or "weights_oldest_to_newest" not in st:
+        if not isinstance(st, dict) or not isinstance(st.get("solver"), str):
             continue
         grid, model = p.parent.parent.name, p.parent.name
-        out.append({"path": p, "grid": grid, "model": model, "name": p.stem, "state": st})
+        out.append({"path": p, "grid": grid, "model": model, "name": p.stem, "state": st,
+                    "has_weight_rows": "weights_oldest_to_newest" in st})
     return out
 
 

@@ -116,30 +116,37 @@ def render_grid(df: pd.DataFrame, grid: str, results_dir: Path, reports_dir: Pat
                                                metric)[0], reports_dir, "transfer"), ""]
     # distilled coefficients and training curves
     solvers = [s for s in plots.distilled_solvers(results_dir) if s["grid"] == grid]
-    if solvers:
+    rows = [s for s in solvers if s["has_weight_rows"]]
+    if rows:
         md += ["## Distilled DyWeight coefficients (paper Fig. A.1 layout)", "",
                "Rows = steps (AFS first), columns = history weights w (oldest first), their sum Σw (the implicit "
                "time shift) and the time scale s of the step's network call.", ""]
-        for model in dict.fromkeys(s["model"] for s in solvers):
-            ss = [s for s in solvers if s["model"] == model]
+        for model in dict.fromkeys(s["model"] for s in rows):
+            ss = [s for s in rows if s["model"] == model]
             md += [_img(plots.coefficient_heatmaps(plots.distilled_panels(ss), figs / f"{grid}_{model}_coefficients",
                                                    f"DyWeight distilled on {model} (grid {grid})")[0],
                         reports_dir, f"coefficients {model}"), ""]
+    if solvers:
         try:
-            md += ["## Distillation training curves (paper Fig. 5 analogue)", "",
-                   _img(plots.training_curves(solvers, figs / f"{grid}_training", f"DyWeight distillation ({grid})")[0],
+            md += ["## Distillation training curves and cost (paper Fig. 5 analogue)", "",
+                   _img(plots.training_curves(solvers, figs / f"{grid}_training", f"distillation ({grid})")[0],
                         reports_dir, "training curves"), ""]
-            md += ["| solver | steps | final loss | final held-out error | wall time (s) |", "|---|---|---|---|---|"]
-            for s in solvers:
-                t = s["state"].get("metadata", {}).get("training", {})
-                loss = tables.fmt(t["loss"][-1]) if isinstance(t.get("loss"), list) and t["loss"] else "–"
-                ev = tables.fmt(t["eval_error"][-1]) if isinstance(t.get("eval_error"), list) and t["eval_error"] else "–"
-                steps = t["step"][-1] + 1 if isinstance(t.get("step"), list) and t["step"] else t.get("steps", "–")
-                md.append(f"| {s['model']} {s['name']} | {steps} | {loss} | {ev} | "
-                          f"{float(t.get('wall_time', float('nan'))):.1f} |")
-            md.append("")
         except ValueError:
             pass
+        md += ["Cost in denoiser calls: the teacher's endpoint runs and the student's forward passes (each also "
+               "backpropagated).", "",
+               "| solver | kind | parameters | steps | teacher calls | student calls | final loss | final held-out "
+               "error | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+        for s in solvers:
+            t = s["state"].get("metadata", {}).get("training", {})
+            loss = tables.fmt(t["loss"][-1]) if isinstance(t.get("loss"), list) and t["loss"] else "–"
+            ev = tables.fmt(t["eval_error"][-1]) if isinstance(t.get("eval_error"), list) and t["eval_error"] else "–"
+            steps = t["step"][-1] + 1 if isinstance(t.get("step"), list) and t["step"] else t.get("steps", "–")
+            cost = [f"{t[k]:,}" if isinstance(t.get(k), int) else "–"
+                    for k in ("parameters", "teacher_calls", "student_calls")]
+            md.append(f"| {s['model']} {s['name']} | {s['state']['solver']} | {cost[0]} | {steps} | {cost[1]} | "
+                      f"{cost[2]} | {loss} | {ev} | {float(t.get('wall_time', float('nan'))):.1f} |")
+        md.append("")
     md += _paper_section(reports_dir, figs)
     out = reports_dir / f"{grid}.md"
     out.write_text("\n".join(md) + "\n")
