@@ -62,6 +62,17 @@ def released_coefficients(dataset: str, nfe: int, run: str | None = None) -> dic
                      f"accepted: {', '.join(ck['run'] for ck in matches)}")
 
 
+RELEASED_KINDS = ("dyweight",)       # the learned solvers whose authors released coefficients (data above)
+
+
+def released_solver(dataset: str, nfe: int, run: str | None = None, kind: str = "dyweight"):
+    """The released coefficients for (dataset, nfe) as a ready solver (`DyWeight.from_checkpoint`)."""
+    if kind not in RELEASED_KINDS:
+        raise InputError(f"{kind} has no released coefficients; released: {', '.join(RELEASED_KINDS)}")
+    import solvers
+    return solvers.solver_class(kind).from_checkpoint(released_coefficients(dataset, nfe, run=run))
+
+
 def released_checkpoint_for(dataset: str, nfe: int, afs: bool, run: str | None = None) -> dict:
     """`released_coefficients`, refusing a checkpoint trained with the other AFS setting (its grid would differ)."""
     ck = released_coefficients(dataset, nfe, run)

@@ -397,8 +397,11 @@ def _expand(grid: Grid) -> None:
         if e.learned and not solvers.solver_class(e.name).learned:
             raise InputError(f"{where}: distill/released need a learned solver (one of "
                              f"{', '.join(solvers.learned_names())}), got {e.name!r}")
-        if e.released and "released" not in solvers.solver_class(e.name).parameter_options:
-            raise InputError(f"{where}: {e.name} has no released coefficients (released = true)")
+        if e.released:
+            from baselines import RELEASED_KINDS
+            if e.name not in RELEASED_KINDS:
+                raise InputError(f"{where}: {e.name} has no released coefficients (released = true); released: "
+                                 f"{', '.join(RELEASED_KINDS)}")
         if e.distill_from is not None:
             if e.distill is None:
                 raise InputError(f"{where}: distill_from needs distill = {{...}} too")

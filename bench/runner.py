@@ -185,7 +185,8 @@ class Builder:
         e = c.entry
         model = self.grid.models[c.model]
         if e.released:
-            return solvers.get(e.name, released=model.released_key, nfe=c.nfe)
+            from baselines import released_solver
+            return released_solver(model.released_key, c.nfe, kind=e.name)
         if e.distill is not None:
             return self.distilled(c)
         cls = solvers.solver_class(e.name)

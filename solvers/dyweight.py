@@ -52,7 +52,7 @@ class DyWeight(LearnedSolver):
     name = "dyweight"
     min_points = 2
     structure = ("history", "init", "time_shift", "time_scaling", "divisor", "time_scale_bounds")
-    parameter_options = ("weights", "time_scale", "released")
+    parameter_options = ("weights", "time_scale")
     distill_defaults = {}                 # bench.distill.Settings' defaults are the paper's (Appendix D.2)
 
     def __init__(self, weights, time_scale=None, afs: bool | None = None, history: int | None = None,
@@ -109,40 +109,23 @@ class DyWeight(LearnedSolver):
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def from_options(cls, weights=None, time_scale=None, released: str | None = None, nfe: int | None = None,
-                     run: str | None = None, num_points: int | None = None, afs: bool | None = None, history: int = 3,
+    def from_options(cls, weights=None, time_scale=None, num_points: int | None = None, afs: bool | None = None,
+                     history: int = 3,
                      init: str = "adams_bashforth", time_shift: bool = True, divisor_eps: float = 1e-8,
                      divisor: str = "shifted", time_scale_bounds=None, time_scaling: bool = True):
-        """solvers.get("dyweight", ...): from explicit `weights` (+ `time_scale`), from the paper's released
-        coefficients (`released=<dataset>, nfe=<n>`), or freshly initialised for `num_points` (+ `afs`).
-
-        `run=` picks one released checkpoint where a (dataset, nfe) pair has several: cifar10 NFE 4 has
-        "00001-cifar-nfe4" (inception loss, the default) and "00002-cifar-nfe4" (piecewise loss).
+        """solvers.get("dyweight", ...): from explicit `weights` (+ `time_scale`), or freshly initialised for
+        `num_points` (+ `afs`). The paper's released coefficients: `baselines.released_solver(dataset, nfe)`, which
+        passes a checkpoint to `from_checkpoint`.
         time_scaling=False freezes s (a training switch: s stays 1 at initialisation)."""
         for flag, value in (("time_shift", time_shift), ("time_scaling", time_scaling)):
             if not isinstance(value, bool):
                 raise InputError(f"{flag} must be True or False, got {value!r}")
-        chosen = [weights is not None, released is not None, num_points is not None]
-        if sum(chosen) != 1:
-            raise InputError("dyweight needs exactly one of weights=[[...], ...], released=<dataset> (with nfe=), "
-                             "or num_points=<N> (a fresh Adams-Bashforth initialisation)")
-        if run is not None and released is None:
-            raise InputError("dyweight run=... selects a released checkpoint; give released=<dataset> and nfe= too")
+        if (weights is None) == (num_points is None):
+            raise InputError("dyweight needs exactly one of weights=[[...], ...] or num_points=<N> (a fresh "
+                             "Adams-Bashforth initialisation); released coefficients: baselines.released_solver")
         if weights is not None:
             return cls(weights, time_scale, afs=afs, history=None, time_shift=time_shift, divisor_eps=divisor_eps,
                        divisor=divisor, time_scale_bounds=time_scale_bounds)
-        if released is not None:
-            if nfe is None:
-                raise InputError("dyweight released=... needs nfe=<budget> too")
-            from baselines import released_coefficients
-            ck = released_coefficients(released, nfe, run=run)
-            return cls(ck["weights_oldest_to_newest"], ck["time_scale"], afs=ck["afs"], history=ck["history"],
-                       divisor_eps=divisor_eps, divisor=ck.get("divisor", "shifted"),
-                       time_scale_bounds=ck.get("time_scale_bounds"),
-                       metadata={"time": ck.get("time", "sigma"), "released": released, "nfe": nfe, "run": ck["run"], "schedule": ck["schedule"],
-                                 "sigma_min": ck["sigma_min_trained"], "sigma_max": ck["sigma_max_trained"],
-                                 "teacher": ck["teacher"], "teacher_steps": ck["teacher_steps"],
-                                 "loss": ck.get("loss")})
         if num_points < 2:
             raise InputError(f"dyweight needs num_points >= 2, got {num_points}")
         if afs and num_points < 3:
@@ -175,6 +158,17 @@ class DyWeight(LearnedSolver):
         """The weight rows as lists, oldest first (row i has min(i+1, K) entries)."""
         W = self.weights.detach()
         return [W[i, self.history - min(i + 1, self.history):].tolist() for i in range(W.shape[0])]
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict) -> "DyWeight":
+        """A released checkpoint (a dict of baselines/data/dyweight_*released_coefficients.json), with its
+        provenance in `metadata`."""
+        return cls(ck["weights_oldest_to_newest"], ck["time_scale"], afs=ck["afs"], history=ck["history"],
+                   divisor=ck.get("divisor", "shifted"), time_scale_bounds=ck.get("time_scale_bounds"),
+                   metadata={"time": ck.get("time", "sigma"), "released": ck["dataset"], "nfe": ck["nfe"],
+                             "run": ck["run"], "schedule": ck["schedule"], "sigma_min": ck["sigma_min_trained"],
+                             "sigma_max": ck["sigma_max_trained"], "teacher": ck["teacher"],
+                             "teacher_steps": ck["teacher_steps"], "loss": ck.get("loss")})
 
     @classmethod
     def untrained(cls, num_points: int, afs: bool = False, **structure) -> "DyWeight":

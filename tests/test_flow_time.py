@@ -93,7 +93,7 @@ def reference_flux_dyweight(ck, y, t):
 @pytest.mark.parametrize("nfe", [3, 5, 7])
 def test_released_flux_coefficients_follow_the_reference_update(nfe):
     ck = baselines.released_coefficients("flux_dev", nfe)
-    s = solvers.get("dyweight", released="flux_dev", nfe=nfe)
+    s = baselines.released_solver("flux_dev", nfe)
     t = flow_times(nfe + 1, 3.0)
     y_T = start(seed=nfe)
     with torch.no_grad():

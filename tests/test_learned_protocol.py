@@ -196,3 +196,14 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
     costs = [line for line in md.splitlines() if line.startswith("| gmm2d EPD") or line.startswith("| gmm2d DyWeight")]
     assert costs and all(line.split("|")[3].strip().replace(",", "").isdigit() for line in costs)
     assert "| epd |" in md and "| dyweight |" in md
+
+
+def test_the_solver_library_imports_nothing_from_the_layers_above():
+    """solvers/ is the lowest layer: no module of it imports bench or baselines."""
+    import ast
+    from pathlib import Path
+    for path in Path(solvers.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not any(n.split(".")[0] in ("bench", "baselines") for n in names), (path.name, names)

@@ -27,7 +27,7 @@ def test_the_forty_paper_and_three_flux_checkpoints_are_there():
 
 @pytest.mark.parametrize("ck", CHECKPOINTS, ids=[c["run"] for c in CHECKPOINTS])
 def test_every_checkpoint_loads_with_matching_sizes(ck):
-    s = solvers.get("dyweight", released=ck["dataset"], nfe=ck["nfe"], run=ck["run"])
+    s = baselines.released_solver(ck["dataset"], ck["nfe"], run=ck["run"])
     n, afs = ck["num_time_points"], ck["afs"]
     assert s.grid_points == n and s.afs == afs and s.history == ck["history"]
     assert s.weights.shape == (n - 1, ck["history"])
@@ -55,9 +55,9 @@ def test_every_checkpoint_loads_with_matching_sizes(ck):
 
 
 def test_cifar10_nfe4_has_two_runs_and_the_first_is_the_default():
-    default = solvers.get("dyweight", released="cifar10", nfe=4)
-    inception = solvers.get("dyweight", released="cifar10", nfe=4, run="00001-cifar-nfe4")
-    piecewise = solvers.get("dyweight", released="cifar10", nfe=4, run="00002-cifar-nfe4")
+    default = baselines.released_solver("cifar10", 4)
+    inception = baselines.released_solver("cifar10", 4, run="00001-cifar-nfe4")
+    piecewise = baselines.released_solver("cifar10", 4, run="00002-cifar-nfe4")
     assert default.metadata["run"] == "00001-cifar-nfe4" and default.metadata["loss"] == "inception"
     assert piecewise.metadata["loss"] == "piecewise"
     assert default.rows() == inception.rows() and default.rows() != piecewise.rows()
@@ -78,7 +78,7 @@ def test_wrong_pairs_are_clear_errors(dataset, nfe, run, match):
     with pytest.raises(ValueError, match=match):
         baselines.released_coefficients(dataset, nfe, run=run)
     with pytest.raises(ValueError, match=match):
-        solvers.get("dyweight", released=dataset, nfe=nfe, run=run)
+        baselines.released_solver(dataset, nfe, run=run)
 
 
 def test_released_coefficients_match_the_shared_copy():
@@ -105,15 +105,15 @@ def test_every_reported_dyweight_cell_has_coefficients():
     for dataset, nfe in sorted(cells):
         if (dataset, nfe) in not_released:
             with pytest.raises(ValueError, match="no released DyWeight coefficients"):
-                solvers.get("dyweight", released=key.get(dataset, dataset), nfe=nfe)
+                baselines.released_solver(key.get(dataset, dataset), nfe)
         else:
             ck = baselines.released_coefficients(key.get(dataset, dataset), nfe)
-            assert solvers.get("dyweight", released=key.get(dataset, dataset), nfe=nfe).grid_points == \
+            assert baselines.released_solver(key.get(dataset, dataset), nfe).grid_points == \
                 ck["num_time_points"]
 
 
 def test_save_and_load_round_trip(tmp_path):
-    s = solvers.get("dyweight", released="imagenet64", nfe=6)
+    s = baselines.released_solver("imagenet64", 6)
     path = tmp_path / "dy.json"
     s.save(path)
     back = solvers.load(path)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import baselines
 import solvers
 from bench.models.gmm import gmm2d, gmm64
 
@@ -280,11 +281,10 @@ def test_dyweight_matches_reference(problem, afs, eps):
 
 @pytest.mark.parametrize("dataset,nfe", [("cifar10", 5), ("ms_coco", 8), ("ms_coco", 20)])
 def test_released_dyweight_matches_reference(problem, dataset, nfe):
-    import baselines
     model, x_T, D_np = problem
     ck = baselines.released_coefficients(dataset, nfe)
     t = karras(ck["num_time_points"])
-    solver = solvers.get("dyweight", released=dataset, nfe=nfe)
+    solver = baselines.released_solver(dataset, nfe)
     got = solver.sample(model.denoise, x_T, torch.tensor(t, dtype=torch.float64), afs=ck["afs"])
     want = ref_dyweight(D_np, x_T.numpy(), t, ck["weights_oldest_to_newest"], ck["time_scale"], ck["afs"])
     assert _rel(got.detach().numpy(), want) < 1e-11
@@ -323,7 +323,7 @@ def golden_problem():
 def _golden_solver(key):
     name, opts, n, afs = key
     if name == "dyweight-released":
-        return solvers.get("dyweight", released=opts[0][1], nfe=opts[1][1]), n, afs
+        return baselines.released_solver(opts[0][1], opts[1][1]), n, afs
     return solvers.get(name, **dict(opts)), n, afs
 
 
