@@ -26,6 +26,7 @@ _REGISTRY = {
     "unipc": "solvers.unipc:UniPC",
     "dyweight": "solvers.dyweight:DyWeight",
     "epd": "solvers.epd:EPD",
+    "gits": "solvers.gits:GITS",
 }
 
 

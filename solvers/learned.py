@@ -18,6 +18,9 @@ backpropagation through `sample`), and subclasses `LearnedSolver`, which sets `l
   learns()                                           parameter name -> number of learned values
   sigmas, metadata                                   the grid it was distilled for, and its provenance (the
                                                      distillation's settings and curves), saved in its state
+  trained_by = "search" (optional)                   trained without gradients: bench.distill hands its
+                                                     `search(T, X, d, afs, denoiser, x_T)` the teacher's whole
+                                                     trajectories instead of running the gradient loop (GITS)
 """
 from __future__ import annotations
 

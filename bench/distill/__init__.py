@@ -75,6 +75,9 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     grid, settings, teacher = validate(kind, sigmas, afs, target, **options)
     nfe = len(grid) - 1 - int(afs)
     source = Source(target, grid[-1], grid[0], noise_shape, dtype)
+    cls = solvers.solver_class(kind)
+    if getattr(cls, "trained_by", "gradient") == "search":            # e.g. GITS: a search over teacher states
+        return _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start)
     cache = Cache(None if cache_dir is False else (cache_dir or default_cache_dir()))
     ident = identity(source, cache_id)
 
@@ -110,6 +113,28 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
         "training": {**curves, **cost, "wall_time": time.perf_counter() - t_start, "teacher_seconds": teacher_seconds,
                      "teacher_cache_hit": train_set.cache_hit, "teacher_cache_key": train_set.key,
                      "model_identity": ident, "seed": seed, "afs": afs, "nfe": nfe, **settings.record()},
+    })
+    return student
+
+
+def _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start):
+    """A learned solver trained without gradients (`trained_by = "search"`): its `search` reads the teacher's whole
+    trajectories on the search seeds (teacher.trajectories) and, with AFS, picks among candidates on them."""
+    from .teacher import trajectories
+    seeds = list(range(settings.seed_start, settings.seed_start + settings.num_samples))
+    T, X, d, x_T = trajectories(source, teacher, seeds, afs, settings.teacher_batch_size)
+    pick = seeds[:settings.teacher_batch_size]
+    den = source.denoiser(source.conditions(pick))
+    student = cls.untrained(len(grid), afs, **settings.structure)
+    student.search(T, X, d, afs, denoiser=den, x_T=x_T[:len(pick)])
+    student.sigmas = list(student.timesteps)
+    calls = teacher.build().calls(len(T), afs)
+    student.metadata.update({
+        "distilled": True, "model": source.name, "nfe": nfe, "afs": afs, "seed": seed,
+        "training": {"wall_time": time.perf_counter() - t_start, "parameters": student.parameter_count(),
+                     "learns": student.learns(), "teacher_calls": calls * len(seeds),
+                     "student_calls": student.metadata.get("search_calls", 0),
+                     "teacher_grid": T, "seed": seed, "afs": afs, "nfe": nfe, **settings.record()},
     })
     return student
 

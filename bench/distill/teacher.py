@@ -310,3 +310,44 @@ def path_states(source: Source, teacher: Teacher, sigmas: Sequence[float], subst
     seconds = time.perf_counter() - t0
     cache.save(key, {"x_T": x_T, "targets": out, "parts": json.dumps(parts, default=str)})
     return TeacherSet(list(seeds), x_T, out, key, False, seconds)
+
+
+CAUSAL_TEACHERS = ("euler", "ipndm", "ipndm_v")     # one denoiser call per grid point, at the state there
+
+
+@torch.no_grad()
+def trajectories(source: Source, teacher: Teacher, seeds: Sequence[int], afs: bool, batch_size: int = 500):
+    """The teacher's whole trajectory on its grid T (M points, `teacher_grid`): states X (M, B, ...) and the
+    derivatives d (M-1, B, ...) it used at X_0 .. X_{M-2} (the AFS value at X_0 with `afs`), read from its denoiser
+    calls (a causal teacher calls the denoiser once per grid point, at the state there); plus x_T (B, ...).
+    What a grid search over teacher states (GITS) needs; computed each time (not cached)."""
+    if teacher.solver not in CAUSAL_TEACHERS:
+        raise InputError(f"a trajectory teacher must be one of {', '.join(CAUSAL_TEACHERS)} (one call per grid "
+                         f"point), got {teacher.solver!r}")
+    T = [float(v) for v in source.teacher_grid(teacher)]
+    solver = teacher.build()
+
+    def run(den, x):
+        seen = []
+
+        def recording(y, sigma):
+            out = den(y, sigma)
+            seen.append((y, (y - out) / sigma.reshape(-1, *[1] * (y.dim() - 1))))
+            return out
+        end = solver.sample(recording, x, torch.tensor(T, dtype=torch.float64), afs=afs)
+        if afs:
+            seen.insert(0, (x, x / math.sqrt(1 + T[0] ** 2)))
+        if len(seen) != len(T) - 1:
+            raise InputError(f"the teacher made {len(seen)} calls on {len(T)} points; a trajectory needs one per "
+                             "point")
+        return torch.stack([s for s, _ in seen] + [end], 1), torch.stack([g for _, g in seen], 1)
+
+    xs, Xs, ds = [], [], []
+    for lo in range(0, len(seeds), batch_size):
+        chunk = list(seeds[lo:lo + batch_size])
+        x_T = source.noise(chunk)
+        X, d = run(source.denoiser(source.conditions(chunk)), x_T)
+        xs.append(x_T)
+        Xs.append(X)
+        ds.append(d)
+    return T, torch.cat(Xs).transpose(0, 1), torch.cat(ds).transpose(0, 1), torch.cat(xs)
