@@ -115,3 +115,17 @@ def test_the_search_beats_its_base_and_round_trips(tmp_path):
 def test_bad_input_is_one_clear_error(opts, match):
     with pytest.raises(ValueError, match=match):
         solvers.get("gits", **opts)
+
+
+def test_with_nothing_to_insert_the_dp_chooses_every_point(monkeypatch):
+    """GITS's AFS inserts a point before the DP's first one; when that is teacher point 1 there is none, and the
+    grid keeps its budget by letting the DP choose all N points."""
+    import solvers.gits as gits
+    M = 6
+    C = torch.ones(M, M, dtype=torch.float64).triu(1)
+    C[0, 1] = -10.0                                          # the DP's first step is one teacher interval
+    monkeypatch.setattr(gits, "cost_matrix", lambda *a, **k: C)
+    T = [80.0, 20.0, 5.0, 1.0, 0.1, 0.002]
+    s = solvers.get("gits", num_points=4)
+    s.search(T, torch.zeros(M, 1, 2), torch.zeros(M - 1, 1, 2), afs=True)
+    assert s.metadata["afs_insertion"] is False and len(s.timesteps) == 4 and s.metadata["indices"][:2] == [0, 1]
