@@ -26,7 +26,7 @@ import torch
 from .base import afs_pair, combine
 from .ipndm import AB_COEFFS
 from .base import InputError
-from .learned import LearnedSolver, read_state
+from .learned import LearnedSolver
 
 INITS = ("adams_bashforth", "euler", "uniform")
 DIVISORS = ("shifted", "scaled")
@@ -185,11 +185,7 @@ class DyWeight(LearnedSolver):
 
     def check_grid(self, sigmas, x_T, afs):
         t = super().check_grid(sigmas, x_T, afs)
-        if len(t) != self.grid_points:
-            raise InputError(f"this dyweight solver has {self.grid_points - 1} weight rows, so it needs a grid of "
-                             f"{self.grid_points} points, got {len(t)}")
-        if self.afs is not None and bool(afs) != bool(self.afs):
-            raise InputError(f"this dyweight solver was built for afs={self.afs}; call sample(..., afs={self.afs})")
+        self._check_built_for(t, afs, "weight rows")
         return t
 
     def _sample(self, den, x, t, afs):
@@ -238,7 +234,3 @@ class DyWeight(LearnedSolver):
                    time_shift=st["time_shift"], divisor_eps=st["divisor_eps"], sigmas=st.get("sigmas"),
                    metadata=st.get("metadata"), divisor=st.get("divisor", "shifted"),
                    time_scale_bounds=st.get("time_scale_bounds"))
-
-    @classmethod
-    def load(cls, path) -> "DyWeight":
-        return cls.from_state(read_state(path))

@@ -163,13 +163,9 @@ class EPD(LearnedSolver):
 
     def check_grid(self, sigmas, x_T, afs):
         t = super().check_grid(sigmas, x_T, afs)
-        if len(t) != self.grid_points:
-            raise InputError(f"this epd solver has {self.grid_points - 1} table rows, so it needs a grid of "
-                             f"{self.grid_points} points, got {len(t)}")
+        self._check_built_for(t, afs, "table rows")
         if t[-1] == 0.0:
             raise InputError("epd needs a grid ending above 0 (its points interpolate sigma geometrically)")
-        if self.afs is not None and bool(afs) != bool(self.afs):
-            raise InputError(f"this epd solver was built for afs={self.afs}; call sample(..., afs={self.afs})")
         return t
 
     def _sample(self, den, x, t, afs):

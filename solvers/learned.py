@@ -66,6 +66,16 @@ class LearnedSolver(Solver, torch.nn.Module):
         finally:
             self._states = None
 
+    def _check_built_for(self, t: list, afs: bool, rows: str) -> None:
+        """The grid has the `grid_points` this solver's tables were built for (N-1 `rows`), and `afs` matches the
+        AFS setting it was built with (when it records one)."""
+        if len(t) != self.grid_points:
+            raise InputError(f"this {self.name} solver has {self.grid_points - 1} {rows}, so it needs a grid of "
+                             f"{self.grid_points} points, got {len(t)}")
+        if self.afs is not None and bool(afs) != bool(self.afs):
+            raise InputError(f"this {self.name} solver was built for afs={self.afs}; call sample(..., "
+                             f"afs={self.afs})")
+
     def _record(self, x) -> None:
         if getattr(self, "_states", None) is not None:
             self._states.append(x)
@@ -84,6 +94,10 @@ class LearnedSolver(Solver, torch.nn.Module):
     @classmethod
     def from_state(cls, st: dict) -> "LearnedSolver":
         raise NotImplementedError
+
+    @classmethod
+    def load(cls, path) -> "LearnedSolver":
+        return cls.from_state(read_state(path))
 
     def save(self, path) -> None:
         """JSON with float64 values written exactly (repr round-trips), plus the grid and training settings."""

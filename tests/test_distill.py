@@ -299,6 +299,6 @@ def test_accumulation_checkpointing_and_adamw_are_the_same_optimisation():
 def test_teacher_and_evaluation_batches_come_from_the_model():
     from bench.distill.train import Settings
     from bench.models import edm, flux
-    assert Settings().resolve(3, 3, batch_hint=flux.FluxModel().batch_hint).teacher_batch_size == 4
-    assert Settings().resolve(3, 3, batch_hint=edm.cifar10().batch_hint).teacher_batch_size == 250
-    assert Settings(teacher_batch_size=7).resolve(3, 3, batch_hint=4).teacher_batch_size == 7
+    assert Settings().resolve(3, batch_hint=flux.FluxModel().batch_hint).teacher_batch_size == 4
+    assert Settings().resolve(3, batch_hint=edm.cifar10().batch_hint).teacher_batch_size == 250
+    assert Settings(teacher_batch_size=7).resolve(3, batch_hint=4).teacher_batch_size == 7

@@ -68,8 +68,9 @@ def grid_toml(name: str, models: list[str], size: str, num_samples: int, batch_s
     pixel = [m for m in models if MODELS[m][1]]
     latent_cfg = [m for m in models if m == "standin_sd"]
     flux = [m for m in models if m == "standin_flux"]
-    small = (f"num_samples = {2 * batch_size}, eval_samples = {batch_size}, batch_size = {min(batch_size, 8)}, "
-             f"steps = {steps}, teacher_steps = 8")
+    def small(batch):
+        return (f"num_samples = {2 * batch_size}, eval_samples = {batch_size}, batch_size = {batch}, "
+                f"steps = {steps}, teacher_steps = 8")
 
     def entry(label, name, group, options="", extra=""):
         return ["[[solvers]]", f'name = "{name}"', f'label = "{label}"', f"models = {group}"] + \
@@ -79,7 +80,7 @@ def grid_toml(name: str, models: list[str], size: str, num_samples: int, batch_s
         lines += entry("iPNDM", "ipndm", pixel, extra="afs = true")
         lines += entry("DPM-Solver++(3M)", "dpm_solver_pp", pixel, "order = 3", "afs = true")
         lines += entry("DyWeight", "dyweight", pixel,
-                       extra=f'afs = true\ndistill = {{ loss = "inception", {small} }}')
+                       extra=f'afs = true\ndistill = {{ loss = "inception", {small(min(batch_size, 8))} }}')
     released = [m for m in pixel if m == "standin_edm"]
     if released:
         lines += entry("DyWeight (released)", "dyweight", released, extra="afs = true\nreleased = true")
@@ -87,14 +88,13 @@ def grid_toml(name: str, models: list[str], size: str, num_samples: int, batch_s
         lines += entry("iPNDM", "ipndm", latent_cfg, "max_order = 2")
         lines += entry("DPM-Solver++(2M)", "dpm_solver_pp", latent_cfg, "order = 2")
         lines += entry("DyWeight", "dyweight", latent_cfg,
-                       extra=f'distill = {{ history = 2, loss = "inception", {small} }}')
+                       extra=f'distill = {{ history = 2, loss = "inception", {small(min(batch_size, 8))} }}')
     if flux:
         lines += entry("iPNDM", "ipndm", flux, "max_order = 2", 'time = "flow"')
         lines += entry("DPM-Solver++(2M)", "dpm_solver_pp", flux, "order = 2", 'time = "flow"')
         recipe = ('teacher = "euler", teacher_denoise = false, loss = "mse", history = 2, init = "euler", '
                   'divisor = "scaled", time_scale_bounds = [0.5, 1.5], optimizer = "adamw", weight_decay = 5e-2, '
-                  f'lr = 1e-3, warmup = 0.0, lr_final = 0.0, accumulate = 2, checkpoint = true, {small}')
-        recipe = recipe.replace(f"batch_size = {min(batch_size, 8)}", "batch_size = 1")
+                  f'lr = 1e-3, warmup = 0.0, lr_final = 0.0, accumulate = 2, checkpoint = true, {small(1)}')
         lines += entry("DyWeight", "dyweight", flux, extra=f'time = "flow"\ndistill = {{ {recipe} }}')
         lines += entry("DyWeight (released)", "dyweight", flux, extra='time = "flow"\nreleased = true')
     return "\n".join(lines)
@@ -102,7 +102,6 @@ def grid_toml(name: str, models: list[str], size: str, num_samples: int, batch_s
 
 def network_seconds(model, cells, batch_size: int, device: str) -> float:
     """The time the model's network alone takes for every denoiser call of `cells` (timed at the batch size)."""
-    from bench import plan as _  # noqa: F401  (cells carry their plans)
     total = 0.0
     for c in cells:
         problem = model.view(c.plan.time)

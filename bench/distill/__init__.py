@@ -55,7 +55,7 @@ def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list
                          f"{3 if afs else 2} points (afs={afs}), got {grid}")
     settings = Settings.from_options({**cls.distill_defaults, **options}, cls.structure)
     nfe = len(grid) - 1 - int(afs)
-    settings.resolve(nfe, len(grid) - 1, getattr(target, "distill_lr", None), getattr(target, "batch_hint", None))
+    settings.resolve(nfe, getattr(target, "distill_lr", None), getattr(target, "batch_hint", None))
     cls.untrained(len(grid), afs, **settings.structure)         # the structure fits this grid
     teacher = Teacher(settings.teacher, settings.teacher_steps, settings.teacher_options, settings.teacher_afs,
                       settings.teacher_denoise, settings.teacher_schedule)
@@ -94,7 +94,7 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     teacher_seconds = sum(s.seconds for s in (train_set, eval_set, path_set) if s is not None)
 
     torch.manual_seed(seed)
-    student = solvers.solver_class(kind).untrained(len(grid), afs, **settings.structure)
+    student = cls.untrained(len(grid), afs, **settings.structure)
     curves = train(student, source, grid, afs, settings, train_set, eval_set, path_set, seed=seed,
                    progress=progress)
     student.sigmas = grid
@@ -123,9 +123,10 @@ def _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start):
     from .teacher import trajectories
     seeds = list(range(settings.seed_start, settings.seed_start + settings.num_samples))
     T, X, d, x_T = trajectories(source, teacher, seeds, afs, settings.teacher_batch_size)
-    pick = seeds[:settings.teacher_batch_size]
-    den = source.denoiser(source.conditions(pick))
     student = cls.untrained(len(grid), afs, **settings.structure)
+    den, pick = None, seeds[:settings.teacher_batch_size]
+    if afs:                                     # the AFS candidates are sampled on one batch of the search seeds
+        den = source.denoiser(source.conditions(pick))
     student.search(T, X, d, afs, denoiser=den, x_T=x_T[:len(pick)])
     student.sigmas = list(student.timesteps)
     calls = teacher.build().calls(len(T), afs)

@@ -89,10 +89,9 @@ class Settings:
         s.teacher_options = dict(s.teacher_options or {})
         return s
 
-    def resolve(self, nfe: int, num_steps: int, model_lr: float | None = None,
-                batch_hint: int | None = None) -> "Settings":
-        """Check every value; fill the defaults. num_steps = N - 1, the student's grid intervals; model_lr = the
-        paper's learning rate for the model being distilled (Model.distill_lr), else the NFE-dependent default;
+    def resolve(self, nfe: int, model_lr: float | None = None, batch_hint: int | None = None) -> "Settings":
+        """Check every value; fill the defaults (the student's own structure options are checked by its class,
+        `untrained`). model_lr = the paper's learning rate for the model being distilled (Model.distill_lr), else the NFE-dependent default;
         batch_hint = the model's batch size for teacher and evaluation runs (Model.batch_hint)."""
         if self.supervision not in SUPERVISIONS:
             raise InputError(f"unknown supervision {self.supervision!r}; accepted: {', '.join(SUPERVISIONS)}")
