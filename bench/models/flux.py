@@ -110,12 +110,10 @@ class FluxModel(loaded.LoadedNetworks, Model):
             raise InputError(f"unknown train_prompts {train_prompts!r}; accepted: {', '.join(PROMPT_SETS)} or none")
         self.train_prompts = train_prompts
         self._train_prompts_path = Path(train_prompts_path).expanduser() if train_prompts_path else None
-        self._given = bool(components)
         if torch_dtype is None:           # the reference's bfloat16, or the dtype of the given networks
             torch_dtype = next(components["transformer"].parameters()).dtype if components else torch.bfloat16
         self.device, self.net_dtype = devices.device(device), devices.dtype(torch_dtype)
-        for name in self.NETWORKS:
-            setattr(self, name, components.get(name) if components else None)
+        self._hold(components)
         self._prompts = None
         scheduler_cfg = {}
         if components:
@@ -162,9 +160,6 @@ class FluxModel(loaded.LoadedNetworks, Model):
         req = weights.requirement(PROMPT_SETS[self.train_prompts][0])
         req.path = self.train_prompts_path
         return [req]
-
-    def weights_key(self):
-        return None if self._given else ("flux", str(self.path), str(self.net_dtype), str(self.device))
 
     def read_networks(self) -> dict:
         from diffusers import AutoencoderKL, FluxTransformer2DModel

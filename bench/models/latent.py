@@ -109,18 +109,13 @@ class DiscreteEpsModel(loaded.LoadedNetworks, Model):
         self.autocast = None if autocast in (None, "none") else autocast
         if self.autocast is not None:
             devices.dtype(self.autocast)
-        self._given = bool(components)
-        for name in self.NETWORKS:
-            setattr(self, name, components.get(name) if components else None)
+        self._hold(components)
 
     def precision(self):
         """Mixed precision for network calls (fp16 autocast on CUDA by default; nothing elsewhere)."""
         if self.autocast is None or torch.device(self.device).type != "cuda":
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=devices.dtype(self.autocast))
-
-    def weights_key(self):
-        return None if self._given else (type(self).__name__, str(self.path), str(self.net_dtype), str(self.device))
 
 
 def _read_json(path: Path) -> dict:

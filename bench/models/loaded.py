@@ -46,6 +46,16 @@ class LoadedNetworks:
 
     NETWORKS: tuple = ()
 
+    def _hold(self, components: dict | None) -> None:
+        """Take the given networks (`components`, by attribute name), or none: they load from disk on first use."""
+        self._given = bool(components)
+        for name in self.NETWORKS:
+            setattr(self, name, components.get(name) if components else None)
+
+    def weights_key(self):
+        """Models of one class reading the same files in the same precision on the same device share them."""
+        return None if self._given else (type(self).__name__, str(self.path), str(self.net_dtype), str(self.device))
+
     def load(self) -> None:
         """Read the networks once (shared with every model of the same weights key); put them on the device."""
         if getattr(self, self.NETWORKS[0]) is None:
