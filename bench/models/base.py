@@ -102,11 +102,7 @@ class Model:
         """Forget references to loaded networks (called by bench.models.loaded.release)."""
 
     def weights_bytes(self) -> int:
-        """Memory of the networks' weights in the model's precision: of the networks given in memory (a model
-        whose `NETWORKS` were passed as components), else from `nominal_parameters`."""
-        if getattr(self, "_given", False) and getattr(self, "NETWORKS", ()):
-            mods = [getattr(self, n) for n in self.NETWORKS if isinstance(getattr(self, n, None), torch.nn.Module)]
-            return int(sum(p.numel() * p.element_size() for m in mods for p in m.parameters()))
+        """Memory of the networks' weights in the model's precision, from `nominal_parameters`."""
         per = torch.tensor([], dtype=getattr(self, "net_dtype", self.dtype)).element_size()
         return int(sum(self.nominal_parameters.values()) * per)
 

@@ -56,6 +56,13 @@ class LoadedNetworks:
         """Models of one class reading the same files in the same precision on the same device share them."""
         return None if self._given else (type(self).__name__, str(self.path), str(self.net_dtype), str(self.device))
 
+    def weights_bytes(self) -> int:
+        """The given networks' actual memory; else the nominal estimate (Model.weights_bytes)."""
+        if not self._given:
+            return super().weights_bytes()
+        mods = [getattr(self, n) for n in self.NETWORKS if isinstance(getattr(self, n, None), torch.nn.Module)]
+        return int(sum(p.numel() * p.element_size() for m in mods for p in m.parameters()))
+
     def load(self) -> None:
         """Read the networks once (shared with every model of the same weights key); put them on the device."""
         if getattr(self, self.NETWORKS[0]) is None:
