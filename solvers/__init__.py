@@ -27,6 +27,7 @@ _REGISTRY = {
     "dyweight": "solvers.dyweight:DyWeight",
     "epd": "solvers.epd:EPD",
     "gits": "solvers.gits:GITS",
+    "ld3": "solvers.ld3:LD3",
 }
 
 

@@ -20,9 +20,8 @@ spends one fused linear combination on the tensors for each.
 from __future__ import annotations
 
 import functools
-import math
 
-import numpy as np
+import torch
 
 from .base import Solver, afs_pair, combine
 from .thresholding import dynamic_threshold
@@ -75,9 +74,11 @@ class UniPC(Solver):
         else:
             m = den(x, t[0])
         ms = [self._data(m)]                                     # data predictions, newest first
-        key = tuple(t)                                           # the coefficients are cached per grid
-        for i, (order, correct) in enumerate(self.schedule(len(t), ends_at_zero=t[-1] == 0)):
-            pred, corr = step_coefficients(key, i, order, correct, self.variant)
+        # the coefficients are cached per grid; a grid of tensors (LD3's learned steps) gets differentiable ones
+        learned_grid = any(isinstance(v, torch.Tensor) for v in t)
+        coeffs, key = (coefficients, t) if learned_grid else (step_coefficients, tuple(t))
+        for i, (order, correct) in enumerate(self.schedule(len(t), ends_at_zero=float(t[-1]) == 0)):
+            pred, corr = coeffs(key, i, order, correct, self.variant)
             x_pred = combine(*zip(pred, [x] + ms))               # predictor (UniP)
             if corr is None:
                 x = x_pred
@@ -91,36 +92,46 @@ class UniPC(Solver):
 @functools.lru_cache(maxsize=4096)
 def step_coefficients(t: tuple, i: int, order: int, correct: bool, variant: str):
     """Coefficients of the predictor over (x_i, M_i, .., M_{i-order+1}) and of the corrector over the same plus
-    M_t (None without corrector): the module docstring's equations on unit vectors."""
-    X, M0, M1, M2, MT = np.eye(5)
+    M_t (None without corrector): the module docstring's equations on unit vectors, as Python floats, cached per
+    grid."""
+    pred, corr = coefficients(t, i, order, correct, variant)
+    return tuple(pred.tolist()), None if corr is None else tuple(corr.tolist())
+
+
+def coefficients(t, i: int, order: int, correct: bool, variant: str):
+    """`step_coefficients` as float64 tensors, for grid values that are floats or 0-d tensors; with tensors the
+    coefficients are differentiable in the grid (LD3 learns its time steps through them)."""
+    X, M0, M1, M2, MT = torch.eye(5, dtype=torch.float64)
     ms = [M0, M1, M2]
-    ratio = t[i + 1] / t[i]
+    lt = {k: torch.log(torch.as_tensor(t[k], dtype=torch.float64)) for k in range(i - order + 1, i + 1)}
+    ratio = torch.as_tensor(t[i + 1], dtype=torch.float64) / torch.as_tensor(t[i], dtype=torch.float64)
     x_lin = ratio * X - (ratio - 1) * M0                         # expm1(-h) = t_{i+1}/t_i - 1
     if order == 1 and not correct:
-        return tuple(float(v) for v in x_lin[:2]), None
-    h = math.log(t[i]) - math.log(t[i + 1])
+        return x_lin[:2], None
+    h = lt[i] - torch.log(torch.as_tensor(t[i + 1], dtype=torch.float64))
     hh = -h
-    rks = [(math.log(t[i]) - math.log(t[i - k])) / h for k in range(1, order)] + [1.0]
+    one = torch.ones((), dtype=torch.float64)
+    rks = [(lt[i] - lt[i - k]) / h for k in range(1, order)] + [one]
     d1s = [(ms[k] - M0) / rks[k - 1] for k in range(1, order)]
-    B = math.expm1(hh) if variant == "bh2" else hh
-    phi, fac = math.expm1(hh) / hh - 1, 1.0
+    B = torch.expm1(hh) if variant == "bh2" else hh
+    phi, fac = torch.expm1(hh) / hh - 1, 1.0
     R, b = [], []
     for k in range(1, order + 1):
-        R.append([r ** (k - 1) for r in rks])
+        R.append(torch.stack([r ** (k - 1) for r in rks]))
         b.append(phi * fac / B)
         fac *= k + 1
         phi = phi / hh - 1 / fac
-    R, b = np.array(R), np.array(b)
+    R, b = torch.stack(R), torch.stack(b)
     if order == 1:
         x_pred = x_lin
     elif order == 2:
         x_pred = x_lin - B * 0.5 * d1s[0]
     else:
-        rho_p = np.linalg.solve(R[:-1, :-1], b[:-1])
+        rho_p = torch.linalg.solve(R[:-1, :-1], b[:-1])
         x_pred = x_lin - B * sum(r * d for r, d in zip(rho_p, d1s))
-    pred = tuple(float(v) for v in x_pred[:1 + order])
+    pred = x_pred[:1 + order]
     if not correct:
         return pred, None
-    rho_c = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
+    rho_c = 0.5 * one[None] if order == 1 else torch.linalg.solve(R, b)
     x_corr = x_lin - B * (sum(r * d for r, d in zip(rho_c[:-1], d1s)) + rho_c[-1] * (MT - M0))
-    return pred, tuple(float(v) for v in x_corr[:1 + order]) + (float(x_corr[4]),)
+    return pred, torch.cat([x_corr[:1 + order], x_corr[4:]])

@@ -69,7 +69,7 @@ def registered(monkeypatch):
 
 
 def test_the_family_is_declared_not_named(registered, tmp_path):
-    assert solvers.learned_names() == ["dyweight", "epd", "gits", "scaled_euler"]
+    assert solvers.learned_names() == ["dyweight", "epd", "gits", "ld3", "scaled_euler"]
     assert not solvers.solver_class("ipndm").learned and solvers.solver_class("dyweight").learned
     s = solvers.solver_class("scaled_euler").untrained(5, damp=0.5)
     assert s.learns() == {"c": 4} and s.parameter_count() == 4 and s.c.tolist() == [0.5] * 4
@@ -186,7 +186,7 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
     assert {c.entry.name for c in g.cells if c.entry.family == "learned"} == set(solvers.learned_names())
     runner.run(g, tmp_path / "res", progress=False, out=lambda *_: None)
     df = results.load(tmp_path / "res")
-    assert (df.status == "ok").all() and {"DyWeight", "EPD (K=1)", "EPD (K=2)", "GITS + iPNDM"} <= set(df.label)
+    assert (df.status == "ok").all() and {"DyWeight", "EPD (K=1)", "EPD (K=2)", "GITS + iPNDM", "LD3"} <= set(df.label)
     for path in (tmp_path / "res" / "solvers").rglob("*.json"):
         t = solvers.load(path).metadata["training"]
         assert t["parameters"] > 0 and t["teacher_calls"] > 0 and t["student_calls"] >= 0 and t["wall_time"] > 0
@@ -195,7 +195,7 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
     md = (tmp_path / "rep" / "learned_quick.md").read_text()
     costs = [line for line in md.splitlines() if line.startswith("| gmm2d EPD") or line.startswith("| gmm2d DyWeight")]
     assert costs and all(line.split("|")[3].strip().replace(",", "").isdigit() for line in costs)
-    assert "| epd |" in md and "| dyweight |" in md
+    assert "| epd |" in md and "| dyweight |" in md and "| ld3 |" in md
 
 
 def test_the_solver_library_imports_nothing_from_the_layers_above():
