@@ -28,6 +28,7 @@ _REGISTRY = {
     "epd": "solvers.epd:EPD",
     "gits": "solvers.gits:GITS",
     "ld3": "solvers.ld3:LD3",
+    "amed": "solvers.amed:AMED",
 }
 
 

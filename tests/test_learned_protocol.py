@@ -69,7 +69,7 @@ def registered(monkeypatch):
 
 
 def test_the_family_is_declared_not_named(registered, tmp_path):
-    assert solvers.learned_names() == ["dyweight", "epd", "gits", "ld3", "scaled_euler"]
+    assert solvers.learned_names() == ["dyweight", "epd", "gits", "ld3", "amed", "scaled_euler"]
     assert not solvers.solver_class("ipndm").learned and solvers.solver_class("dyweight").learned
     s = solvers.solver_class("scaled_euler").untrained(5, damp=0.5)
     assert s.learns() == {"c": 4} and s.parameter_count() == 4 and s.c.tolist() == [0.5] * 4
@@ -178,6 +178,7 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
     for old, new in (("num_samples = 2000", "num_samples = 64"), ("num_samples = 500", "num_samples = 32"),
                      ("steps = 400", "steps = 3, num_samples = 64, eval_samples = 16"), ("steps = 300", "steps = 3"),
                      ("num_samples = 512, eval_samples = 128", "num_samples = 32, eval_samples = 8"),
+                     ("steps = 1000", "steps = 3, num_samples = 64, eval_samples = 16"),
                      ("nfe = [3, 5, 7]", "nfe = [3, 5]")):
         assert old in text
         text = text.replace(old, new)
@@ -186,7 +187,8 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
     assert {c.entry.name for c in g.cells if c.entry.family == "learned"} == set(solvers.learned_names())
     runner.run(g, tmp_path / "res", progress=False, out=lambda *_: None)
     df = results.load(tmp_path / "res")
-    assert (df.status == "ok").all() and {"DyWeight", "EPD (K=1)", "EPD (K=2)", "GITS + iPNDM", "LD3"} <= set(df.label)
+    assert (df.status == "ok").all() and {"DyWeight", "EPD (K=1)", "EPD (K=2)", "GITS + iPNDM", "LD3",
+                                             "AMED-Solver"} <= set(df.label)
     for path in (tmp_path / "res" / "solvers").rglob("*.json"):
         t = solvers.load(path).metadata["training"]
         assert t["parameters"] > 0 and t["teacher_calls"] > 0 and t["student_calls"] >= 0 and t["wall_time"] > 0
@@ -195,7 +197,8 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
     md = (tmp_path / "rep" / "learned_quick.md").read_text()
     costs = [line for line in md.splitlines() if line.startswith("| gmm2d EPD") or line.startswith("| gmm2d DyWeight")]
     assert costs and all(line.split("|")[3].strip().replace(",", "").isdigit() for line in costs)
-    assert "| epd |" in md and "| dyweight |" in md and "| ld3 |" in md
+    assert "| epd |" in md and "| dyweight |" in md and "| ld3 |" in md and "| amed |" in md
+    assert "## Learned time grids" in md and (tmp_path / "rep" / "figures" / "learned_quick_learned_grids.png").exists()
 
 
 def test_the_solver_library_imports_nothing_from_the_layers_above():

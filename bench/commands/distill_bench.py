@@ -1,4 +1,10 @@
-"""`python -m bench distill-bench`: measure the distillation targets of issue 3 and print them.
+"""`python -m bench distill-bench`: measure the distillation targets and print them.
+
+`--solvers dyweight` (the default) measures DyWeight with `distill`'s defaults and its ablations (below).
+`--solvers all` (or a comma-separated list of learned solver names) measures every learned row of the
+`learned_quick` grid for these models, with that grid's settings (its labels, structure and distillation options,
+and its NFE plan): the ratio of each row's endpoint error to the best handcrafted solver at that NFE (target < 1
+at NFE 3 and 5) and the wall time of distilling all its NFEs with a cold teacher cache of its own (target 60 s).
 
 On the analytic mixtures, with the exact PF-ODE solution (GaussianMixture.reference_solution) as ground truth and
 held-out noise seeds (0 .. eval_samples-1; distillation uses seeds >= 1e9):
@@ -20,7 +26,7 @@ import time
 from pathlib import Path
 from solvers.base import InputError
 
-HELP = "measure DyWeight distillation against the best handcrafted solver on the analytic models (issue 3 targets)"
+HELP = "measure learned solvers' distillation against the best handcrafted solver on the analytic models"
 
 HANDCRAFTED = [("Euler", "euler", {}), ("Heun", "heun", {}), ("iPNDM", "ipndm", {}), ("iPNDM-v", "ipndm_v", {}),
                ("DPM-Solver++(2M)", "dpm_solver_pp", {"order": 2}),
@@ -51,6 +57,9 @@ ABLATIONS = {
 def add_arguments(parser) -> None:
     parser.add_argument("--models", default="gmm64,gmm2d", help="comma-separated analytic models (default: gmm64,gmm2d)")
     parser.add_argument("--nfe", default="3,5,7,9", help="comma-separated budgets (default: 3,5,7,9)")
+    parser.add_argument("--solvers", default="dyweight",
+                        help="'dyweight' (default: DyWeight with distill's defaults, and its ablations), 'all' (every "
+                             "learned row of the learned_quick grid) or a comma-separated list of learned solver names")
     parser.add_argument("--seed", type=int, default=0, help="distillation seed (default 0)")
     parser.add_argument("--eval-samples", type=int, default=1000,
                         help="held-out noise seeds 0..N-1 for the endpoint errors (default 1000)")
@@ -95,6 +104,17 @@ def main(args) -> int:
             raise UsageError(f"unknown ablation {', '.join(bad)}; accepted: all, none, {', '.join(ABLATIONS)}")
     if args.eval_samples < 1:
         raise UsageError("--eval-samples must be >= 1")
+    import solvers
+    chosen = None if args.solvers == "dyweight" else (
+        solvers.learned_names() if args.solvers == "all" else _list(args.solvers, "solvers"))
+    if chosen is not None:
+        bad = [c for c in chosen if c not in solvers.learned_names()]
+        if bad:
+            raise UsageError(f"unknown learned solver {', '.join(bad)}; accepted: dyweight, all, or names among "
+                             f"{', '.join(solvers.learned_names())}")
+        if args.ablations != "all":
+            print("note: --ablations applies to --solvers dyweight only")
+        ablations = []
     torch.set_num_threads(args.threads)
     tmp = None
     cache_dir = args.cache_dir
@@ -104,7 +124,7 @@ def main(args) -> int:
     report = {"threads": args.threads, "seed": args.seed, "eval_seeds": f"0-{args.eval_samples - 1}", "models": {}}
     try:
         for name in names:
-            report["models"][name] = bench_model(models.get(name), nfes, args, ablations, cache_dir)
+            report["models"][name] = bench_model(models.get(name), nfes, args, ablations, cache_dir, chosen)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -115,7 +135,7 @@ def main(args) -> int:
     return 0
 
 
-def bench_model(model, nfes, args, ablations, cache_dir) -> dict:
+def bench_model(model, nfes, args, ablations, cache_dir, chosen=None) -> dict:
     import torch
 
     import solvers
@@ -180,8 +200,11 @@ def bench_model(model, nfes, args, ablations, cache_dir) -> dict:
         res["cpu_seconds"] = time.process_time() - cpu0
         return res
 
-    main = run_all({}, "default")
     out["best_handcrafted"] = {nfe: {"error": best[nfe][0], "solver": best[nfe][1]} for nfe in nfes}
+    if chosen is not None:
+        out["learned"] = compare_learned(model, nfes, chosen, best, err, den, x_T, args, cache_dir)
+        return out
+    main = run_all({}, "default")
     out["dyweight"] = main
     print(f"\nDyWeight (distill defaults, seed {args.seed}, polynomial grid + AFS) vs the best handcrafted solver:")
     print(f"{'NFE':>4}  {'best handcrafted':<34} {'error':>8}  {'DyWeight':>8}  {'ratio':>6}  target <= 0.333")
@@ -204,3 +227,45 @@ def bench_model(model, nfes, args, ablations, cache_dir) -> dict:
             print(f"{a:<24}" + "".join(f"{res['ratio'][n]:10.3f}" for n in nfes) + f"{res['cpu_seconds']:9.1f}",
                   flush=True)
     return out
+
+
+def compare_learned(model, nfes, chosen, best, err, den, x_T, args, cache_dir) -> dict:
+    """Every learned row of `learned_quick` for this model whose solver is in `chosen`: distilled per NFE on the
+    grid's plan with the grid's options, each row with a cold teacher cache of its own."""
+    import torch
+
+    from bench import grid as grids
+    from bench.distill import distill
+
+    g = grids.load("learned_quick", {"nfe": nfes})
+    rows: dict[str, dict] = {}
+    for c in g.cells:
+        if c.model != model.name or not c.entry.learned or c.entry.name not in chosen:
+            continue
+        row = rows.setdefault(c.entry.label, {"solver": c.entry.name, "error": {}, "ratio": {}, "seconds": 0.0})
+        options = dict(c.entry.distill)
+        seed = options.pop("seed", args.seed)
+        t0 = time.perf_counter()
+        s = distill(c.entry.name, model, list(c.plan.source_sigmas), afs=c.entry.afs, seed=seed,
+                    cache_dir=Path(cache_dir) / f"{model.name}-{c.entry.label}", **options)
+        row["seconds"] += time.perf_counter() - t0
+        with torch.no_grad():
+            e = err(s.sample(den, x_T, list(c.plan.sigmas), afs=c.entry.afs))
+        row["error"][c.nfe], row["ratio"][c.nfe] = e, e / best[c.nfe][0]
+    skipped = [(label, nfe) for m, label, nfe, _ in g.skipped if m == model.name]
+    print(f"\nlearned_quick's learned rows for {model.name} (its options; cold teacher cache per row): endpoint error "
+          "/ the best handcrafted solver's at that NFE (target < 1)")
+    print(f"{'row':<16}" + "".join(f"{'NFE ' + str(n):>16}" for n in nfes) + f"{'wall s':>9}  (target 60 s)")
+    print(f"{'best handcrafted':<16}" + "".join(f"{best[n][0]:16.4f}" for n in nfes))
+    for label, row in rows.items():
+        cells = [f"{row['error'][n]:.4f} {row['ratio'][n]:5.2f}x" if n in row["ratio"] else "unreachable"
+                 for n in nfes]
+        print(f"{label:<16}" + "".join(f"{v:>16}" for v in cells) + f"{row['seconds']:9.1f}  "
+              f"{'met' if row['seconds'] <= 60 else 'MISSED'}")
+        missed = [f"NFE {n} by {100 * (row['ratio'][n] - 1):.0f} %" for n in nfes
+                  if n in (3, 5) and row["ratio"].get(n, 0) >= 1]
+        if missed:
+            print(f"{'':<16}not below the best handcrafted solver at {', '.join(missed)}")
+    if skipped:
+        print("unreachable budgets (skipped by the grid): " + ", ".join(f"{l} NFE {n}" for l, n in skipped))
+    return rows

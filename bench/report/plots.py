@@ -5,6 +5,8 @@
   weights w_{n,i} (oldest first), their sum and the time scale s_n; for distilled and released coefficients;
 - the cross-model transfer matrix (paper Table A.1) as a heatmap;
 - distillation training curves (paper Fig. 5): loss and held-out error against the optimisation step;
+- learned time grids (the saved state's `timesteps`, and `model_times` where a solver decouples them), one row per
+  solver on a log-sigma axis;
 - the numerical study (paper Figs. 3 and A.2): error vs complexity K and vs steps S.
 Every function returns the paths it wrote.
 """
@@ -203,6 +205,28 @@ def training_curves(solvers: list[dict], base: Path, title: str) -> list[Path]:
             ax.legend(fontsize=6)
         else:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, base)
+
+
+def learned_grids(solvers: list[dict], base: Path, title: str) -> list[Path]:
+    """One row per saved solver whose state records a learned grid (`timesteps`): its points on a log-sigma axis
+    (filled), and the times its network sees where they differ (`model_times`, hollow)."""
+    rows = [(f"{s['model']} {s['name']}", s["state"]) for s in solvers if isinstance(s["state"].get("timesteps"), list)]
+    if not rows:
+        raise InputError("no learned time grids recorded in the saved solvers")
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.32 * len(rows)))
+    palette = sns.color_palette("tab10", len(rows))
+    for y, (color, (name, st)) in enumerate(zip(palette, rows)):
+        ax.plot(st["timesteps"], [y] * len(st["timesteps"]), "o", color=color, markersize=4)
+        model_times = st.get("model_times")
+        if isinstance(model_times, list) and model_times != st["timesteps"]:
+            ax.plot(model_times, [y + 0.25] * len(model_times), "o", mfc="none", color=color, markersize=4)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(rows)), [n for n, _ in rows], fontsize=6)
+    ax.invert_xaxis()
+    ax.set_xlabel("sigma (filled: the solver's grid; hollow: the model's input times)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, base)

@@ -126,6 +126,11 @@ def render_grid(df: pd.DataFrame, grid: str, results_dir: Path, reports_dir: Pat
             md += [_img(plots.coefficient_heatmaps(plots.distilled_panels(ss), figs / f"{grid}_{model}_coefficients",
                                                    f"DyWeight distilled on {model} (grid {grid})")[0],
                         reports_dir, f"coefficients {model}"), ""]
+    grids = [s for s in solvers if isinstance(s["state"].get("timesteps"), list)]
+    if grids:
+        md += ["## Learned time grids", "",
+               _img(plots.learned_grids(grids, figs / f"{grid}_learned_grids", f"learned time grids ({grid})")[0],
+                    reports_dir, "learned time grids"), ""]
     if solvers:
         try:
             md += ["## Distillation training curves and cost (paper Fig. 5 analogue)", "",
