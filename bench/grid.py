@@ -29,7 +29,7 @@ _TOP_KEYS = {"name", "description", "kind", "nfe", "num_samples", "seed_start", 
              "metrics", "metric_options", "skip_unreachable", "models", "solvers"}
 _MODEL_KEYS = {"name", "metrics", "metric_options", "options", "nfe", "num_samples", "batch_size"}
 _SOLVER_KEYS = {"name", "label", "afs", "schedule", "schedule_options", "time", "options", "distill", "distill_from",
-                "released", "models", "nfe", "skip_unreachable"}
+                "released", "models", "nfe", "skip_unreachable", "paper_method"}
 
 
 def names() -> list[str]:
@@ -86,6 +86,7 @@ class SolverEntry:
     models: list | None = None              # only these models (None: every model of the grid)
     nfe: list | None = None                 # overrides the grid's NFE list
     skip_unreachable: bool | None = None
+    paper_method: str | None = None         # the paper's name of this row's method (reported-vs-measured tables)
 
     @property
     def learned(self) -> bool:
@@ -379,11 +380,13 @@ def _expand(grid: Grid) -> None:
                         released=st.get("released", False), time=st.get("time", raw.get("time", "sigma")),
                         models=st.get("models"),
                         nfe=_int_list(st["nfe"], where) if "nfe" in st else None,
-                        skip_unreachable=st.get("skip_unreachable"))
+                        skip_unreachable=st.get("skip_unreachable"), paper_method=st.get("paper_method"))
         if not isinstance(e.afs, bool) or not isinstance(e.released, bool):
             raise InputError(f"{where}: afs and released must be true or false")
         if not isinstance(e.options, dict) or not isinstance(e.schedule_options, dict):
             raise InputError(f"{where}: options and schedule_options must be tables")
+        if e.paper_method is not None and (not isinstance(e.paper_method, str) or not e.paper_method):
+            raise InputError(f"{where}: paper_method must be the paper's name of the method, e.g. \"DyWeight\"")
         if e.time not in TIMES:
             raise InputError(f"{where}: unknown time {e.time!r}; accepted: {', '.join(TIMES)} (flow: the solver's "
                              "flow-time form, solvers/flow.py)")

@@ -27,7 +27,7 @@ COLUMNS = {
     "nfe": "INTEGER", "afs": "INTEGER", "schedule": "TEXT", "metric": "TEXT", "value": "REAL", "status": "TEXT",
     "error": "TEXT", "num_samples": "INTEGER", "seeds": "TEXT", "distilled_on": "TEXT", "code_version": "TEXT",
     "config_hash": "TEXT", "cell_key": "TEXT", "torch_version": "TEXT", "device": "TEXT", "world_size": "INTEGER",
-    "wall_time": "REAL", "created_at": "TEXT",
+    "wall_time": "REAL", "created_at": "TEXT", "paper_method": "TEXT",
 }
 
 
@@ -42,6 +42,8 @@ class Store:
         cols = ", ".join(f"{c} {t}" for c, t in COLUMNS.items())
         with self.conn:
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, PRIMARY KEY (cell_key, metric))")
+            for c in [c for c in COLUMNS if c not in _columns(self.conn)]:      # a store from an older version
+                self.conn.execute(f"ALTER TABLE results ADD COLUMN {c} {COLUMNS[c]}")
 
     def stored(self, cell_key: str) -> dict[str, str]:
         """metric -> status of what is already stored for a cell."""
@@ -86,10 +88,19 @@ def load(results_dir: str | Path = "results") -> pd.DataFrame:
         return _typed(pd.DataFrame(columns=list(COLUMNS)))
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
     try:
-        df = pd.read_sql_query(f"SELECT {', '.join(COLUMNS)} FROM results ORDER BY rowid", conn)
+        have = _columns(conn)
+        df = pd.read_sql_query(f"SELECT {', '.join(c for c in COLUMNS if c in have)} FROM results ORDER BY rowid",
+                               conn)
     finally:
         conn.close()
-    return _typed(df)
+    for c in COLUMNS:                                   # a column an older store lacks: empty
+        if c not in df:
+            df[c] = None
+    return _typed(df[list(COLUMNS)])
+
+
+def _columns(conn) -> set[str]:
+    return {row[1] for row in conn.execute("PRAGMA table_info(results)")}
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -98,6 +109,6 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("nfe", "num_samples", "world_size"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("int64") if len(df) else df[c].astype("int64")
     df["afs"] = df["afs"].astype(bool)
-    for c in ("error", "distilled_on"):
+    for c in ("error", "distilled_on", "paper_method"):
         df[c] = df[c].fillna("")
     return df

@@ -14,8 +14,10 @@ from bench.distill import losses
 from bench.metrics.base import Metric
 
 EXPECTED = {  # grid -> {(model, label): [NFEs]} spot checks, and total cell count
-    "paper_table1": (156, {("cifar10", "DPM-Solver++(3M)"): [3, 4, 5, 6, 7, 8, 9],
-                           ("sd15", "DyWeight"): [8, 12, 16, 20]}),
+    "paper_table1": (202, {("cifar10", "DPM-Solver++(3M)"): [3, 4, 5, 6, 7, 8, 9],
+                           ("sd15", "DyWeight"): [8, 12, 16, 20], ("cifar10", "EPD-Solver"): [5, 8],
+                           ("imagenet64", "EPD-Solver"): [5, 8], ("lsun_bedroom", "AMED-Solver"): [3, 5, 7, 9],
+                           ("afhqv2", "LD3"): [3, 5, 7, 9], ("lsun_bedroom", "LD3"): []}),
     "paper_sd_clip": (16, {("sd15", "UniPC(2M)"): [8, 12, 16, 20]}),
     "paper_flux": (23, {("flux", "DyWeight"): [3, 5, 7], ("flux_drawbench", "iPNDM(2M)"): [5, 7, 9],
                         ("flux", "DyWeight (released)"): [3, 5, 7], ("flux_drawbench", "DyWeight (released)"): [5, 7]}),
@@ -54,7 +56,8 @@ def registered(monkeypatch):
 def test_paper_grid_expands(name, registered):
     g = grid.load(name)
     total, spots = EXPECTED[name]
-    assert len(g.cells) == total and len(g.skipped) == (1 if name == "paper_flux" else 0)   # DrawBench NFE 9
+    # FLUX: DrawBench NFE 9; Table 1: EPD-Solver (K = 2, AFS) cannot spend NFE 3, 7 or 9 on five models
+    assert len(g.cells) == total and len(g.skipped) == {"paper_flux": 1, "paper_table1": 15}.get(name, 0)
     for (model, label), nfes in spots.items():
         assert sorted(c.nfe for c in g.cells if c.model == model and c.entry.label == label) == nfes
 
@@ -62,11 +65,16 @@ def test_paper_grid_expands(name, registered):
 def test_paper_grids_use_the_paper_settings(registered):
     g = grid.load("paper_table1")
     sd = [c for c in g.cells if c.model == "sd15"]
-    assert all(not c.entry.afs for c in sd) and all(c.entry.afs for c in g.cells if c.model != "sd15")
+    assert all(not c.entry.afs for c in sd)
+    assert all(c.entry.afs != (c.entry.label == "LD3") for c in g.cells if c.model != "sd15")   # LD3: no AFS
+    assert {c.entry.label: c.entry.paper_method for c in g.cells} == {
+        k: k for k in ("iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight", "iPNDM(2M)", "DPM-Solver++(2M)", "UniPC(2M)",
+                       "EPD-Solver", "AMED-Solver", "LD3")}
     nfe8 = {c.entry.label: c.num_points for c in sd if c.nfe == 8}
     assert nfe8 == {"iPNDM(2M)": 5, "DPM-Solver++(2M)": 5, "UniPC(2M)": 5, "DyWeight": 5}   # 2 NFE per step
     lsun = {c.entry.label: c.schedule for c in g.cells if c.model == "lsun_bedroom" and c.nfe == 5}
-    assert lsun == {"iPNDM": "polynomial", "DPM-Solver++(3M)": "logsnr", "UniPC": "logsnr", "DyWeight": "discrete"}
+    assert lsun == {"iPNDM": "polynomial", "DPM-Solver++(3M)": "logsnr", "UniPC": "logsnr", "DyWeight": "discrete",
+                    "EPD-Solver": "time_uniform", "AMED-Solver": "time_uniform"}
     dy = {c.model: c.entry.distill.get("history") for c in g.cells if c.entry.name == "dyweight"}
     assert dy == {"cifar10": 3, "ffhq": 3, "afhqv2": 3, "imagenet64": 3, "lsun_bedroom": 3, "sd15": 2}
     flux = grid.load("paper_flux")

@@ -26,7 +26,7 @@ def synthetic(values=VALUES, grid="quick", model="gmm64", metric="endpoint_error
         for nfe, v in zip(nfes, values[label]):
             ok = math.isfinite(v)
             rows.append(dict(grid=grid, model=model, solver=solver, label=label, family=family,
-                             options=json.dumps(opts), nfe=nfe, afs=True, schedule="polynomial", metric=metric,
+                             paper_method="" if label == "Euler" else label, options=json.dumps(opts), nfe=nfe, afs=True, schedule="polynomial", metric=metric,
                              value=v, status="ok" if ok else "failed", error="" if ok else "non-finite samples",
                              num_samples=100, seeds="0-99", distilled_on="", code_version="test",
                              config_hash="h", cell_key=f"{grid}-{model}-{label}-{nfe}", torch_version="2.13.0",
@@ -114,6 +114,7 @@ def test_measured_beside_reported_with_ratio():
     assert cmp.loc[("Learnable", "DyWeight"), (3, "ratio")] == pytest.approx(1.0)
     assert np.isnan(cmp.loc[("Handcrafted", "DPM-Solver++(3M)"), (3, "ratio")])   # failed measured cell
     assert ("Learnable", "AMED-Solver") in cmp.index                                # reported only
+    assert "Euler" not in cmp.index.get_level_values("method")                       # no paper_method: not matched
     md = paper.compare_markdown(cmp)
     assert "49.10 / 24.55 (×2.00)" in md and "– / 18.49" in md
     assert paper.compare(synthetic(), "gmm64", "endpoint_error") is None          # no published counterpart

@@ -154,3 +154,22 @@ def test_kill_9_mid_run_loses_at_most_one_cell_and_a_rerun_completes_without_dup
     ref = results.load(tmp_path / "clean").set_index(["cell_key", "metric"]).value
     got = after.set_index(["cell_key", "metric"]).value
     assert got.sort_index().tolist() == pytest.approx(ref.sort_index().tolist(), rel=1e-12)
+
+
+def test_a_store_from_an_older_version_loads_and_gains_the_new_columns(tmp_path):
+    """A results.sqlite written before `paper_method` existed: load gives the column empty, and the next Store
+    adds it, keeping every stored row."""
+    old = [c for c in results.COLUMNS if c != "paper_method"]
+    conn = sqlite3.connect(tmp_path / results.DB_NAME)
+    with conn:
+        conn.execute(f"CREATE TABLE results ({', '.join(old)}, PRIMARY KEY (cell_key, metric))")
+        r = row("k1", "fid", 1.5)
+        conn.execute(f"INSERT INTO results ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})",
+                     [int(r[c]) if isinstance(r.get(c), bool) else r.get(c) for c in old])
+    conn.close()
+    df = results.load(tmp_path)
+    assert len(df) == 1 and df.paper_method.tolist() == [""] and list(df.columns) == list(results.COLUMNS)
+    with results.Store(tmp_path) as store:
+        store.write_cell([row("k2", "fid", 2.0, paper_method="iPNDM")])
+    df = results.load(tmp_path)
+    assert df.value.tolist() == [1.5, 2.0] and df.paper_method.tolist() == ["", "iPNDM"]

@@ -2,13 +2,12 @@
 measured-vs-reported comparison shown beside every measured table that has a published counterpart.
 
 Mapping: a project model is matched to a paper (dataset, model) through PROJECT_MODELS or, failing that, its
-`released_key` (bench.models); a measured row is matched to a paper method through its solver's registry name
-and options (PAPER_METHODS). Learned methods the project does not run (AMED, EPD, LD3, DLMS, S4S) appear in the
-reported tables only.
+`released_key` (bench.models); a measured row is matched to a paper method by the `paper_method` its grid entry
+declares (stored with each result), never by its solver's name. Methods the project does not run (AMED-Plugin,
+EPD-Plugin, DLMS, S4S-Alt) appear in the reported tables only.
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 import numpy as np
@@ -48,20 +47,6 @@ def _reported() -> pd.DataFrame:
     df["nfe"] = df["nfe"].astype(int)
     df["value"] = df["value"].astype(float)
     return df
-
-
-def paper_method(solver: str, options: str | dict | None, label: str = "") -> str | None:
-    """The paper's name for a project solver configuration, or None when the paper has no such row."""
-    opts = json.loads(options) if isinstance(options, str) and options else dict(options or {})
-    if solver == "ipndm":
-        return "iPNDM" if opts.get("max_order", 4) == 4 else None
-    if solver == "dpm_solver_pp":
-        return {2: "DPM-Solver++(2M)", 3: "DPM-Solver++(3M)"}.get(int(opts.get("order", 3)))
-    if solver == "unipc":
-        return "UniPC" if int(opts.get("order", 3)) == 3 else "UniPC(2M)" if int(opts.get("order", 3)) == 2 else None
-    if solver == "dyweight":
-        return "DyWeight"
-    return None
 
 
 def paper_key(model: str) -> tuple[str, str] | None:
@@ -126,8 +111,8 @@ def compare(measured: pd.DataFrame, model: str, metric: str, table: str | None =
         table = max(candidates, key=lambda t: (len(want & set(reported_table(dataset, pmetric, t, pmodel).columns)),
                                                -candidates.index(t)))
     rep = reported_table(dataset, pmetric, table, pmodel)
-    sel = sel.assign(method=[paper_method(s, o, lbl) for s, o, lbl in zip(sel.solver, sel.options, sel.label)])
-    sel = sel[sel.method.notna() & (sel.status == "ok")]
+    sel = sel.assign(method=sel.paper_method)
+    sel = sel[(sel.method != "") & (sel.status == "ok")]
     meas = sel.groupby(["method", "nfe"]).value.mean().unstack("nfe") if len(sel) else pd.DataFrame()
     nfes = sorted(set(rep.columns) | set(meas.columns))
     cols = pd.MultiIndex.from_product([nfes, ["measured", "reported", "ratio"]], names=["NFE", ""])
