@@ -11,7 +11,7 @@ import torch
 
 import solvers
 from bench.distill import distill
-from bench.distill.teacher import Source, Teacher, trajectories
+from bench.distill.teacher import Cache, Source, Teacher, identity, trajectories
 from bench.metrics.analytic import relative_l2
 from bench.models.gmm import gmm2d
 from solvers.gits import cost_matrix, dp
@@ -56,12 +56,15 @@ def test_dp_finds_the_weighted_minimum(seed, num_points):
     assert dp(C, num_points, coeff) == best[1]
 
 
-def test_trajectories_are_the_teachers_states_and_derivatives():
+def test_trajectories_are_the_teachers_states_and_derivatives(tmp_path):
     m = gmm2d()
     src = Source(m, float(m.grid(2)[-1]), float(m.grid(2)[0]))
     teacher = Teacher("ipndm", 8, {}, False, False)
+    ident, cache = identity(src), Cache(tmp_path)
     for afs in (False, True):
-        T, X, d, x_T = trajectories(src, teacher, range(6), afs, batch_size=4)
+        T, X, d, x_T, hit = trajectories(src, teacher, range(6), afs, ident, cache, batch_size=4)
+        again = trajectories(src, teacher, range(6), afs, ident, cache, batch_size=4)   # from the shared cache
+        assert not hit and again[4] and torch.equal(again[1], X) and torch.equal(again[2], d)
         assert len(T) == 9 and X.shape == (9, 6, 2) and d.shape == (8, 6, 2)
         grid = torch.tensor(T, dtype=torch.float64)
         for j in ((2, 4, 8) if afs else (1, 4, 8)):            # a causal solver's prefix run ends at X_j
@@ -71,7 +74,7 @@ def test_trajectories_are_the_teachers_states_and_derivatives():
         if afs:
             torch.testing.assert_close(d[0], x_T / np.sqrt(1 + T[0] ** 2))
     with pytest.raises(ValueError, match="trajectory teacher must be one of euler, ipndm"):
-        trajectories(src, Teacher("heun", 8, {}, False, False), range(2), False)
+        trajectories(src, Teacher("heun", 8, {}, False, False), range(2), False, ident, Cache(None))
 
 
 def test_untrained_and_given_grids_reduce_to_the_base_solver():

@@ -76,10 +76,10 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     nfe = len(grid) - 1 - int(afs)
     source = Source(target, grid[-1], grid[0], noise_shape, dtype)
     cls = solvers.solver_class(kind)
-    if getattr(cls, "trained_by", "gradient") == "search":            # e.g. GITS: a search over teacher states
-        return _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start)
     cache = Cache(None if cache_dir is False else (cache_dir or default_cache_dir()))
     ident = identity(source, cache_id)
+    if getattr(cls, "trained_by", "gradient") == "search":            # e.g. GITS: a search over teacher states
+        return _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident, cache)
 
     seeds = range(settings.seed_start, settings.seed_start + settings.num_samples)
     train_set = endpoints(source, teacher, seeds, ident, cache, settings.teacher_batch_size)
@@ -117,12 +117,13 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     return student
 
 
-def _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start):
+def _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident, cache):
     """A learned solver trained without gradients (`trained_by = "search"`): its `search` reads the teacher's whole
-    trajectories on the search seeds (teacher.trajectories) and, with AFS, picks among candidates on them."""
+    trajectories on the search seeds (teacher.trajectories, from the shared teacher cache) and, with AFS, picks
+    among candidates on them."""
     from .teacher import trajectories
     seeds = list(range(settings.seed_start, settings.seed_start + settings.num_samples))
-    T, X, d, x_T = trajectories(source, teacher, seeds, afs, settings.teacher_batch_size)
+    T, X, d, x_T, hit = trajectories(source, teacher, seeds, afs, ident, cache, settings.teacher_batch_size)
     student = cls.untrained(len(grid), afs, **settings.structure)
     den, pick = None, seeds[:settings.teacher_batch_size]
     if afs:                                     # the AFS candidates are sampled on one batch of the search seeds
@@ -133,7 +134,7 @@ def _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start):
     student.metadata.update({
         "distilled": True, "model": source.name, "nfe": nfe, "afs": afs, "seed": seed,
         "training": {"wall_time": time.perf_counter() - t_start, "parameters": student.parameter_count(),
-                     "learns": student.learns(), "teacher_calls": calls * len(seeds),
+                     "learns": student.learns(), "teacher_calls": calls * len(seeds), "teacher_cache_hit": hit,
                      "student_calls": student.metadata.get("search_calls", 0),
                      "teacher_grid": T, "seed": seed, "afs": afs, "nfe": nfe, **settings.record()},
     })

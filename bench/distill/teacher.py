@@ -316,15 +316,22 @@ CAUSAL_TEACHERS = ("euler", "ipndm", "ipndm_v")     # one denoiser call per grid
 
 
 @torch.no_grad()
-def trajectories(source: Source, teacher: Teacher, seeds: Sequence[int], afs: bool, batch_size: int = 500):
+def trajectories(source: Source, teacher: Teacher, seeds: Sequence[int], afs: bool, ident: dict, cache: Cache,
+                 batch_size: int = 500):
     """The teacher's whole trajectory on its grid T (M points, `teacher_grid`): states X (M, B, ...) and the
     derivatives d (M-1, B, ...) it used at X_0 .. X_{M-2} (the AFS value at X_0 with `afs`), read from its denoiser
-    calls (a causal teacher calls the denoiser once per grid point, at the state there); plus x_T (B, ...).
-    What a grid search over teacher states (GITS) needs; computed each time (not cached)."""
+    calls (a causal teacher calls the denoiser once per grid point, at the state there); plus x_T (B, ...) and
+    whether the cache held them. What a grid search over teacher states (GITS) needs; cached like `endpoints`."""
     if teacher.solver not in CAUSAL_TEACHERS:
         raise InputError(f"a trajectory teacher must be one of {', '.join(CAUSAL_TEACHERS)} (one call per grid "
                          f"point), got {teacher.solver!r}")
     T = [float(v) for v in source.teacher_grid(teacher)]
+    parts = {"what": "trajectories", "model": ident, "teacher": asdict(teacher), "teacher_grid": _grid_values(T),
+             "afs": bool(afs), "seeds": _seed_spec(seeds), "shape": list(source.shape), "dtype": str(source.dtype)}
+    key = cache_key(parts)
+    hit = cache.load(key)
+    if hit is not None:
+        return T, hit["X"].to(source.device), hit["d"].to(source.device), hit["x_T"].to(source.device), True
     solver = teacher.build()
 
     def run(den, x):
@@ -350,4 +357,6 @@ def trajectories(source: Source, teacher: Teacher, seeds: Sequence[int], afs: bo
         xs.append(x_T)
         Xs.append(X)
         ds.append(d)
-    return T, torch.cat(Xs).transpose(0, 1), torch.cat(ds).transpose(0, 1), torch.cat(xs)
+    X, d, x_T = torch.cat(Xs).transpose(0, 1), torch.cat(ds).transpose(0, 1), torch.cat(xs)
+    cache.save(key, {"X": X, "d": d, "x_T": x_T, "parts": json.dumps(parts, default=str)})
+    return T, X, d, x_T, False
