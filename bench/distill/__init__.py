@@ -136,7 +136,8 @@ def _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident
         "training": {"wall_time": time.perf_counter() - t_start, "parameters": student.parameter_count(),
                      "learns": student.learns(), "teacher_calls": calls * len(seeds), "teacher_cache_hit": hit,
                      "student_calls": student.metadata.get("search_calls", 0),
-                     "teacher_grid": T, "seed": seed, "afs": afs, "nfe": nfe, **settings.record()},
+                     "teacher_grid": T, "seed": seed, "afs": afs, "nfe": nfe, **settings.record(),
+                     "steps": 0},                        # a search: no optimiser steps
     })
     return student
 
