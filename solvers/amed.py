@@ -19,11 +19,17 @@ through Linear(F, 128) + SiLU + Linear(128, 4) (EDM's kaiming-normal init, zero 
 into one Linear head per output: r = sigmoid(.), c = 2 b_d sigmoid(.) + 1 - b_d, a = 2 b_t sigmoid(.) + 1 - b_t
 (b = 0: no head, the factor is 1). At the first step with AFS the features are zeros, as the official code's.
 
-Features. The official predictor reads the U-Net bottleneck (the channel mean of the 8x8 encoder block's output)
-during the step's first evaluation, which the denoiser interface does not expose. This module uses the documented
-generic input `features = "pooled"` (recorded in the solver's options and state): six statistics of the step's
-first evaluation, pooled over all non-batch dimensions, mean, standard deviation and mean absolute value of
-x_i / sqrt(1 + t_i^2) and of D(x_i, t_i). Reading a network's bottleneck by a forward hook is not supported yet.
+Features (`features`, recorded in the solver's options and state).
+  * "bottleneck" (official): the network's bottleneck read during the step's first evaluation, through the
+    denoiser's `features` (solvers.base.Features). The EDM adapter hooks the official module (encoder block
+    `8x8_block3`, class-conditional `8x8_block2`), the LDM and Stable Diffusion adapters the U-Net's middle block;
+    its channel mean on 8 x 8 gives 64 values (bench.models.base.Bottleneck). A denoiser without them is an error.
+  * "pooled" (default; any denoiser, e.g. the analytic models): six statistics of the step's first evaluation,
+    pooled over all non-batch dimensions, mean, standard deviation and mean absolute value of x_i / sqrt(1 + t_i^2)
+    and of D(x_i, t_i).
+
+The predictor's parameters stay where they are built (CPU, float64); its inputs are moved to them and its
+outputs back to the samples' device and dtype.
 
 Training follows bench.distill's shared loop with the official settings where they fit: teacher Heun with one
 inserted point per interval (`supervision = "path"`, `path_substeps = 2`: the teacher's states at the student's
@@ -40,8 +46,8 @@ import torch
 from .base import InputError, afs_pair, combine
 from .learned import LearnedSolver
 
-FEATURES = ("pooled",)
-FEATURE_SIZES = {"pooled": 6}
+FEATURES = ("pooled", "bottleneck")
+FEATURE_SIZES = {"pooled": 6, "bottleneck": 64}
 HIDDEN, BOTTLENECK, NOISE_CHANNELS = 128, 4, 8
 
 
@@ -82,8 +88,7 @@ class AMED(LearnedSolver):
         if not isinstance(num_points, int) or num_points < 2:
             raise InputError(f"amed needs num_points >= 2, got {num_points!r}")
         if features not in FEATURES:
-            raise InputError(f"amed features {features!r} are not supported; accepted: {', '.join(FEATURES)} (the "
-                             "official U-Net bottleneck by a forward hook is not supported yet)")
+            raise InputError(f"unknown amed features {features!r}; accepted: {', '.join(FEATURES)}")
         for what, b in (("scale_dir_bound", scale_dir_bound), ("scale_time_bound", scale_time_bound)):
             if not isinstance(b, (int, float)) or not 0 <= b < 1:
                 raise InputError(f"amed {what} must be a number in [0, 1), got {b!r}")
@@ -133,7 +138,8 @@ class AMED(LearnedSolver):
     # ---- the predictor -----------------------------------------------------------------------
     def predict(self, f: torch.Tensor, t_cur: float, t_next: float):
         """(r, c, a), each (B,), from features f (B, F) and the step's two times."""
-        emb = [torch.nn.functional.silu(self.map_layer0(_positional(torch.tensor([float(t)], dtype=torch.float64))))
+        emb = [torch.nn.functional.silu(self.map_layer0(_positional(torch.tensor([float(t)], dtype=torch.float64,
+                                                                                   device=f.device))))
                for t in (t_cur, t_next)]
         h = self.enc_layer1(torch.nn.functional.silu(self.enc_layer0(f)))
         out = torch.cat([h, *(e.expand(f.shape[0], -1) for e in emb)], dim=1)
@@ -162,18 +168,37 @@ class AMED(LearnedSolver):
         return t
 
     def _sample(self, den, x, t, afs):
+        hook = None
+        if self.features == "bottleneck":
+            hook = getattr(den, "features", None)
+            if hook is None:
+                raise InputError("amed features='bottleneck' needs a denoiser that exposes its network's bottleneck "
+                                 "(the EDM, LDM and Stable Diffusion adapters do); this one does not: use "
+                                 "features='pooled'")
+            hook.capture = True
+        try:
+            return self._steps(den, x, t, afs, hook)
+        finally:
+            if hook is not None:
+                hook.capture, hook.latest = False, None
+
+    def _steps(self, den, x, t, afs, hook):
         B = x.shape[0]
         view = (B,) + (1,) * (x.dim() - 1)
+        home = self.fc_r.weight.device
         for i in range(len(t) - 1):
             # the derivative at t_i and the predictor's input
             if afs and i == 0:
                 a0, g0 = afs_pair(x, t[0])
-                f = torch.zeros(B, FEATURE_SIZES[self.features], dtype=torch.float64, device=x.device)
+                f = torch.zeros(B, FEATURE_SIZES[self.features], dtype=torch.float64)
             else:
                 denoised = den(x, t[i])
                 a0, g0 = 1.0 / t[i], x - denoised
-                f = pooled_features(x, denoised, t[i]).to(torch.float64)
-            r, c, a = (v.to(x.dtype) for v in self.predict(f, t[i], t[i + 1]))
+                f = hook.latest if hook is not None else pooled_features(x, denoised, t[i])
+                if f.shape != (B, FEATURE_SIZES[self.features]):
+                    raise InputError(f"amed {self.features} features have shape {tuple(f.shape)}, expected "
+                                     f"{(B, FEATURE_SIZES[self.features])}")
+            r, c, a = (v.to(x.device, x.dtype) for v in self.predict(f.to(home, torch.float64), t[i], t[i + 1]))
             # the intermediate point and its derivative
             s = t[i + 1] ** r * t[i] ** (1 - r)
             y = combine((1, x), (((s - t[i]) * a0).reshape(view), g0))

@@ -33,6 +33,17 @@ class NonFiniteError(FloatingPointError):
     """Raised when a sampling run produced NaN or inf (the denoiser returned them, or the solver diverged)."""
 
 
+class Features:
+    """A denoiser's optional side output (`denoiser.features`): what its network computed inside its latest call,
+    e.g. a U-Net's bottleneck, for learned solvers whose predictor reads it (AMED-Solver). Nothing is captured until
+    a solver sets `capture = True`; then `latest` holds the last call's (B, F) features. Wrappers (the sampling
+    loop's `_Checked`, `CountingDenoiser`) pass the attribute on."""
+
+    def __init__(self):
+        self.capture = False
+        self.latest = None
+
+
 class Solver:
     """Base class. A subclass sets `name`, `min_points` and implements `_sample` and `calls`."""
 
@@ -187,6 +198,7 @@ class _Checked:
 
     def __init__(self, denoiser: Denoiser):
         self.denoiser = denoiser
+        self.features = getattr(denoiser, "features", None)
         self.extrema: list = []
         self.sigmas: list = []                       # each call's sigma as given, for the error message
 

@@ -12,6 +12,7 @@ class CountingDenoiser:
 
     def __init__(self, denoiser, evals_per_call: int = 1):
         self.denoiser = denoiser
+        self.features = getattr(denoiser, "features", None)      # solvers.base.Features, passed on
         self.evals_per_call = evals_per_call
         self.calls = 0
         self.sigmas: list[float] = []

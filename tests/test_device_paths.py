@@ -42,12 +42,15 @@ def test_every_solver_samples_on_the_device():
             assert x.device == dev and torch.isfinite(x.cpu()).all(), name
 
 
-def test_distillation_runs_with_the_model_on_the_device(tmp_path):
+@pytest.mark.parametrize("kind", solvers.learned_names())
+def test_distillation_runs_with_the_model_on_the_device(tmp_path, kind):
     with fakedevice.active() as dev:
         m = gmm2d(device=dev)
-        s = distill("dyweight", m, m.grid(5), afs=True, seed=0, cache_dir=tmp_path, steps=3, num_samples=32,
-                    eval_samples=8, teacher_steps=6, teacher_batch_size=16)
-        x = s.sample(m.denoiser(), m.noise(range(4)), m.grid(5), afs=True)
+        cls = solvers.solver_class(kind)
+        n = cls.budget_probe().num_points(5, afs=True)
+        s = distill(kind, m, m.grid(n), afs=True, seed=0, cache_dir=tmp_path, steps=3, num_samples=32,
+                    eval_samples=8, teacher_batch_size=16)
+        x = s.sample(m.denoiser(), m.noise(range(4)), m.grid(n), afs=True)
         assert x.device == dev and s.metadata["training"]["teacher_cache_hit"] is False
 
 
@@ -134,6 +137,6 @@ def test_gpu_check_runs_the_miniature_paper_grid_and_says_what_it_skipped(tmp_pa
     assert "not checked here: CUDA device placement" in out and "NCCL" in out and "torchrun (--no-torchrun)" in out
     df = results.load(tmp_path / "single")
     assert (df.status == "ok").all() and set(df.metric) == {"fid"}
-    assert {"DyWeight", "DyWeight (released)", "iPNDM"} <= set(df.label)
-    assert len(df) == 8 + 3 + 3 + 3 + 4
+    assert {"DyWeight", "DyWeight (released)", "iPNDM", "AMED-Solver"} <= set(df.label)
+    assert len(df) == 8 + 3 + 3 + 3 + 4 + 5                      # AMED-Solver: EDM at NFE 3 and 5, cond, LSUN, SD
     assert cli.main(["gpu-check", "--models", "standin_sdxl"]) == 2

@@ -139,7 +139,7 @@ def test_distillation_lowers_the_held_out_error(model):
 @pytest.mark.parametrize("opts, match", [
     ({}, "amed needs num_points"),
     ({"num_points": 1}, "num_points >= 2"),
-    ({"num_points": 4, "features": "bottleneck"}, "features 'bottleneck' are not supported; accepted: pooled"),
+    ({"num_points": 4, "features": "unet"}, "unknown amed features 'unet'; accepted: pooled, bottleneck"),
     ({"num_points": 4, "scale_dir_bound": 1.5}, "scale_dir_bound must be a number in \\[0, 1\\)"),
     ({"num_points": 4, "weights": {"fc_r.weight": [[0.0]]}}, "weights must give exactly"),
 ])
@@ -157,4 +157,34 @@ def test_wrong_weight_shapes_and_grids_are_refused(model):
     with pytest.raises(ValueError, match="amed needs a grid ending above 0"):
         s.sample(model.denoiser(), model.noise([0]), torch.tensor([80.0, 1.0, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="needs a grid of 3 points, got 4"):
+        s.sample(model.denoiser(), model.noise([0]), model.grid(4))
+
+
+def test_bottleneck_features_are_the_networks_own(model):
+    """features="bottleneck" reads, through the denoiser's Features, the channel mean of the EDM stand-in's U-Net
+    middle block (8 x 8) at each step's first call: the same 64 values a hook of one's own sees, and nothing is
+    captured outside sampling. A denoiser without them is one clear error."""
+    from bench import standins
+    edm = standins.edm("tiny")
+    D = edm.denoiser()
+    x, g = edm.noise(range(3)), edm.grid(4)
+    s = solvers.get("amed", num_points=4, features="bottleneck", seed=2)
+    seen, inputs = [], []
+    hook = edm.network().unet.mid_block.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    orig = s.predict
+    s.predict = lambda f, t0, t1: inputs.append(f) or orig(f, t0, t1)
+    try:
+        counting = solvers.CountingDenoiser(D)
+        with torch.no_grad():
+            out = s.sample(counting, x, g)
+    finally:
+        hook.remove()
+    assert out.shape == x.shape and counting.calls == 6 and len(seen) == 6 and len(inputs) == 3
+    for k, f in enumerate(inputs):                               # step k's first call is call 2k
+        assert f.shape == (3, 64)
+        torch.testing.assert_close(f, seen[2 * k].float().mean(1).flatten(1).double())
+    assert D.features.capture is False and D.features.latest is None
+    with torch.no_grad():                                        # pooled features give other samples
+        assert not torch.allclose(solvers.get("amed", num_points=4, seed=2).sample(D, x, g), out)
+    with pytest.raises(ValueError, match="features='bottleneck' needs a denoiser that exposes"):
         s.sample(model.denoiser(), model.noise([0]), model.grid(4))

@@ -5,7 +5,8 @@ What it runs, with no file from the internet:
   1. the paper grid's structure on five stand-ins: EDM pixel models (unconditional and class-conditional, AFS), the
      LSUN LDM (VQ latents), Stable Diffusion (classifier-free guidance, 2 evaluations per step) and FLUX (flow time,
      bfloat16); handcrafted solvers, DyWeight distilled per (model, NFE) with the paper's Inception loss on decoded
-     images (the FLUX recipe of dyweight_flux/ on FLUX), and the released coefficients on the EDM and FLUX stand-ins;
+     images (the FLUX recipe of dyweight_flux/ on FLUX), AMED-Solver reading the U-Net bottleneck by a forward hook
+     (EDM, LDM and SD stand-ins), and the released coefficients on the EDM and FLUX stand-ins;
      FID on every cell, computed with a random TorchScript stand-in of TF-Inception and reference statistics made
      here (they exercise the FID code, their values mean nothing);
   2. one model at a time in this process, printing its wall time, the time its network alone takes for the same
@@ -81,6 +82,8 @@ def grid_toml(name: str, models: list[str], size: str, num_samples: int, batch_s
         lines += entry("DPM-Solver++(3M)", "dpm_solver_pp", pixel, "order = 3", "afs = true")
         lines += entry("DyWeight", "dyweight", pixel,
                        extra=f'afs = true\ndistill = {{ loss = "inception", {small(min(batch_size, 8))} }}')
+        lines += entry("AMED-Solver", "amed", pixel,             # reads the U-Net bottleneck by a forward hook
+                       extra=f'afs = true\ndistill = {{ features = "bottleneck", {small(min(batch_size, 8))} }}')
     released = [m for m in pixel if m == "standin_edm"]
     if released:
         lines += entry("DyWeight (released)", "dyweight", released, extra="afs = true\nreleased = true")
@@ -89,6 +92,8 @@ def grid_toml(name: str, models: list[str], size: str, num_samples: int, batch_s
         lines += entry("DPM-Solver++(2M)", "dpm_solver_pp", latent_cfg, "order = 2")
         lines += entry("DyWeight", "dyweight", latent_cfg,
                        extra=f'distill = {{ history = 2, loss = "inception", {small(min(batch_size, 8))} }}')
+        lines += entry("AMED-Solver", "amed", latent_cfg,        # the conditional half of the guided pass
+                       extra=f'distill = {{ features = "bottleneck", {small(min(batch_size, 8))} }}')
     if flux:
         lines += entry("iPNDM", "ipndm", flux, "max_order = 2", 'time = "flow"')
         lines += entry("DPM-Solver++(2M)", "dpm_solver_pp", flux, "order = 2", 'time = "flow"')

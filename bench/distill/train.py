@@ -167,7 +167,11 @@ def evaluate(student, source, sigmas, afs, data, batch_size: int = 500) -> float
 def _checkpointed(den):
     """The denoiser recomputed in the backward pass instead of keeping its activations (torch.utils.checkpoint)."""
     from torch.utils.checkpoint import checkpoint
-    return lambda x, sigma: checkpoint(den, x, sigma, use_reentrant=False)
+
+    def recomputed(x, sigma):
+        return checkpoint(den, x, sigma, use_reentrant=False)
+    recomputed.features = getattr(den, "features", None)
+    return recomputed
 
 
 def optimizer(params, settings: Settings):

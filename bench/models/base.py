@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from solvers import schedules
-from solvers.base import InputError
+from solvers.base import Features, InputError
 
 
 TIMES = ("sigma", "flow")        # the time variables a grid may ask solvers to integrate in (solvers/flow.py)
@@ -161,6 +161,37 @@ class Model:
         missing = [r for r in self.requirements() if not r.present]
         if missing:
             raise FileNotFoundError("; ".join(r.missing_message() for r in missing))
+
+
+class Bottleneck(Features):
+    """A network's bottleneck features (solvers.base.Features) read by a forward hook on `module` during the calls
+    made while `capture` is on: the channel mean of the module's output, average-pooled to 8 x 8 (the size of the
+    official AMED predictor's input, where EDM's 8x8 encoder block and the LDM U-Nets' middle block already are),
+    flattened to (B, 64) and detached, as the official `init_hook`. Of an output holding more rows than the call's
+    batch (classifier-free guidance's [unconditional; conditional] pass), the last B rows, the conditional ones."""
+
+    SIZE = 8
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def around(self, batch: int, call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run `call` (one network evaluation), capturing the module's output when asked to."""
+        if not self.capture:
+            return call()
+        seen = []
+        hook = self.module.register_forward_hook(lambda module, inputs, output: seen.append(output))
+        try:
+            out = call()
+        finally:
+            hook.remove()
+        if not seen:
+            raise InputError(f"the bottleneck module {type(self.module).__name__} did not run during the call")
+        h = seen[-1][0] if isinstance(seen[-1], tuple) else seen[-1]
+        h = h.detach()[-batch:].float().mean(1, keepdim=True)
+        self.latest = torch.nn.functional.adaptive_avg_pool2d(h, self.SIZE).flatten(1)
+        return out
 
 
 def weights_path(env: str, default: str) -> Path:

@@ -14,7 +14,7 @@ import torch
 
 from bench import weights
 from . import conditions, devices
-from .base import Model
+from .base import Bottleneck, Model
 from solvers.base import InputError
 
 
@@ -88,19 +88,36 @@ class EDMModel(Model):
         return conditions.one_hot(conditions.class_labels(seeds, self.label_dim), self.label_dim).to(self.device)
 
     def denoiser(self, cond=None):
+        """D(x, sigma); its `features` expose the network's bottleneck (`bottleneck_module`) to learned solvers
+        that read it."""
         net = self.network()
         labels = cond
+        module = bottleneck_module(net, labels is not None)
+        features = Bottleneck(module) if module is not None else None
 
         def D(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
             s = s.expand(x.shape[0]) if s.numel() == 1 else s
-            return net(x.to(torch.float32), s, class_labels=labels).to(x.dtype)
+            call = lambda: net(x.to(torch.float32), s, class_labels=labels)  # noqa: E731
+            return (features.around(x.shape[0], call) if features is not None else call()).to(x.dtype)
 
+        D.features = features
         return D
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """EDM networks work in image space scaled to [-1, 1]; samples are clipped to it."""
         return x.clamp(-1, 1)
+
+
+def bottleneck_module(net: torch.nn.Module, conditional: bool) -> torch.nn.Module | None:
+    """The module whose output AMED-Solver's official predictor reads: EDM's encoder block `8x8_block3`
+    (unconditional SongUNet) or `8x8_block2` (class-conditional DhariwalUNet), solvers_amed.py `init_hook`; for a
+    network built on diffusers' UNet2DModel (bench.standins) its `mid_block`; else None."""
+    enc = getattr(getattr(net, "model", None), "enc", None)
+    key = "8x8_block2" if conditional else "8x8_block3"
+    if enc is not None and key in enc:
+        return enc[key]
+    return getattr(getattr(net, "unet", None), "mid_block", None)
 
 
 def _factory(name, weights_name, shape, label_dim, released_key, description, distill_lr, parameters):

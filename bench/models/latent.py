@@ -33,7 +33,7 @@ from solvers import schedules
 import contextlib
 
 from . import conditions, devices, loaded
-from .base import Model, Requirement
+from .base import Bottleneck, Model, Requirement
 from solvers.base import InputError
 
 LSUN_BETAS = {"beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -86,17 +86,24 @@ class DiscreteEpsModel(loaded.LoadedNetworks, Model):
         raise NotImplementedError
 
     def denoiser(self, cond=None):
+        """D(x, sigma); its `features` expose the U-Net's middle block (AMED-Solver's official input for LDM and
+        Stable Diffusion, solvers_amed.py `init_hook`)."""
         self.load()
+        module = getattr(getattr(self, "unet", None), "mid_block", None)
+        features = Bottleneck(module) if module is not None else None
 
         def D(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             s = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)
             s = s.expand(x.shape[0]) if s.numel() == 1 else s
             t = self.t_of_sigma(s.cpu()).to(x.device)
             c_in = (1 / (1 + s ** 2).sqrt()).reshape(-1, *[1] * (x.dim() - 1))
+            x_in = (x.to(torch.float64) * c_in).to(self.net_dtype)
             with self.precision():
-                e = self.eps((x.to(torch.float64) * c_in).to(self.net_dtype), t.to(torch.float32), cond)
+                call = lambda: self.eps(x_in, t.to(torch.float32), cond)  # noqa: E731
+                e = features.around(x.shape[0], call) if features is not None else call()
             return (x.to(torch.float64) - s.reshape(c_in.shape) * e.to(torch.float64)).to(x.dtype)
 
+        D.features = features
         return D
 
     # ---- precision and loading -------------------------------------------------------------------------------
