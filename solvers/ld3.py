@@ -31,9 +31,10 @@ is unused, which is not made here). No final denoise, as the official samplers.
 
 Deviations, stated: only lambda mode (`mode = "lambda"`; the official "time" mode, in the VP time of its latent
 configs, is not supported yet). Distillation uses bench.distill's shared loop (Adam, warm-up/cosine, endpoint
-supervision) with LD3's official data sizes (50 training + 50 validation teacher pairs, batch 2) and teacher
-(UniPC bh1 order 3, 20 steps, no final denoise); the official RMSprop/SGD split, the relaxed-ball moves of the
-training noise, the frozen-p2 first phase and the patience/decay schedule are not replicated.
+supervision) with LD3's official data sizes (50 training + 50 validation teacher pairs, batch 2), teacher
+(UniPC bh1 order 3, 20 steps, no final denoise) and relaxed objective (`relaxed_ball`: the training noises move
+within a ball, bench/distill/train.py); the official RMSprop/SGD split, the moves of the validation noises, the
+frozen-p2 first phase and the patience/decay schedule are not replicated.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class LD3(LearnedSolver):
     parameter_options = ("positions", "offsets")
     distill_defaults = {"teacher": "unipc", "teacher_steps": 20, "teacher_options": {"order": 3, "variant": "bh1"},
                         "teacher_denoise": False, "num_samples": 50, "eval_samples": 50, "batch_size": 2,
-                        "steps": 175, "lr": 5e-3}
+                        "steps": 175, "lr": 5e-3, "relaxed_ball": True}
 
     def __init__(self, p1, p2, afs: bool | None = None, base: str = "unipc", base_options: dict | None = None,
                  win_rate: float = 0.5, mode: str = "lambda"):

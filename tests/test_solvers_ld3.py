@@ -196,6 +196,24 @@ def test_distillation_lowers_the_held_out_error(model):
     assert not torch.allclose(pos, torch.linspace(0, 1, 5, dtype=torch.float64))     # the grid moved
 
 
+def test_the_relaxed_ball_moves_training_noises_within_their_radius():
+    """LD3's relaxed objective (its default): training noises move, only where the loss fell, never farther than
+    r = 0.001 numel(z) / S^2 from where they started; each trial costs one more forward pass."""
+    from bench.models.gmm import gmm64
+    m = gmm64()
+    s = distill("ld3", m, m.grid(5), afs=True, seed=0, cache_dir=False, num_samples=64, eval_samples=32,
+                steps=40, batch_size=16, lr=2e-2)
+    t = s.metadata["training"]
+    ball = t["ball"]
+    assert t["relaxed_ball"] is True and ball["radius"] == pytest.approx(0.001 * 64 / 4 ** 2)
+    assert ball["moves_tried"] == 40 * 16 and 0 < ball["moves_kept"] <= ball["moves_tried"]
+    assert 0 < ball["max_offset"] <= ball["radius"] * (1 + 1e-9) and ball["lr"] == 3.0
+    assert t["student_calls"] == 2 * 40 * 16 * s.calls(5, True)
+    off = distill("ld3", m, m.grid(5), afs=True, seed=0, cache_dir=False, num_samples=64, eval_samples=32,
+                  steps=40, batch_size=16, lr=2e-2, relaxed_ball=False)
+    assert "ball" not in off.metadata["training"] and off.options() != s.options()
+
+
 @pytest.mark.parametrize("opts, match", [
     ({}, "exactly one of positions="),
     ({"num_points": 1}, "num_points >= 2"),
@@ -218,3 +236,11 @@ def test_grids_it_cannot_use_are_refused(model):
         s.sample(model.denoiser(), model.noise([0]), torch.tensor([80.0, 1.0, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="needs a grid of 3 points, got 4"):
         s.sample(model.denoiser(), model.noise([0]), model.grid(4))
+
+
+@pytest.mark.parametrize("opts, match", [({"relaxed_ball": "yes"}, "relaxed_ball must be True or False"),
+                                         ({"ball_radius": -1.0}, "ball_radius must be a positive number"),
+                                         ({"ball_lr": 0}, "ball_lr must be a positive number")])
+def test_bad_relaxed_ball_settings_are_one_clear_error(model, opts, match):
+    with pytest.raises(ValueError, match=match):
+        distill("ld3", model, model.grid(4), afs=False, cache_dir=False, **opts)

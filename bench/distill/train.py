@@ -15,6 +15,14 @@ same x_T, and descends
 where x_stu_j is the student state after step j (nominally at grid point t_j) and x_tea(t_j) the teacher's state
 there (teacher.path_states). The relative endpoint error against the teacher on held-out seeds is recorded at
 a few checkpoints (the "eval" curve).
+
+`relaxed_ball = true` is LD3's relaxed objective (docs/learned-solvers.md section 3, trainer.py
+`_train_one_round`, `_update_latents`): the student starts from x_T' = sigma_max z' instead of sigma_max z, where
+each training sample's z' is kept between batches. Per batch the same backward pass that trains the solver gives
+the gradient of each sample's loss in z'; z' takes one SGD step (lr `ball_lr`, default 12/S), is projected onto
+||z' - z||_2 <= r (`ball_radius`, default 0.001 numel(z) / S^2) and the move is kept only for samples whose loss
+decreased (one more forward pass, counted in the training cost). The held-out evaluation uses the true z; LD3's
+moves of the validation noises are not replicated.
 """
 from __future__ import annotations
 
@@ -74,6 +82,10 @@ class Settings:
     grad_clip: float = 1.0
     checkpoint: bool = False              # recompute each student network call in backward (activation memory)
     eval_every: int | None = None
+    # LD3's relaxed objective: each training noise z has a movable copy z' in a ball around it
+    relaxed_ball: bool = False
+    ball_radius: float | None = None      # None: LD3's 0.001 * numel(z) / S^2 (S = the student's steps)
+    ball_lr: float | None = None          # None: LD3's 12 / S
 
     @classmethod
     def from_options(cls, options: dict, structure: tuple = ()) -> "Settings":
@@ -125,6 +137,12 @@ class Settings:
             raise InputError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
         if self.eval_every is None:
             self.eval_every = max(1, self.steps // 10)
+        if not isinstance(self.relaxed_ball, bool):
+            raise InputError(f"relaxed_ball must be True or False, got {self.relaxed_ball!r}")
+        for name in ("ball_radius", "ball_lr"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise InputError(f"{name} must be a positive number (or unset for LD3's default), got {v!r}")
         return self
 
     def record(self) -> dict:
@@ -204,16 +222,10 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
     evaluating = eval_set is not None and len(eval_set.seeds) > 0
     eval_batch = settings.teacher_batch_size
 
-    def batch_loss():
-        nonlocal order, pos
-        if pos + settings.batch_size > n:                        # a new epoch: reshuffle
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos:pos + settings.batch_size]
-        pos += settings.batch_size
-        den = source.denoiser(take(conds, idx))
-        if settings.checkpoint:
-            den = _checkpointed(den)
-        final, mids = _student_states(student, den, train_set.x_T[idx], sigmas, afs, path_set is not None)
+    ball = _Ball(train_set.x_T, sigmas, settings) if settings.relaxed_ball else None
+
+    def sample_loss(den, idx, x_T):
+        final, mids = _student_states(student, den, x_T, sigmas, afs, path_set is not None)
         target = train_set.targets[idx]
         if images:
             final = source.decode(final)
@@ -223,7 +235,22 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
         if mids:
             tea = path_set.targets[idx]
             loss = loss + sum(losses.mse(m, tea[:, j]) for j, m in enumerate(mids))
-        return loss.mean()
+        return loss
+
+    def batch_loss():
+        nonlocal order, pos
+        if pos + settings.batch_size > n:                        # a new epoch: reshuffle
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + settings.batch_size]
+        pos += settings.batch_size
+        den = source.denoiser(take(conds, idx))
+        if settings.checkpoint:
+            den = _checkpointed(den)
+        if ball is None:
+            return sample_loss(den, idx, train_set.x_T[idx]).mean(), None
+        z = ball.start(idx)
+        loss = sample_loss(den, idx, ball.x_T(idx, z))
+        return loss.mean(), lambda: ball.move(idx, z, loss.detach(), lambda x: sample_loss(den, idx, x))
 
     if evaluating:
         curves["eval_step"].append(0)
@@ -232,9 +259,11 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(settings.accumulate):
-            loss = batch_loss()
+            loss, move = batch_loss()
             (loss / settings.accumulate).backward()
             total += float(loss.detach()) / settings.accumulate
+            if move is not None:
+                move()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         curves["lr"].append(opt.param_groups[0]["lr"])
@@ -249,4 +278,45 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
             if progress:
                 progress(f"step {step + 1}/{settings.steps} loss {total:.3e} eval {curves['eval_error'][-1]:.4f}")
     curves["train_seconds"] = time.perf_counter() - t0
+    if ball is not None:
+        curves.update(ball.record())
     return curves
+
+
+class _Ball:
+    """The movable training noises of LD3's relaxed objective (module docstring): offsets z' - z per training
+    sample, in units of the unit noise z = x_T / sigma_max."""
+
+    def __init__(self, x_T: torch.Tensor, sigmas, settings: Settings):
+        steps = len(sigmas) - 1
+        self.x_T0, self.sigma_max = x_T, float(sigmas[0])
+        self.offsets = torch.zeros_like(x_T)
+        self.radius = settings.ball_radius or 0.001 * x_T[0].numel() / steps ** 2
+        self.lr = settings.ball_lr or 12.0 / steps
+        self.tried = self.kept = 0
+
+    def start(self, idx) -> torch.Tensor:
+        return self.offsets[idx].clone().requires_grad_(True)
+
+    def x_T(self, idx, z: torch.Tensor) -> torch.Tensor:
+        return self.x_T0[idx] + self.sigma_max * z
+
+    @torch.no_grad()
+    def move(self, idx, z: torch.Tensor, loss: torch.Tensor, loss_at) -> None:
+        """One SGD step of the offsets (their gradient is set by the batch's backward pass), projected onto the
+        ball; kept where the sample's loss decreased."""
+        if z.grad is None:
+            return
+        new = z - self.lr * z.grad
+        norm = new.flatten(1).norm(dim=1).clamp_min(1e-300)
+        scale = torch.clamp(self.radius / norm, max=1.0).reshape(-1, *[1] * (new.dim() - 1))
+        new = new * scale
+        better = loss_at(self.x_T(idx, new)) < loss
+        self.offsets[idx[better.cpu()]] = new[better]
+        self.tried += len(idx)
+        self.kept += int(better.sum())
+
+    def record(self) -> dict:
+        norms = self.offsets.flatten(1).norm(dim=1)
+        return {"ball": {"radius": self.radius, "lr": self.lr, "moves_kept": self.kept, "moves_tried": self.tried,
+                         "max_offset": float(norms.max())}}
