@@ -61,7 +61,8 @@ def _positional(t: torch.Tensor, channels: int = NOISE_CHANNELS, max_positions: 
 
 def _init_linear(gen, fan_in: int, fan_out: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     if mode == "xavier_uniform":
-        w = math.sqrt(6 / (fan_in + fan_out)) * (torch.rand(fan_out, fan_in, generator=gen, dtype=torch.float64) * 2 - 1)
+        u = torch.rand(fan_out, fan_in, generator=gen, dtype=torch.float64)
+        w = math.sqrt(6 / (fan_in + fan_out)) * (u * 2 - 1)
     else:                                                         # EDM's default, kaiming_normal
         w = math.sqrt(1 / fan_in) * torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64)
     return w, torch.zeros(fan_out, dtype=torch.float64)
@@ -77,6 +78,8 @@ def pooled_features(x: torch.Tensor, denoised: torch.Tensor, t) -> torch.Tensor:
 
 class AMED(LearnedSolver):
     name = "amed"
+    row_name = "steps"
+    ends_above_zero = "its points interpolate sigma geometrically"
     min_points = 2
     structure = ("scale_dir_bound", "scale_time_bound", "features", "seed")
     parameter_options = ("weights",)
@@ -159,13 +162,6 @@ class AMED(LearnedSolver):
     # ---- the interface -----------------------------------------------------------------------
     def calls(self, num_points: int, afs: bool = False, ends_at_zero: bool = False) -> int:
         return 2 * (num_points - 1) - int(afs)
-
-    def check_grid(self, sigmas, x_T, afs):
-        t = super().check_grid(sigmas, x_T, afs)
-        self._check_built_for(t, afs, "steps + 1 points")
-        if t[-1] == 0.0:
-            raise InputError("amed needs a grid ending above 0 (its points interpolate sigma geometrically)")
-        return t
 
     def _sample(self, den, x, t, afs):
         hook = None

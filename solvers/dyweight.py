@@ -50,6 +50,7 @@ def init_rows(num_steps: int, history: int, init: str = "adams_bashforth") -> li
 
 class DyWeight(LearnedSolver):
     name = "dyweight"
+    row_name = "weight rows"
     min_points = 2
     structure = ("history", "init", "time_shift", "time_scaling", "divisor", "time_scale_bounds")
     parameter_options = ("weights", "time_scale")
@@ -182,11 +183,6 @@ class DyWeight(LearnedSolver):
     # ---- the interface -----------------------------------------------------------------------
     def calls(self, num_points: int, afs: bool = False, ends_at_zero: bool = False) -> int:
         return num_points - 1 - int(afs)
-
-    def check_grid(self, sigmas, x_T, afs):
-        t = super().check_grid(sigmas, x_T, afs)
-        self._check_built_for(t, afs, "weight rows")
-        return t
 
     def _sample(self, den, x, t, afs):
         # The scalars (weights, time scales, shifted times) are Python floats when no gradient is wanted, so every

@@ -64,6 +64,8 @@ def _unbounded(value: torch.Tensor, bound: float, what: str) -> torch.Tensor:
 
 class EPD(LearnedSolver):
     name = "epd"
+    row_name = "table rows"
+    ends_above_zero = "its points interpolate sigma geometrically"
     min_points = 2
     structure = ("K", "scale_dir_bound", "scale_time_bound", "base", "max_order", "init", "seed")
     parameter_options = ("r", "weights", "scale_dir", "scale_time")
@@ -160,13 +162,6 @@ class EPD(LearnedSolver):
     def latency_calls(self, num_points: int, afs: bool = False) -> int:
         """The official NFE: the K parallel points of a step count as one batched call."""
         return 2 * (num_points - 1) - int(afs)
-
-    def check_grid(self, sigmas, x_T, afs):
-        t = super().check_grid(sigmas, x_T, afs)
-        self._check_built_for(t, afs, "table rows")
-        if t[-1] == 0.0:
-            raise InputError("epd needs a grid ending above 0 (its points interpolate sigma geometrically)")
-        return t
 
     def _sample(self, den, x, t, afs):
         grad = torch.is_grad_enabled() and self.r_raw.requires_grad

@@ -53,6 +53,8 @@ OFFICIAL_BASE_OPTIONS = {"unipc": {"order": 3, "variant": "bh1"}}
 
 class LD3(LearnedSolver):
     name = "ld3"
+    row_name = "steps"
+    ends_above_zero = "it spaces its steps in lambda = -log t"
     min_points = 2
     structure = ("base", "base_options", "win_rate", "mode")
     parameter_options = ("positions", "offsets")
@@ -163,13 +165,6 @@ class LD3(LearnedSolver):
     # ---- the interface -----------------------------------------------------------------------
     def calls(self, num_points: int, afs: bool = False, ends_at_zero: bool = False) -> int:
         return self.base.calls(num_points, afs, ends_at_zero)
-
-    def check_grid(self, sigmas, x_T, afs):
-        t = super().check_grid(sigmas, x_T, afs)
-        self._check_built_for(t, afs, "steps + 1 points")
-        if t[-1] == 0.0:
-            raise InputError("ld3 needs a grid ending above 0 (it spaces its steps in lambda = -log t)")
-        return t
 
     def _sample(self, den, x, t, afs):
         xi, s = self.times(t[0], t[-1])

@@ -18,6 +18,9 @@ backpropagation through `sample`), and subclasses `LearnedSolver`, which sets `l
   learns()                                           parameter name -> number of learned values
   sigmas, metadata                                   the grid it was distilled for, and its provenance (the
                                                      distillation's settings and curves), saved in its state
+  row_name, ends_above_zero (optional)               what its per-step parameters are called (then sample checks
+                                                     the grid has the points they were built for, and the AFS
+                                                     setting), and why it needs a grid ending above 0
   trained_by = "search" (optional)                   trained without gradients: bench.distill hands its
                                                      `search(T, X, d, afs, denoiser, x_T)` the teacher's whole
                                                      trajectories instead of running the gradient loop (GITS)
@@ -66,15 +69,24 @@ class LearnedSolver(Solver, torch.nn.Module):
         finally:
             self._states = None
 
-    def _check_built_for(self, t: list, afs: bool, rows: str) -> None:
-        """The grid has the `grid_points` this solver's tables were built for (N-1 `rows`), and `afs` matches the
-        AFS setting it was built with (when it records one)."""
-        if len(t) != self.grid_points:
-            raise InputError(f"this {self.name} solver has {self.grid_points - 1} {rows}, so it needs a grid of "
-                             f"{self.grid_points} points, got {len(t)}")
-        if self.afs is not None and bool(afs) != bool(self.afs):
-            raise InputError(f"this {self.name} solver was built for afs={self.afs}; call sample(..., "
-                             f"afs={self.afs})")
+    #: what its per-step parameters are called ("weight rows"); set, `check_grid` also checks that the grid has
+    #: the `grid_points` they were built for and that `afs` matches the AFS setting they were built with
+    row_name: str | None = None
+    #: why it needs a grid ending above 0, if it does (e.g. it interpolates sigma geometrically)
+    ends_above_zero: str | None = None
+
+    def check_grid(self, sigmas, x_T, afs):
+        t = super().check_grid(sigmas, x_T, afs)
+        if self.row_name is not None:
+            if len(t) != self.grid_points:
+                raise InputError(f"this {self.name} solver has {self.grid_points - 1} {self.row_name}, so it needs a "
+                                 f"grid of {self.grid_points} points, got {len(t)}")
+            if self.afs is not None and bool(afs) != bool(self.afs):
+                raise InputError(f"this {self.name} solver was built for afs={self.afs}; call sample(..., "
+                                 f"afs={self.afs})")
+        if self.ends_above_zero and t[-1] == 0.0:
+            raise InputError(f"{self.name} needs a grid ending above 0 ({self.ends_above_zero})")
+        return t
 
     def _record(self, x) -> None:
         if getattr(self, "_states", None) is not None:

@@ -123,8 +123,8 @@ def test_options_save_and_load_rebuild_the_same_samples(model, tmp_path):
         back = solvers.load(tmp_path / "amed.json")
         assert torch.equal(back.sample(model.denoiser(), x, g, afs=True), out)
     assert s.parameter_count() == sum(p.numel() for p in s.parameters()) > 1000
-    assert set(s.learns()) == {f"{layer}.{w}" for layer in ("map_layer0", "enc_layer0", "enc_layer1", "fc_r",
-                                                            "fc_scale_dir", "fc_scale_time") for w in ("weight", "bias")}
+    layers = ("map_layer0", "enc_layer0", "enc_layer1", "fc_r", "fc_scale_dir", "fc_scale_time")
+    assert set(s.learns()) == {f"{layer}.{w}" for layer in layers for w in ("weight", "bias")}
     assert "fc_scale_time.weight" not in solvers.get("amed", num_points=4).learns()
 
 
