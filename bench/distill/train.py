@@ -19,7 +19,8 @@ a few checkpoints (the "eval" curve).
 `relaxed_ball = true` is LD3's relaxed objective (docs/learned-solvers.md section 3, trainer.py
 `_train_one_round`, `_update_latents`): the student starts from x_T' = sigma_max z' instead of sigma_max z, where
 each training sample's z' is kept between batches. Per batch the same backward pass that trains the solver gives
-the gradient of each sample's loss in z'; z' takes one SGD step (lr `ball_lr`, default 12/S), is projected onto
+the gradient of the batch's mean loss in each z' (as LD3's one backward pass); z' takes one SGD step (lr
+`ball_lr`, default 12/S with S the grid's intervals), is projected onto
 ||z' - z||_2 <= r (`ball_radius`, default 0.001 numel(z) / S^2) and the move is kept only for samples whose loss
 decreased (one more forward pass, counted in the training cost). The held-out evaluation uses the true z; LD3's
 moves of the validation noises are not replicated.
