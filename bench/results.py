@@ -42,7 +42,8 @@ class Store:
         cols = ", ".join(f"{c} {t}" for c, t in COLUMNS.items())
         with self.conn:
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, PRIMARY KEY (cell_key, metric))")
-            for c in [c for c in COLUMNS if c not in _columns(self.conn)]:      # a store from an older version
+            have = _columns(self.conn)
+            for c in [c for c in COLUMNS if c not in have]:                   # a store from an older version
                 self.conn.execute(f"ALTER TABLE results ADD COLUMN {c} {COLUMNS[c]}")
 
     def stored(self, cell_key: str) -> dict[str, str]:

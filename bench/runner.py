@@ -354,7 +354,8 @@ def cell_rows(c: GridCell, values: dict, prov: dict, wall: float, world: int, so
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return [{
         "grid": c.grid, "model": c.model, "solver": e.name, "label": e.label, "family": e.family,
-        "paper_method": e.paper_method or "", "options": json.dumps(options, sort_keys=True), "nfe": c.nfe, "afs": e.afs, "schedule": c.schedule,
+        "paper_method": e.paper_method or "", "options": json.dumps(options, sort_keys=True), "nfe": c.nfe,
+        "afs": e.afs, "schedule": c.schedule,
         "metric": m, "value": v, "status": "ok" if not err else "failed", "error": err,
         "num_samples": c.num_samples, "seeds": c.seeds_text, "distilled_on": distilled_on,
         "code_version": prov["code_version"], "config_hash": prov["config_hash"], "cell_key": c.key,

@@ -147,12 +147,12 @@ class AMED(LearnedSolver):
         h = self.enc_layer1(torch.nn.functional.silu(self.enc_layer0(f)))
         out = torch.cat([h, *(e.expand(f.shape[0], -1) for e in emb)], dim=1)
         r = torch.sigmoid(self.fc_r(out))[:, 0]
-        ones = torch.ones_like(r)
-        c = (2 * self.scale_dir_bound * torch.sigmoid(self.fc_scale_dir(out))[:, 0] + 1 - self.scale_dir_bound
-             if self.scale_dir_bound else ones)
-        a = (2 * self.scale_time_bound * torch.sigmoid(self.fc_scale_time(out))[:, 0] + 1 - self.scale_time_bound
-             if self.scale_time_bound else ones)
-        return r, c, a
+
+        def scale(head: str, bound: float) -> torch.Tensor:       # in (1 - bound, 1 + bound); 1 without a head
+            if not bound:
+                return torch.ones_like(r)
+            return 2 * bound * torch.sigmoid(getattr(self, head)(out))[:, 0] + 1 - bound
+        return r, scale("fc_scale_dir", self.scale_dir_bound), scale("fc_scale_time", self.scale_time_bound)
 
     def options(self) -> dict:
         return {"weights": {k: v.tolist() for k, v in self.state_dict().items()}, "num_points": self.grid_points,

@@ -187,11 +187,9 @@ class LD3(LearnedSolver):
     def state(self) -> dict:
         """Everything that rebuilds it, plus (once distilled for a grid) the learned grid on that grid's range."""
         learned = self.grid(self.sigmas[0], self.sigmas[-1]) if self.sigmas else {}
-        return {**learned, "solver": self.name, "format": 1, "num_points": self.grid_points, "afs": self.afs,
-                "base": self.base_name, "base_options": self.base_options, "win_rate": self.win_rate,
-                "mode": self.mode, "p1": self.p1.detach().tolist(), "p2": self.p2.detach().tolist(),
-                "positions": self.positions().detach().tolist(), "offsets": self.offsets().detach().tolist(),
-                "sigmas": self.sigmas, "metadata": self.metadata}
+        return {**learned, "solver": self.name, "format": 1, "num_points": self.grid_points, **self.options(),
+                "p1": self.p1.detach().tolist(), "p2": self.p2.detach().tolist(), "sigmas": self.sigmas,
+                "metadata": self.metadata}
 
     @classmethod
     def from_state(cls, st: dict) -> "LD3":

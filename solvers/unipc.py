@@ -103,12 +103,13 @@ def coefficients(t, i: int, order: int, correct: bool, variant: str):
     coefficients are differentiable in the grid (LD3 learns its time steps through them)."""
     X, M0, M1, M2, MT = torch.eye(5, dtype=torch.float64)
     ms = [M0, M1, M2]
-    lt = {k: torch.log(torch.as_tensor(t[k], dtype=torch.float64)) for k in range(i - order + 1, i + 1)}
-    ratio = torch.as_tensor(t[i + 1], dtype=torch.float64) / torch.as_tensor(t[i], dtype=torch.float64)
+    tt = {k: torch.as_tensor(t[k], dtype=torch.float64) for k in range(i - order + 1, i + 2)}
+    ratio = tt[i + 1] / tt[i]
     x_lin = ratio * X - (ratio - 1) * M0                         # expm1(-h) = t_{i+1}/t_i - 1
     if order == 1 and not correct:
         return x_lin[:2], None
-    h = lt[i] - torch.log(torch.as_tensor(t[i + 1], dtype=torch.float64))
+    lt = {k: torch.log(v) for k, v in tt.items()}
+    h = lt[i] - lt[i + 1]
     hh = -h
     one = torch.ones((), dtype=torch.float64)
     rks = [(lt[i] - lt[i - k]) / h for k in range(1, order)] + [one]
