@@ -19,7 +19,7 @@ import torch
 
 from bench.models.base import Cell, Model, Requirement
 
-from .base import Metric
+from .base import FrechetMetric
 from .frechet import feature_statistics, frechet_distance
 from solvers.base import InputError
 
@@ -78,7 +78,7 @@ def _check(cell: Cell, name: str) -> torch.Tensor:
     return x
 
 
-class _DigitsFD(Metric):
+class _DigitsFD(FrechetMetric):
     """FD of per-sample records (classifier features or pixels) against the held-out digits' statistics."""
 
     higher_is_better = False
@@ -87,10 +87,8 @@ class _DigitsFD(Metric):
     def supports(self, model: Model) -> bool:
         return tuple(model.shape) == SHAPE
 
-    def reduce(self, records: torch.Tensor, cell: Cell) -> float:
-        if records.shape[0] < 2:
-            raise InputError(f"{self.name} needs at least 2 samples, got {records.shape[0]}")
-        return frechet_distance(*feature_statistics(records.numpy()), *reference_statistics(self.kind))
+    def distance(self, mu, cov, cell: Cell) -> float:
+        return frechet_distance(mu, cov, *reference_statistics(self.kind))
 
 
 class FDDigits(_DigitsFD):

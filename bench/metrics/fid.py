@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from bench.models.base import Cell, Model, Requirement
+from bench.stats import Estimate
 
-from .base import Metric
+from .base import FrechetMetric
 from .features import InceptionFeatures, extractor_on, inception_requirement
-from .frechet import RunningStatistics, feature_statistics, frechet_distance, load_statistics, save_statistics
+from .frechet import RunningStatistics, frechet_distance, load_statistics, save_statistics
 from solvers.base import InputError
 
 
@@ -46,7 +47,7 @@ def label_for(num_samples: int | None) -> str:
     return f"FID-{num_samples // 1000}k" if num_samples % 1000 == 0 else f"FID-{num_samples}"
 
 
-class FID(Metric):
+class FID(FrechetMetric):
     name = "fid"
     higher_is_better = False
 
@@ -96,18 +97,27 @@ class FID(Metric):
         return torch.cat([f.float() for f in self.extractor().batched(batch.samples, self.batch_size)])
 
     def reduce(self, records: torch.Tensor, cell: Cell) -> float:
-        n = records.shape[0]
-        if self.num_samples is not None:
-            if n < self.num_samples:
-                raise InputError(f"{self.label} needs {self.num_samples} samples; the cell has {n} "
-                                 f"(build the metric with num_samples={n} for a smaller FID)")
-            records = records[: self.num_samples]
+        return super().reduce(self._counted(records, 1), cell)
+
+    def estimate(self, records: torch.Tensor, cell: Cell, sets: int = 1) -> Estimate:
+        """Replicas of exactly `num_samples` each (or the jackknife of one seed set, bench.stats)."""
+        return super().estimate(self._counted(records, sets), cell, sets)
+
+    def _counted(self, records: torch.Tensor, groups: int) -> torch.Tensor:
+        """The first `num_samples` records of each of `groups` seed sets; too few is an error."""
+        n = records.shape[0] // groups
+        if self.num_samples is None:
+            return records
+        if n < self.num_samples:
+            raise InputError(f"{self.label} needs {self.num_samples} samples; the cell has {n} "
+                             f"(build the metric with num_samples={n} for a smaller FID)")
+        return torch.cat([records[r * n:r * n + self.num_samples] for r in range(groups)])
+
+    def distance(self, mu, cov, cell: Cell) -> float:
         ref = reference_requirement(cell.model, self.reference)
         if not ref.present:
             raise FileNotFoundError(ref.missing_message())
-        mu_ref, sigma_ref = load_statistics(ref.path)
-        mu, sigma = feature_statistics(records.double().numpy())
-        return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+        return frechet_distance(mu, cov, *load_statistics(ref.path))
 
 
 def fid_30k(**options) -> FID:

@@ -11,6 +11,7 @@ _REGISTRY: dict[str, str] = {
     "gmm2d": "bench.models.gmm:gmm2d",
     "gmm64": "bench.models.gmm:gmm64",
     "digits": "bench.models.digits:digits",
+    "digits_centred": "bench.models.digits:digits_centred",
     "cifar10": "bench.models.edm:cifar10",
     "ffhq": "bench.models.edm:ffhq",
     "afhqv2": "bench.models.edm:afhqv2",

@@ -123,6 +123,11 @@ class Model:
         """Map final samples to the space metrics read (images in [-1, 1] for image models; identity here)."""
         return x
 
+    def data_coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        """Final states in the data's own coordinates (identity; a model that presents shifted coordinates, such
+        as the mean-centred digits, undoes the shift), where the endpoint error's relative norm is taken."""
+        return x
+
     def requirements(self) -> list[Requirement]:
         """Local files this model needs; empty when it ships with the project."""
         return []
@@ -152,6 +157,22 @@ class Model:
     def to_base(self, x: torch.Tensor) -> torch.Tensor:
         """Final states of this view in the base model's variables (identity for a model)."""
         return x
+
+    # --- noise floors (bench.stats, the report's floor rows) ----------------------------------------------
+    floor_sources: dict = {}                # source name -> display label of the samples a floor row scores
+
+    def floor_samples(self, source: str, seeds: Sequence[int], sigma_start: float, sigma_end: float,
+                      cache_dir=None) -> torch.Tensor:
+        """Final states, in this model's variables, of a reference the metrics' noise floor is read from (e.g.
+        the exact ODE solution, real data), one per seed."""
+        raise InputError(f"model {self.name!r} has no noise floor {source!r}; accepted: "
+                         f"{', '.join(self.floor_sources) or '(none)'}")
+
+    def check_floor(self, source: str, count: int) -> None:
+        """Raise InputError unless this model can give `count` samples of the floor `source`."""
+        if source not in self.floor_sources:
+            raise InputError(f"model {self.name!r} has no noise floor {source!r}; accepted: "
+                             f"{', '.join(self.floor_sources) or '(none)'}")
 
     def training_requirements(self) -> list[Requirement]:
         """Files a distillation on this model needs besides `requirements()` (e.g. its training prompts)."""

@@ -7,14 +7,21 @@ denoiser (posterior mean) is
     w_k = softmax_k(log pi_k + log N(x; mu_k, S_k + sigma^2 I)).
 
 Each S_k is kept as its eigendecomposition U diag(lam) U^T, so every sigma costs one rotation per component.
-`reference_solution` integrates the PF-ODE dx/dlog(sigma) = x - D(x, sigma) with scipy's DOP853 at rtol 1e-10.
+`reference_solution` integrates the PF-ODE dx/dlog(sigma) = x - D(x, sigma) with scipy's DOP853 at rtol 1e-10;
+`reference` solves it once for a set of seeds (x_T = noise(seeds)) and caches it on disk, keyed by the mixture's
+tensors, the seeds and the sigma range, for the endpoint error and the exact-ODE noise floor alike.
+
+Noise floors (`floor_sources`): "exact_ode", the exact ODE solution from each seed's x_T (what a perfect solver
+gives at the cell's seeds), and "data", exact samples of the mixture (one generator per seed).
 
 The exact facts (pi, mu, lam, U, moments) are CPU tensors; `device` (default CPU) is where the denoiser computes and
 the noise is drawn, like a network adapter's device (so analytic grids exercise the device paths of the harness).
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +32,8 @@ from solvers.base import InputError
 
 class GaussianMixture(Model):
     dtype = torch.float64
+    floor_sources = {"exact_ode": "Exact ODE solution", "data": "Exact data samples"}
+    rtol = 1e-10                                  # of the reference ODE solution
 
     def __init__(self, name: str, weights, means, covariances, description: str = "",
                  sigma_min: float = 0.002, sigma_max: float = 80.0, device: str | torch.device = "cpu"):
@@ -119,6 +128,47 @@ class GaussianMixture(Model):
         if not sol.success:
             raise RuntimeError(f"reference ODE solve failed: {sol.message}")
         return torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(shape).to(x_T.dtype)
+
+    def reference(self, seeds, sigma_start: float, sigma_end: float, cache_dir=None) -> torch.Tensor:
+        """The reference ODE solution (CPU, float64) from x_T = noise(seeds) over [sigma_start, sigma_end],
+        solved once for all `seeds` (a sample's reference never depends on batching) and cached in memory and
+        under `cache_dir`/reference."""
+        seeds = [int(s) for s in seeds]
+        key = self.reference_key(seeds, float(sigma_start), float(sigma_end))
+        memory = self.__dict__.setdefault("_references", {})
+        if key in memory:
+            return memory[key]
+        path = Path(cache_dir) / "reference" / f"{self.name}-{key}.pt" if cache_dir else None
+        if path is not None and path.exists():
+            ref = torch.load(path)
+        else:
+            x_T = self.noise(seeds).to(torch.float64).cpu()
+            ref = self.reference_solution(x_T, float(sigma_start), float(sigma_end), rtol=self.rtol)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(ref, tmp)
+                tmp.replace(path)                     # atomic: a killed run never leaves half a file
+        memory[key] = ref
+        return ref
+
+    def reference_key(self, seeds, s0: float, s1: float) -> str:
+        """What a cached reference depends on: the mixture's tensors, the seeds, the range and the tolerance."""
+        h = hashlib.sha256()
+        h.update(f"{self.name}|{s0!r}|{s1!r}|{self.rtol!r}|".encode())
+        for t in [v for k, v in sorted(vars(self).items()) if isinstance(v, torch.Tensor)]:
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        h.update(",".join(map(str, seeds)).encode())
+        return h.hexdigest()[:20]
+
+    def floor_samples(self, source: str, seeds, sigma_start: float, sigma_end: float, cache_dir=None):
+        """Final states of a noise-floor source (`floor_sources`) for `seeds`."""
+        if source == "exact_ode":
+            return self.reference(seeds, sigma_start, sigma_end, cache_dir)
+        if source == "data":
+            return torch.cat([self.sample_data(1, torch.Generator().manual_seed(int(s))) for s in seeds])
+        raise InputError(f"model {self.name!r} has no noise floor {source!r}; accepted: "
+                         f"{', '.join(self.floor_sources)}")
 
 
 def gmm2d(device: str = "cpu") -> GaussianMixture:
