@@ -26,8 +26,9 @@ SAMPLING = "sampling"
 KEY_FORMAT = 1          # bump when the meaning of a cell key changes
 
 _TOP_KEYS = {"name", "description", "kind", "nfe", "num_samples", "seed_start", "batch_size", "schedule", "time",
-             "metrics", "metric_options", "skip_unreachable", "models", "solvers"}
-_MODEL_KEYS = {"name", "metrics", "metric_options", "options", "nfe", "num_samples", "batch_size"}
+             "metrics", "metric_options", "skip_unreachable", "models", "solvers", "replicas", "floors"}
+_MODEL_KEYS = {"name", "metrics", "metric_options", "options", "nfe", "num_samples", "batch_size", "replicas",
+               "floors"}
 _SOLVER_KEYS = {"name", "label", "afs", "schedule", "schedule_options", "time", "options", "distill", "distill_from",
                 "released", "models", "nfe", "skip_unreachable", "paper_method"}
 
@@ -87,6 +88,7 @@ class SolverEntry:
     nfe: list | None = None                 # overrides the grid's NFE list
     skip_unreachable: bool | None = None
     paper_method: str | None = None         # the paper's name of this row's method (reported-vs-measured tables)
+    floor: str | None = None                # a noise-floor row: the model's floor source (no solver runs)
 
     @property
     def learned(self) -> bool:
@@ -94,7 +96,10 @@ class SolverEntry:
 
     @property
     def family(self) -> str:
+        """"floor" (a noise-floor row), "learned" or "handcrafted"."""
         import solvers
+        if self.floor is not None:
+            return "floor"
         return "learned" if self.learned or solvers.solver_class(self.name).learned else "handcrafted"
 
     def identity(self) -> dict:
@@ -104,6 +109,8 @@ class SolverEntry:
                "distill_from": self.distill_from, "released": self.released}
         if self.time != "sigma":
             out["time"] = self.time
+        if self.floor is not None:
+            out = {"floor": self.floor}
         return out
 
 
@@ -121,6 +128,7 @@ class GridCell:
     num_samples: int
     batch_size: int
     metric_options: dict = field(default_factory=dict)     # metric name -> options it is built with
+    replicas: int = 1                       # disjoint seed sets of num_samples each (bench.stats)
 
     @property
     def nfe(self) -> int:
@@ -137,23 +145,28 @@ class GridCell:
 
     @property
     def seeds(self) -> range:
-        return range(self.seed_start, self.seed_start + self.num_samples)
+        """Every seed the cell samples: `replicas` consecutive sets of `num_samples`."""
+        return range(self.seed_start, self.seed_start + self.num_samples * self.replicas)
 
     @property
     def seeds_text(self) -> str:
-        return f"{self.seed_start}-{self.seed_start + self.num_samples - 1}"
+        text = f"{self.seed_start}-{self.seed_start + self.num_samples * self.replicas - 1}"
+        return text + (f" ({self.replicas} sets of {self.num_samples})" if self.replicas > 1 else "")
 
     @property
     def key(self) -> str:
         """Hash of everything that determines the cell's samples (batch size and world size do not)."""
-        return canonical_hash({"format": KEY_FORMAT, "grid": self.grid, "model": self.model,
-                               "model_options": self.model_options, "solver": self.entry.identity(),
-                               "nfe": self.nfe, "seed_start": self.seed_start, "num_samples": self.num_samples})
+        ident = {"format": KEY_FORMAT, "grid": self.grid, "model": self.model, "model_options": self.model_options,
+                 "solver": self.entry.identity(), "nfe": self.nfe, "seed_start": self.seed_start,
+                 "num_samples": self.num_samples}
+        if self.replicas != 1:
+            ident["replicas"] = self.replicas
+        return canonical_hash(ident)
 
     @property
     def evaluations(self) -> int:
         """Network evaluations spent on sampling (not counting distillation or reference solutions)."""
-        return self.nfe * self.num_samples
+        return self.nfe * self.num_samples * self.replicas
 
     def describe(self) -> str:
         return f"{self.model} / {self.entry.label}{' +AFS' if self.entry.afs else ''} / NFE {self.nfe}"
@@ -350,6 +363,14 @@ def _expand(grid: Grid) -> None:
         if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
             raise InputError(f"{where}: metrics must be a non-empty list; accepted: {', '.join(bench.metrics.names())}")
         n_samples = _positive_int(mt.get("num_samples", num_samples), f"{where}: num_samples")
+        n_replicas = _positive_int(mt.get("replicas", raw.get("replicas", 1)), f"{where}: replicas")
+        floors = mt.get("floors", raw.get("floors", []))
+        model = grid.models[mname]
+        if not isinstance(floors, list) or not all(isinstance(f, str) for f in floors):
+            raise InputError(f"{where}: floors must be a list of noise-floor sources; accepted for {mname}: "
+                             f"{', '.join(model.floor_sources) or '(none)'}")
+        for f in floors:
+            model.check_floor(f, n_samples * n_replicas)
         metric_options = _metric_options(raw.get("metric_options", {}), mt.get("metric_options", {}), where)
         for m in metrics:
             _check_metric(m, metric_options.get(m, {}), grid.models[mname], n_samples, where)
@@ -357,6 +378,7 @@ def _expand(grid: Grid) -> None:
             "name": mname, "options": options, "metrics": metrics, "metric_options": metric_options,
             "nfe": _int_list(mt["nfe"], where) if "nfe" in mt else nfes, "num_samples": n_samples,
             "batch_size": _positive_int(mt.get("batch_size", batch_size), f"{where}: batch_size"),
+            "replicas": n_replicas, "floors": floors,
         })
 
     # ---- solver entries -----------------------------------------------------------------------------------
@@ -456,10 +478,34 @@ def _expand(grid: Grid) -> None:
                 grid.cells.append(GridCell(
                     grid=gname, model=ms["name"], model_options=ms["options"], entry=e, plan=p,
                     metrics=list(ms["metrics"]), seed_start=seed_start, num_samples=ms["num_samples"],
-                    batch_size=ms["batch_size"],
+                    batch_size=ms["batch_size"], replicas=ms["replicas"],
                     metric_options={m: ms["metric_options"].get(m, {}) for m in ms["metrics"]}))
+        grid.cells += _floor_cells(grid, ms, seed_start)
     if not grid.cells:
         raise InputError(f"grid {gname} has no cells to run (every cell was skipped as unreachable)")
+
+
+def _floor_cells(grid: Grid, ms: dict, seed_start: int) -> list[GridCell]:
+    """One cell per noise-floor source of a model: the source's samples (no solver, NFE 0) scored by the model's
+    metrics that have a floor, at the same seeds and replicas as its solver cells."""
+    import bench.metrics
+    if not ms["floors"]:
+        return []
+    model = grid.models[ms["name"]]
+    metrics = [m for m in ms["metrics"] if bench.metrics.get(m, **ms["metric_options"].get(m, {})).has_floor]
+    if not metrics:
+        accepted = ", ".join(n for n in bench.metrics.names() if bench.metrics.get(n).has_floor)
+        raise InputError(f"grid {grid.name}, model {ms['name']}: floors need a metric against a reference "
+                         f"distribution (one of {accepted})")
+    sigmas = tuple(float(v) for v in model.grid(2))
+    p = Plan(nfe=0, num_points=2, schedule=model.schedule, time="sigma", sigmas=sigmas,
+             evals_per_call=model.evals_per_call, ends_at_zero=sigmas[-1] == 0.0)
+    return [GridCell(grid=grid.name, model=ms["name"], model_options=ms["options"],
+                     entry=SolverEntry(name="floor", label=model.floor_sources[f], floor=f), plan=p,
+                     metrics=metrics, seed_start=seed_start, num_samples=ms["num_samples"],
+                     batch_size=ms["batch_size"], replicas=ms["replicas"],
+                     metric_options={m: ms["metric_options"].get(m, {}) for m in metrics})
+            for f in ms["floors"]]
 
 
 def _untrained(e: SolverEntry) -> bool:

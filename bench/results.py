@@ -28,7 +28,15 @@ COLUMNS = {
     "error": "TEXT", "num_samples": "INTEGER", "seeds": "TEXT", "distilled_on": "TEXT", "code_version": "TEXT",
     "config_hash": "TEXT", "cell_key": "TEXT", "torch_version": "TEXT", "device": "TEXT", "world_size": "INTEGER",
     "wall_time": "REAL", "created_at": "TEXT", "paper_method": "TEXT",
+    "ci_low": "REAL", "ci_high": "REAL", "ci_method": "TEXT", "replicas": "INTEGER", "higher_is_better": "INTEGER",
+    "metric_label": "TEXT", "paper_key": "TEXT",
 }
+# What each row carries for the report, so that `bench report` reads the store alone:
+#   value, ci_low, ci_high   the estimate and its 95 % interval; ci_method says how (bench.stats)
+#   replicas                 disjoint seed sets of num_samples the cell drew
+#   higher_is_better, metric_label   the metric's direction and display name
+#   family, label            "handcrafted" | "learned" | "floor" (a noise-floor row), and the row's display name
+#   paper_key                the paper's dataset key of the model (its released coefficients), or ""
 
 
 class Store:
@@ -43,8 +51,11 @@ class Store:
         with self.conn:
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, PRIMARY KEY (cell_key, metric))")
             have = _columns(self.conn)
-            for c in [c for c in COLUMNS if c not in have]:                   # a store from an older version
+            added = [c for c in COLUMNS if c not in have]
+            for c in added:                                                    # a store from an older version
                 self.conn.execute(f"ALTER TABLE results ADD COLUMN {c} {COLUMNS[c]}")
+            if added:
+                _describe_old_rows(self.conn)
 
     def stored(self, cell_key: str) -> dict[str, str]:
         """metric -> status of what is already stored for a cell."""
@@ -70,6 +81,24 @@ class Store:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _describe_old_rows(conn) -> None:
+    """Fill what rows of an older store lack and the registries still know: each metric's direction and label,
+    each model's paper key; intervals stay unknown (NULL, read as NaN), as they were never measured."""
+    from bench import metrics, models
+    for (name,) in conn.execute("SELECT DISTINCT metric FROM results WHERE higher_is_better IS NULL").fetchall():
+        if name in metrics.names():
+            m = metrics.get(name)
+            conn.execute("UPDATE results SET higher_is_better = ?, metric_label = ? WHERE metric = ? AND "
+                         "higher_is_better IS NULL", (int(m.higher_is_better), m.label or name, name))
+    for (name,) in conn.execute("SELECT DISTINCT model FROM results WHERE paper_key IS NULL").fetchall():
+        try:
+            key = models.get(name).released_key if name in models.names() else None
+        except (ValueError, FileNotFoundError, ImportError):
+            key = None
+        conn.execute("UPDATE results SET paper_key = ? WHERE model = ? AND paper_key IS NULL", (key or "", name))
+    conn.execute("UPDATE results SET replicas = 1 WHERE replicas IS NULL")
 
 
 def _sql_value(v):
@@ -105,11 +134,15 @@ def _columns(conn) -> set[str]:
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    df["value"] = pd.to_numeric(df["value"], errors="coerce").astype("float64")
-    df["wall_time"] = pd.to_numeric(df["wall_time"], errors="coerce").astype("float64")
-    for c in ("nfe", "num_samples", "world_size"):
+    for c in ("value", "wall_time", "ci_low", "ci_high"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    df["replicas"] = pd.to_numeric(df["replicas"], errors="coerce").fillna(1)
+    for c in ("nfe", "num_samples", "world_size", "replicas"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("int64") if len(df) else df[c].astype("int64")
     df["afs"] = df["afs"].astype(bool)
-    for c in ("error", "distilled_on", "paper_method"):
+    df["higher_is_better"] = df["higher_is_better"].fillna(0).astype(bool)
+    for c in ("error", "distilled_on", "paper_method", "ci_method", "paper_key"):
         df[c] = df[c].fillna("")
+    df["metric_label"] = df["metric_label"].where(df["metric_label"].notna() & (df["metric_label"] != ""),
+                                                  df["metric"])
     return df

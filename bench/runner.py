@@ -18,11 +18,9 @@ import datetime
 import importlib
 import json
 import math
-import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -184,6 +182,8 @@ class Builder:
         import solvers
         e = c.entry
         model = self.grid.models[c.model]
+        if e.floor is not None:
+            return None                                  # a noise-floor row samples its source, not a solver
         if e.released:
             from baselines import released_solver
             return released_solver(model.released_key, c.nfe, kind=e.name)
@@ -266,8 +266,16 @@ def sample_batches(c: GridCell, problem, solver, seeds, batch_size: int, cache_d
     model = problem.base
     sigmas = torch.tensor(c.plan.sigmas, dtype=torch.float64)
     base_sigmas = sigmas if problem is model else _base_sigmas(sigmas)
+    if c.entry.floor is not None:                    # a noise floor: the source's samples at the cell's seeds
+        whole = model.floor_samples(c.entry.floor, list(c.seeds), float(sigmas[0]), float(sigmas[-1]), cache_dir)
+        rows = {s: i for i, s in enumerate(c.seeds)}
     for i in range(0, len(seeds), batch_size):
         batch = seeds[i:i + batch_size]
+        if c.entry.floor is not None:
+            final = whole[[rows[int(s)] for s in batch]].to(device=model.device)
+            yield Cell(model=model, samples=model.decode(final), sigmas=base_sigmas, seeds=batch, final=final,
+                       cell_seeds=c.seeds, cache_dir=None if cache_dir is None else str(cache_dir))
+            continue
         cond = problem.conditions(batch)
         den = CountingDenoiser(problem.denoiser(cond), c.plan.evals_per_call)
         with torch.no_grad():
@@ -289,8 +297,9 @@ def _base_sigmas(t: torch.Tensor) -> torch.Tensor:
 
 
 def run_cell(c: GridCell, problem, solver, metrics: dict, dist: Dist, cache_dir: Path):
-    """Sample a cell (sharded over ranks), keeping each metric's per-sample records; on rank 0 reduce them:
-    {metric: (value, error)}. Ranks meet in `dist.sync` first, so a rank's unexpected failure ends them all."""
+    """Sample a cell (sharded over ranks), keeping each metric's per-sample records; on rank 0 reduce them to an
+    estimate with its interval (over the cell's seed-set replicas): {metric: (Estimate or None, error)}. Ranks
+    meet in `dist.sync` first, so a rank's unexpected failure ends them all."""
     from bench.models.base import Cell
     from solvers import NonFiniteError
     records = {m: [] for m in c.metrics}
@@ -322,7 +331,7 @@ def run_cell(c: GridCell, problem, solver, metrics: dict, dist: Dist, cache_dir:
         return None
     failures = [p[0] for p in parts if p[0]]
     if failures:
-        return {m: (math.nan, failures[0]) for m in c.metrics}
+        return {m: (None, failures[0]) for m in c.metrics}
     model = problem.base
     whole = Cell(model=model, samples=None, sigmas=torch.tensor(c.plan.sigmas, dtype=torch.float64),
                  seeds=list(c.seeds), cache_dir=str(cache_dir))
@@ -330,17 +339,21 @@ def run_cell(c: GridCell, problem, solver, metrics: dict, dist: Dist, cache_dir:
     for m in c.metrics:
         err = next((p[1][m] for p in parts if m in p[1]), None)
         if err is not None:
-            out[m] = (math.nan, err)
+            out[m] = (None, err)
             continue
         try:
-            v = float(metrics[m].reduce(torch.cat([p[2][m] for p in parts if p[2][m] is not None]), whole))
-            out[m] = (v, "") if math.isfinite(v) else (math.nan, f"{m} is {v} (non-finite samples statistics)")
+            est = metrics[m].estimate(torch.cat([p[2][m] for p in parts if p[2][m] is not None]), whole,
+                                      c.replicas)
+            out[m] = (est, "") if math.isfinite(est.value) else (
+                None, f"{m} is {est.value} (non-finite samples statistics)")
         except (ValueError, FloatingPointError, RuntimeError) as e:
-            out[m] = (math.nan, f"{m} failed: {e}")
+            out[m] = (None, f"{m} failed: {e}")
     return out
 
 
-def cell_rows(c: GridCell, values: dict, prov: dict, wall: float, world: int, solver) -> list[dict]:
+def cell_rows(c: GridCell, values: dict, prov: dict, wall: float, world: int, metrics: dict) -> list[dict]:
+    """The stored rows of a cell: per metric its estimate and interval, with what the report needs to read it
+    (direction, labels, family, paper key) and provenance."""
     e = c.entry
     distilled_on = (e.distill_from or c.model) if e.distill is not None else (
         f"released:{prov['released_key']}" if e.released else "")
@@ -352,23 +365,28 @@ def cell_rows(c: GridCell, values: dict, prov: dict, wall: float, world: int, so
     if e.released:
         options["released"] = True
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if e.floor is not None:
+        options = {"floor": e.floor}
     return [{
         "grid": c.grid, "model": c.model, "solver": e.name, "label": e.label, "family": e.family,
         "paper_method": e.paper_method or "", "options": json.dumps(options, sort_keys=True), "nfe": c.nfe,
         "afs": e.afs, "schedule": c.schedule,
-        "metric": m, "value": v, "status": "ok" if not err else "failed", "error": err,
+        "metric": m, "value": est.value if est else math.nan, "status": "ok" if not err else "failed", "error": err,
+        "ci_low": est.low if est else math.nan, "ci_high": est.high if est else math.nan,
+        "ci_method": est.method if est else "", "replicas": c.replicas,
+        "higher_is_better": bool(metrics[m].higher_is_better), "metric_label": metrics[m].label or m,
+        "paper_key": prov.get("released_key") or "",
         "num_samples": c.num_samples, "seeds": c.seeds_text, "distilled_on": distilled_on,
         "code_version": prov["code_version"], "config_hash": prov["config_hash"], "cell_key": c.key,
         "torch_version": torch.__version__, "device": prov["device"], "world_size": world, "wall_time": wall,
         "created_at": now,
-    } for m, (v, err) in values.items()]
+    } for m, (est, err) in values.items()]
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
 def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, retry_failed: bool = False,
         out=print) -> int:
     """Run every pending cell of `grid`, storing results in `results_dir`; returns the number of cells run."""
-    import bench.metrics
     results_dir = Path(results_dir)
     dist = init_distributed()
     if grid.kind != "sampling":
@@ -400,7 +418,8 @@ def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, 
                 wall = time.perf_counter() - t0
                 if dist.main:
                     prov.update(device=str(getattr(model, "device", "cpu")), released_key=model.released_key)
-                    store.write_cell(cell_rows(c, values, prov, wall, dist.world, solver), replace=retry_failed)
+                    store.write_cell(cell_rows(c, values, prov, wall, dist.world, metrics[c.model]),
+                                     replace=retry_failed)
                     failed = [err for _, err in values.values() if err]
                     if failed:
                         log(f"cell {c.describe()} failed: {failed[0]}")
@@ -462,23 +481,22 @@ def _write_progress(msg: str, bar) -> None:
 
 
 def summary_table(grid: Grid, results_dir: Path) -> str:
-    """A compact table of the grid's stored cells: one block per (model, metric), solvers × NFE."""
-    import bench.metrics
+    """A compact table of the grid's stored cells: one block per (model, metric), solvers × NFE, each value with
+    the half-width of its 95 % interval; a noise-floor row (NFE 0) sits in its own column."""
+    from bench.stats import format_interval
     df = results_mod.load(results_dir)
     keys = {c.key for c in grid.cells}
     df = df[df["cell_key"].isin(keys)]
     if df.empty:
         return "no results stored for this grid"
-    df = df.assign(solver_label=df["label"] + df["afs"].map({True: " +AFS", False: ""}))
+    df = df.assign(solver_label=df["label"] + df["afs"].map({True: " +AFS", False: ""}),
+                   shown=[format_interval(v, lo, hi) or f"{v:.4g}" if st == "ok" else "failed"
+                          for v, lo, hi, st in zip(df["value"], df["ci_low"], df["ci_high"], df["status"])])
     blocks = []
     order = list(dict.fromkeys(c.entry.label + (" +AFS" if c.entry.afs else "") for c in grid.cells))
     for (model, metric), part in df.groupby(["model", "metric"], sort=False):
-        table = part.pivot_table(index="solver_label", columns="nfe", values="value", aggfunc="first", dropna=False)
-        table = table.reindex([o for o in order if o in table.index])
-        cells = part.pivot_table(index="solver_label", columns="nfe", values="status", aggfunc="first")
-        text = table.astype(object).where(table.notna(), cells.reindex_like(table).map(
-            lambda st: "failed" if isinstance(st, str) else "-"))   # "-": no such cell (e.g. an unreachable NFE)
-        text = text.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v).to_string()
-        better = "higher" if bench.metrics.get(metric).higher_is_better else "lower"
-        blocks.append(f"{model} · {metric} ({better} is better)\n{text}")
+        table = part.pivot_table(index="solver_label", columns="nfe", values="shown", aggfunc="first")
+        table = table.reindex([o for o in order if o in table.index]).fillna("-")   # "-": no such cell
+        better = "higher" if part["higher_is_better"].iloc[0] else "lower"
+        blocks.append(f"{model} · {metric} ({better} is better; ± 95 % interval)\n{table.to_string()}")
     return "\n\n".join(blocks)
