@@ -22,7 +22,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--baseline", required=True, type=Path, help="baseline CSV (e.g. results/baselines/quick.csv)")
     parser.add_argument("--results-dir", default="results", type=Path, help="fresh results (default: results)")
     parser.add_argument("--tolerance", action="append", metavar="RTOL|METRIC=RTOL",
-                        help="allowed relative worsening, default 0.02; repeat as METRIC=RTOL per metric")
+                        help="an explicit allowed relative worsening instead of the intervals (default: a cell "
+                             "regressed when it got worse and its 95%% interval is disjoint from the baseline's; "
+                             "cells without intervals use 0.02); repeat as METRIC=RTOL per metric")
     parser.add_argument("--abs-tolerance", type=float, default=1e-12, help="allowed absolute worsening added to it")
     parser.add_argument("--grid", action="append", help="only these grids of the baseline (default: all)")
     parser.add_argument("--allow-missing", action="store_true",
@@ -35,7 +37,7 @@ def main(args) -> int:
     from bench import results
     from bench.report import regression
 
-    rtol, per_metric = regression.parse_tolerances(args.tolerance, 0.02)
+    rtol, per_metric = regression.parse_tolerances(args.tolerance)
     if not args.results_dir.exists():
         raise FileNotFoundError(f"no results directory {args.results_dir}")
     fresh = results.load(args.results_dir)
@@ -55,9 +57,9 @@ def main(args) -> int:
     better = cmp[cmp.verdict == "improved"]
     counts = ", ".join(f"{v}: {n}" for v, n in cmp.verdict.value_counts().items())
     print(f"compared {len(cmp)} baseline cells of {args.baseline} with {args.results_dir} ({counts})")
-    cols = ["grid", "model", "label", "nfe", "metric", "baseline", "fresh", "change", "tolerance", "verdict"]
+    cols = ["grid", "model", "label", "nfe", "metric", "baseline", "fresh", "change", "rule", "verdict"]
     if len(better):
-        print("\nimproved beyond the tolerance (refresh the baseline with --update when intended):")
+        print("\nimproved beyond the noise (refresh the baseline with --update when intended):")
         print(tabulate(better[cols], headers="keys", showindex=False, floatfmt=".4g"))
     if len(bad):
         print("\nworse than the baseline:", file=sys.stderr)

@@ -1,9 +1,9 @@
 """The paper's reported numbers (`baselines.reported_results()`) as a DataFrame in the project's names, and the
 measured-vs-reported comparison shown beside every measured table that has a published counterpart.
 
-Mapping: a project model is matched to a paper (dataset, model) through PROJECT_MODELS or, failing that, its
-`released_key` (bench.models); a measured row is matched to a paper method by the `paper_method` its grid entry
-declares (stored with each result), never by its solver's name. Methods the project does not run (AMED-Plugin,
+Mapping: a project model is matched to a paper (dataset, model) through PROJECT_MODELS or, failing that, the
+paper key stored with its results (its `released_key`); a measured row is matched to a paper method by the
+`paper_method` its grid entry declares (stored with each result), never by its solver's name. Methods the project does not run (AMED-Plugin,
 EPD-Plugin, DLMS, S4S-Alt) appear in the reported tables only.
 """
 from __future__ import annotations
@@ -49,15 +49,12 @@ def _reported() -> pd.DataFrame:
     return df
 
 
-def paper_key(model: str) -> tuple[str, str] | None:
-    """(paper dataset, paper model) a project model stands for, or None (e.g. the analytic models)."""
+def paper_key(model: str, stored_key: str = "") -> tuple[str, str] | None:
+    """(paper dataset, paper model) a project model stands for, or None (e.g. the analytic models): by its name,
+    or by the paper key stored with its results (its released-coefficient key)."""
     if model in PROJECT_MODELS:
         return PROJECT_MODELS[model]
-    try:                                   # a model registered later: its released-coefficient key
-        from bench import models
-        key = models.get(model).released_key
-    except Exception:
-        key = None
+    key = stored_key
     if key:
         dataset = RELEASED_TO_PAPER.get(key, key)
         if dataset in PAPER_MODEL_OF:
@@ -65,8 +62,8 @@ def paper_key(model: str) -> tuple[str, str] | None:
     return None
 
 
-def paper_dataset(model: str) -> str | None:
-    key = paper_key(model)
+def paper_dataset(model: str, stored_key: str = "") -> str | None:
+    key = paper_key(model, stored_key)
     return None if key is None else key[0]
 
 
@@ -98,14 +95,15 @@ def tables_for(dataset: str, metric: str = "fid", paper_model: str | None = None
 def compare(measured: pd.DataFrame, model: str, metric: str, table: str | None = None) -> pd.DataFrame | None:
     """Measured beside reported for one model: rows (group, method), columns (NFE, "measured"|"reported"|
     "ratio"); ratio = measured / reported where both exist. None when the paper has no counterpart."""
-    key, pmetric = paper_key(model), PAPER_METRIC.get(metric)
+    sel = measured[(measured.model == model) & (measured.metric == metric)]
+    stored = next((k for k in sel["paper_key"] if k), "")
+    key, pmetric = paper_key(model, stored), PAPER_METRIC.get(metric)
     if key is None or pmetric is None:
         return None
     dataset, pmodel = key
     candidates = tables_for(dataset, pmetric, pmodel)
     if not candidates:
         return None
-    sel = measured[(measured.model == model) & (measured.metric == metric)]
     if table is None:  # the table whose NFEs cover most of the measured ones (the main table on ties)
         want = set(sel.nfe.astype(int))
         table = max(candidates, key=lambda t: (len(want & set(reported_table(dataset, pmetric, t, pmodel).columns)),

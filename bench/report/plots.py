@@ -44,24 +44,34 @@ def save(fig, base: Path) -> list[Path]:
 
 # ---- metric vs NFE ------------------------------------------------------------------------------
 def metric_vs_nfe(df: pd.DataFrame, model: str, metric: str, base: Path, grid: str | None = None) -> list[Path]:
-    """One line per solver (dashed for learned ones); log scale when the values span more than a decade."""
-    table = tables.pivot(df, model, metric, grid)
+    """One line per solver (dashed for learned ones) with its 95 % intervals as error bars, each noise floor as a
+    grey band (its interval) around a dotted line; log scale when the values span more than a decade."""
+    t = tables.measured(df, model, metric, grid)
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    palette = sns.color_palette("tab10", len(table))
-    for color, ((group, method), row) in zip(palette, table.iterrows()):
-        ok = row[np.isfinite(row.astype(float))]
-        ax.plot(ok.index, ok.values, marker="o", color=color, label=method,
-                linestyle="--" if group == "Learnable" else "-")
-    vals = table.to_numpy(dtype=float)
+    methods = [r for r in t.values.index if r[0] != tables.FLOOR]
+    palette = sns.color_palette("tab10", len(methods))
+    for color, row in zip(palette, methods):
+        v = t.values.loc[row].astype(float)
+        ok = np.isfinite(v)
+        lo, hi = t.low.loc[row].astype(float)[ok], t.high.loc[row].astype(float)[ok]
+        err = np.vstack([(v[ok] - lo).clip(lower=0).fillna(0), (hi - v[ok]).clip(lower=0).fillna(0)])
+        ax.errorbar(v[ok].index, v[ok].values, yerr=err, marker="o", markersize=3, capsize=2, color=color,
+                    label=row[1], linestyle="--" if row[0] == "Learnable" else "-")
+    for shade, row in zip((0.55, 0.35, 0.75), [r for r in t.values.index if r[0] == tables.FLOOR]):
+        v, (lo, hi) = float(t.values.loc[row].iloc[0]), t.interval(row, t.values.columns[0])
+        if np.isfinite(v):
+            ax.axhline(v, color=str(shade), linestyle=":", linewidth=1, label=f"floor: {row[1]}")
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.axhspan(lo, hi, color=str(shade), alpha=0.2, linewidth=0)
+    vals = t.values.to_numpy(dtype=float)
     vals = vals[np.isfinite(vals) & (vals > 0)]
     if len(vals) and vals.max() / vals.min() > 10:
         ax.set_yscale("log")
-    ax.set_xticks(list(table.columns))
+    ax.set_xticks(list(t.values.columns))
     ax.set_xlabel("NFE")
-    ax.set_ylabel(tables.metric_label(metric) + (" (higher is better)" if tables.higher_is_better(metric)
-                                                   else " (lower is better)"))
-    ax.set_title(f"{model}: {tables.metric_label(metric)} vs NFE")
-    ax.legend(fontsize=7, frameon=True)
+    ax.set_ylabel(t.label + (" (higher is better)" if t.higher else " (lower is better)"))
+    ax.set_title(f"{model}: {t.label} vs NFE (95 % intervals)")
+    ax.legend(fontsize=6, frameon=True)
     return save(fig, base)
 
 

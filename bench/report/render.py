@@ -5,10 +5,8 @@ Data flows one way: results (bench.results.load, <results_dir>/solvers, <results
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import paper, plots, tables
@@ -35,6 +33,24 @@ def _provenance(g: pd.DataFrame) -> str:
         else f"- wall time: {g.wall_time.sum():.1f} s",
         f"- created: {g.created_at.min()} – {g.created_at.max()}",
     ])
+
+
+def _paper_key(g: pd.DataFrame, model: str) -> str:
+    keys = [k for k in g[g.model == model].paper_key if k]
+    return keys[0] if keys else ""
+
+
+def _interval_note(sel: pd.DataFrame) -> str:
+    """How the table's intervals were estimated, from the stored `ci_method`s (bench.stats)."""
+    kinds = sorted({m for m in sel.ci_method if m})
+    if not kinds:
+        return ("Intervals: not stored for these results (an older store); ranked by value, as the paper ranks "
+                "its tables.")
+    what = {"bootstrap": "percentile bootstrap of the mean over samples ({} resamples)",
+            "jackknife": "delete-a-group jackknife over {} groups of samples (normal interval)",
+            "replicas": "Student-t interval over {} disjoint seed sets"}
+    parts = [what.get(k.split(":")[0], k + " {}").format(k.split(":")[1] if ":" in k else "") for k in kinds]
+    return "Intervals (95 %): " + "; ".join(parts) + "."
 
 
 def _has_transfer(df: pd.DataFrame) -> bool:
@@ -70,9 +86,9 @@ def render_grid(df: pd.DataFrame, grid: str, results_dir: Path, reports_dir: Pat
     figs = reports_dir / FIG
     md = [f"# Report: grid `{grid}`", "",
           "Regenerate with `python -m bench report` (reads `results/`, writes `reports/`). Tables: methods as rows "
-          "(handcrafted, then learnable), NFE as columns; best per column in **bold**, second <ins>underlined</ins>; "
-          "– marks a missing or failed cell.", "", "## Provenance", "", _provenance(g), ""]
-    mapped = {m: paper.paper_dataset(m) for m in dict.fromkeys(g.model)}
+          "(handcrafted, then learnable, then the noise floors: what a reference scores at the same seeds and "
+          "sample count), NFE as columns.", "", tables.LEGEND, "", "## Provenance", "", _provenance(g), ""]
+    mapped = {m: paper.paper_dataset(m, _paper_key(g, m)) for m in dict.fromkeys(g.model)}
     with_paper = [f"`{m}` ↔ {d}" for m, d in mapped.items() if d]
     without = [f"`{m}`" for m, d in mapped.items() if not d]
     md += ["Paper counterparts: " + (", ".join(with_paper) if with_paper else "none") + "."
@@ -82,19 +98,18 @@ def render_grid(df: pd.DataFrame, grid: str, results_dir: Path, reports_dir: Pat
     for model in dict.fromkeys(g.model):
         md += [f"## Model `{model}`", ""]
         for metric in dict.fromkeys(g[g.model == model].metric):
-            hib = tables.higher_is_better(metric)
-            t = tables.pivot(g, model, metric)
+            t = tables.measured(g, model, metric)
             name = f"{grid}_{model}_{metric}".replace("/", "_")
-            md += [f"### {tables.metric_label(metric)} ({'higher' if hib else 'lower'} is better) — measured", "",
-                   tables.to_markdown(t, hib), ""]
-            if len(t.columns) > 1:                # a line plot needs more than one NFE
+            md += [f"### {t.label} ({'higher' if t.higher else 'lower'} is better) — measured", "",
+                   tables.to_markdown(t), "", _interval_note(g[(g.model == model) & (g.metric == metric)]), ""]
+            if len(t.values.columns) > 1:                # a line plot needs more than one NFE
                 md += [_img(plots.metric_vs_nfe(g, model, metric, figs / name)[0], reports_dir,
                             f"{metric} vs NFE on {model}"), ""]
-            tex += [tables.to_latex(t, hib, caption=f"{tables.metric_label(metric)} on {model} (grid {grid}), "
-                                                    f"measured.", label=f"tab:{name}"), ""]
+            tex += [tables.to_latex(t, caption=f"{t.label} on {model} (grid {grid}), measured, with 95 % "
+                                               "intervals.", label=f"tab:{name}"), ""]
             cmp = paper.compare(g, model, metric)
             if cmp is not None:
-                md += [f"### {tables.metric_label(metric)} — measured / reported (paper), ratio measured/reported",
+                md += [f"### {t.label} — measured / reported (paper), ratio measured/reported",
                        "", paper.compare_markdown(cmp), ""]
             failed = g[(g.model == model) & (g.metric == metric) & (g.status != "ok")]
             if len(failed):
@@ -109,7 +124,8 @@ def render_grid(df: pd.DataFrame, grid: str, results_dir: Path, reports_dir: Pat
             if m is None:
                 continue
             name = f"{grid}_transfer_{metric}_nfe{nfe}"
-            md += [f"{tables.metric_label(metric)} at NFE {nfe}; rows = evaluated on, columns = coefficients from "
+            label = str(g[g.metric == metric].metric_label.iloc[0])
+            md += [f"{label} at NFE {nfe}; rows = evaluated on, columns = coefficients from "
                    "(diagonal = native).", "",
                    m.map(tables.fmt).to_markdown(), "",
                    _img(plots.transfer_heatmap(m, figs / name, f"{grid}: {metric}, NFE {nfe} (measured)",

@@ -1,41 +1,28 @@
 """Results tables in the paper's layout: methods as rows (grouped handcrafted / learnable), NFE as columns, the
-best value of each column in bold and the second best underlined, "–" where a cell is missing.
+noise floors below them, "–" where a cell is missing.
 
-`pivot` turns the tidy results (`bench.results.load`) into that matrix; `to_markdown` renders it with tabulate
-(GitHub pipes; bold as **x**, underline as <ins>x</ins>), `to_latex` with pandas' Styler (booktabs rules,
-\\textbf / \\underline).
+`measured` reads one model and metric from the tidy stored results (`bench.results.load`): values, the bounds of
+their 95 % intervals, the metric's direction and label, all stored with each result. `ranks` marks only what the
+intervals support (bench.stats.separable): the best in bold and the second underlined when they stand apart,
+ties as ties; `on_floor` marks values not separable from a noise floor. `to_markdown` renders with tabulate
+(GitHub pipes), `to_latex` with pandas' Styler (booktabs rules). A plain matrix (the paper's reported numbers,
+which carry no intervals) is ranked by value.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
+from bench import stats
 from solvers.base import InputError
 
 MISSING = "–"
-GROUPS = {"handcrafted": "Handcrafted", "learned": "Learnable", "learnable": "Learnable"}
-GROUP_ORDER = ["Handcrafted", "Learnable"]
-# Direction of the paper's metrics when the metric registry does not know them (lower is better otherwise).
-HIGHER_IS_BETTER = {"clip": True, "hpsv2.1": True, "image_reward": True, "fid": False}
-
-
-def higher_is_better(metric: str) -> bool:
-    """The metric's direction: from the metric registry, else the paper's metrics, else lower is better."""
-    try:
-        from bench import metrics
-        return bool(metrics.get(metric).higher_is_better)
-    except Exception:
-        return HIGHER_IS_BETTER.get(metric, False)
-
-
-def metric_label(metric: str) -> str:
-    try:
-        from bench import metrics
-        return metrics.get(metric).label or metric
-    except Exception:
-        return metric
+GROUPS = {"handcrafted": "Handcrafted", "learned": "Learnable", "learnable": "Learnable", "floor": "Noise floor"}
+GROUP_ORDER = ["Handcrafted", "Learnable", "Noise floor"]
+FLOOR = "Noise floor"
 
 
 def method_labels(df: pd.DataFrame) -> pd.Series:
@@ -46,10 +33,12 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
     return label.where(~both, label + pd.Series(suffix, index=df.index))
 
 
-def pivot(df: pd.DataFrame, model: str, metric: str, grid: str | None = None) -> pd.DataFrame:
-    """The (group, method) x NFE matrix of mean `value` for one model and metric; failed cells stay NaN.
+def pivot(df: pd.DataFrame, model: str, metric: str, grid: str | None = None, column: str = "value") -> pd.DataFrame:
+    """The (group, method) x NFE matrix of `column` (the value, or an interval bound ci_low / ci_high) for one
+    model and metric; failed cells stay NaN.
 
-    Row order: Handcrafted before Learnable, methods in the order the grid lists them."""
+    Row order: Handcrafted, Learnable, then the noise floors, methods in the order the grid lists them. A floor
+    row (family "floor", stored at NFE 0) holds the same value in every NFE column."""
     sel = df[(df["model"] == model) & (df["metric"] == metric)]
     if grid is not None:
         sel = sel[sel["grid"] == grid]
@@ -58,7 +47,7 @@ def pivot(df: pd.DataFrame, model: str, metric: str, grid: str | None = None) ->
                          + (f" in grid {grid!r}" if grid else ""))
     sel = sel.assign(method=method_labels(sel),
                      group=sel["family"].map(lambda f: GROUPS.get(str(f), str(f).capitalize())),
-                     value=sel["value"].where(sel["status"] == "ok"))
+                     value=sel[column].where(sel["status"] == "ok"))
     order = list(dict.fromkeys(sel["method"]))
     table = sel.pivot_table(index=["group", "method"], columns="nfe", values="value", aggfunc="mean",
                             dropna=False)
@@ -69,18 +58,83 @@ def pivot(df: pd.DataFrame, model: str, metric: str, grid: str | None = None) ->
     rows = sorted(table.index, key=lambda gm: (groups.index(gm[0]), order.index(gm[1])))
     table = table.reindex(pd.MultiIndex.from_tuples(rows, names=["group", "method"]))
     table = table.reindex(columns=sorted(table.columns))
+    floor_rows = table.index.get_level_values("group") == FLOOR
+    if floor_rows.any() and 0 in table.columns and len(table.columns) > 1:
+        table.loc[floor_rows, :] = np.repeat(table.loc[floor_rows, [0]].to_numpy(), len(table.columns), axis=1)
+        table = table.drop(columns=0)
     table.columns = pd.Index([int(c) for c in table.columns], name="NFE")
     return table
 
 
-def ranks(table: pd.DataFrame, higher: bool = False) -> pd.DataFrame:
-    """1 for the best finite value of each column, 2 for the second best (ties share a rank), 0 otherwise."""
+@dataclass
+class Measured:
+    """A measured table: values with the bounds of their 95 % intervals (same index and columns) and the metric's
+    direction. Built by `measured` from stored results only."""
+
+    values: pd.DataFrame
+    low: pd.DataFrame
+    high: pd.DataFrame
+    higher: bool
+    label: str
+
+    def interval(self, row, col) -> tuple[float, float]:
+        return float(self.low.loc[row, col]), float(self.high.loc[row, col])
+
+
+def measured(df: pd.DataFrame, model: str, metric: str, grid: str | None = None) -> Measured:
+    """The stored table of one model and metric with its intervals, direction and label."""
+    sel = df[(df["model"] == model) & (df["metric"] == metric)]
+    values = pivot(df, model, metric, grid)
+    return Measured(values, pivot(df, model, metric, grid, "ci_low").reindex_like(values),
+                    pivot(df, model, metric, grid, "ci_high").reindex_like(values),
+                    bool(sel["higher_is_better"].iloc[0]), str(sel["metric_label"].iloc[0]))
+
+
+def ranks(table: pd.DataFrame, higher: bool = False, low: pd.DataFrame | None = None,
+          high: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per column, over the methods (noise floors excluded): 1 for the best value, 2 for the second, 3 for a
+    value tied for best, 0 otherwise.
+
+    Without intervals (none given, or none stored in that column: an older store), the best and second best
+    finite values (equal values share a rank), as the paper marks its tables. With intervals, a
+    rank is earned: 1 only when the best value's interval is disjoint from every other method's, 2 only when the
+    second's is disjoint from every method below it; methods whose intervals overlap the best's are all 3
+    (tied for best) and nothing is bold."""
     out = pd.DataFrame(0, index=table.index, columns=table.columns)
+    methods = [r for r in table.index if r[0] != FLOOR]
     for c in table.columns:
-        col = table[c].astype(float)
-        vals = sorted(set(col[np.isfinite(col)]), reverse=higher)
-        for rank, v in enumerate(vals[:2], start=1):
-            out.loc[col == v, c] = rank
+        col = table.loc[methods, c].astype(float)
+        col = col[np.isfinite(col)]
+        if low is None or high is None or not np.isfinite(low.loc[col.index, c].astype(float)).any():
+            vals = sorted(set(col), reverse=higher)
+            for rank, v in enumerate(vals[:2], start=1):
+                out.loc[col.index[col == v], c] = rank
+            continue
+        order = list(col.sort_values(ascending=not higher).index)
+        if len(order) < 2:
+            continue
+        iv = {r: (float(low.loc[r, c]), float(high.loc[r, c])) for r in order}
+        tied = [r for r in order[1:] if not stats.separable(iv[order[0]], iv[r])]
+        if tied:
+            out.loc[[order[0]] + tied, c] = 3
+            continue
+        out.loc[order[0], c] = 1
+        if len(order) > 2 and all(stats.separable(iv[order[1]], iv[r]) for r in order[2:]):
+            out.loc[order[1], c] = 2
+    return out
+
+
+def on_floor(t: Measured) -> pd.DataFrame:
+    """True where a method's interval overlaps a noise floor's (same column): not separable from the floor."""
+    out = pd.DataFrame(False, index=t.values.index, columns=t.values.columns)
+    floors = [r for r in t.values.index if r[0] == FLOOR]
+    for r in t.values.index:
+        if r[0] == FLOOR:
+            continue
+        for c in t.values.columns:
+            if np.isfinite(t.values.loc[r, c]):
+                out.loc[r, c] = any(np.isfinite(t.values.loc[f, c]) and
+                                    not stats.separable(t.interval(r, c), t.interval(f, c)) for f in floors)
     return out
 
 
@@ -94,26 +148,51 @@ def fmt(v) -> str:
     return f"{v:.3g}"
 
 
-def _cells(table: pd.DataFrame, higher: bool, bold, underline) -> list[list[str]]:
-    rk = ranks(table, higher)
+def fmt_interval(v, low, high, pm: str = "±") -> str:
+    """"value ± half-width" (bench.stats.format_interval); `fmt(v)` without an interval; "–" if missing."""
+    if v is None or not math.isfinite(float(v)):
+        return MISSING
+    return stats.format_interval(float(v), low, high, pm) or fmt(v)
+
+
+def _cells(table, higher: bool, bold, underline, tied, floor_mark, pm: str = "±") -> list[list[str]]:
+    m = table if isinstance(table, Measured) else None
+    values = m.values if m else table
+    rk = ranks(values, higher, m.low if m else None, m.high if m else None)
+    floor = on_floor(m) if m else None
     rows, last = [], None
-    for (group, method), vals in table.iterrows():
+    for (group, method), vals in values.iterrows():
         cells = []
         for c, v in vals.items():
-            s = fmt(v)
+            s = fmt_interval(v, m.low.loc[(group, method), c], m.high.loc[(group, method), c], pm) if m else fmt(v)
             r = rk.loc[(group, method), c]
-            cells.append(bold(s) if r == 1 else underline(s) if r == 2 else s)
+            s = bold(s) if r == 1 else underline(s) if r == 2 else tied(s) if r == 3 else s
+            if floor is not None and floor.loc[(group, method), c]:
+                s = floor_mark(s)
+            cells.append(s)
         rows.append([group if group != last else "", method] + cells)
         last = group
     return rows
 
 
-def to_markdown(table: pd.DataFrame, higher: bool = False) -> str:
-    """GitHub Markdown through tabulate: best **bold**, second <ins>underlined</ins>, missing "–"."""
-    rows = _cells(table, higher, lambda s: f"**{s}**", lambda s: f"<ins>{s}</ins>")
-    headers = ["", "Method"] + [f"NFE {c}" for c in table.columns]
+LEGEND = ("Values are means with their 95 % intervals (± half-width; bench.stats: bootstrap for the endpoint error "
+          "and other per-sample means, jackknife or seed-set replicas for Fréchet distances). **Bold**: best, its "
+          "interval disjoint from every other method's; <ins>underlined</ins>: second, disjoint from every method "
+          "below it; *italic*: tied for best (intervals overlap, so no winner is marked); ° : not separable from a "
+          "noise floor (its interval overlaps a floor row's); –: a missing or failed cell.")
+
+
+def to_markdown(table, higher: bool | None = None) -> str:
+    """GitHub Markdown through tabulate. A `Measured` table shows intervals and earned ranks (`ranks`, LEGEND); a
+    plain matrix (reported numbers) bolds the best and underlines the second. Missing: "–"."""
+    if higher is None:
+        higher = table.higher if isinstance(table, Measured) else False
+    rows = _cells(table, higher, lambda s: f"**{s}**", lambda s: f"<ins>{s}</ins>", lambda s: f"*{s}*",
+                  lambda s: f"{s} °")
+    values = table.values if isinstance(table, Measured) else table
+    headers = ["", "Method"] + [f"NFE {c}" for c in values.columns]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True,
-                    colalign=["left", "left"] + ["right"] * len(table.columns))
+                    colalign=["left", "left"] + ["right"] * len(values.columns))
 
 
 def _latex_escape(s: str) -> str:
@@ -123,27 +202,28 @@ def _latex_escape(s: str) -> str:
     return s
 
 
-def to_latex(table: pd.DataFrame, higher: bool = False, caption: str | None = None,
-             label: str | None = None) -> str:
-    """A booktabs table via pandas' Styler: \\textbf for the best, \\underline for the second, "–" if missing.
+def to_latex(table, higher: bool | None = None, caption: str | None = None, label: str | None = None) -> str:
+    """A booktabs table via pandas' Styler with the marks of `to_markdown`: \\textbf best, \\underline second,
+    \\textit tied for best, $^\\circ$ on the noise floor, "value $\\pm$ half-width" for a `Measured` table, "–" if
+    missing.
 
-    Needs \\usepackage{booktabs} in the preamble; a \\midrule separates the handcrafted and learnable groups."""
-    rk = ranks(table, higher)
-    shown = table.copy()
-    shown.index = pd.MultiIndex.from_tuples([(_latex_escape(g), _latex_escape(m)) for g, m in table.index],
-                                            names=[None, None])
-    shown.columns = pd.MultiIndex.from_tuples([("NFE", str(c)) for c in table.columns])
-    rk.index, rk.columns = shown.index, shown.columns
-    styles = rk.apply(lambda col: col.map({1: "textbf: --rwrap;", 2: "underline: --rwrap;"}).fillna(""))
-    styler = (shown.style.format(fmt, na_rep=MISSING)
-              .apply(lambda _: styles, axis=None))
-    tex = styler.to_latex(hrules=True, caption=None if caption is None else _latex_escape(caption), label=label, position_float="centering",
-                          column_format="ll" + "r" * len(shown.columns), sparse_index=True,
-                          multirow_align="naive", multicol_align="c", environment="table" if caption or label else None)
+    Needs \\usepackage{booktabs} in the preamble; a \\midrule separates the groups."""
+    if higher is None:
+        higher = table.higher if isinstance(table, Measured) else False
+    values = table.values if isinstance(table, Measured) else table
+    cells = _cells(table, higher, lambda s: rf"\textbf{{{s}}}", lambda s: rf"\underline{{{s}}}",
+                   lambda s: rf"\textit{{{s}}}", lambda s: s + r"$^\circ$", pm=r"$\pm$")
+    shown = pd.DataFrame([r[2:] for r in cells], index=pd.MultiIndex.from_tuples(
+        [(_latex_escape(g), _latex_escape(m)) for g, m in values.index], names=[None, None]),
+        columns=pd.MultiIndex.from_tuples([("NFE", str(c)) for c in values.columns]))
+    tex = shown.style.to_latex(hrules=True, caption=None if caption is None else _latex_escape(caption), label=label,
+                               position_float="centering", column_format="ll" + "r" * len(shown.columns),
+                               sparse_index=True, multirow_align="naive", multicol_align="c",
+                               environment="table" if caption or label else None)
     # a rule between the groups (the first row of every group but the first starts with the group's name)
     lines = tex.splitlines()
     body = lines.index(r"\midrule") + 1 if r"\midrule" in lines else 0
-    groups = [_latex_escape(g) for g in dict.fromkeys(table.index.get_level_values(0))][1:]
+    groups = [_latex_escape(g) for g in dict.fromkeys(values.index.get_level_values(0))][1:]
     out = []
     for i, line in enumerate(lines):
         if i > body and any(line.startswith(g + " &") for g in groups):
