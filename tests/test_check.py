@@ -16,8 +16,9 @@ CELLS = [("iPNDM", "ipndm", "handcrafted", 3, 0.40), ("iPNDM", "ipndm", "handcra
          ("DyWeight", "dyweight", "learned", 3, 0.05), ("DyWeight", "dyweight", "learned", 5, 0.02)]
 
 
-def rows(changes=None, metric="endpoint_error", drop=()):
-    """Synthetic results (schema of bench.results.load); changes[(label, nfe)] replaces a value (NaN = failed)."""
+def rows(changes=None, metric="endpoint_error", drop=(), half=None):
+    """Synthetic results (schema of bench.results.load); changes[(label, nfe)] replaces a value (NaN = failed);
+    `half`: every value's 95 % interval is value ± half (None: no interval stored)."""
     changes = changes or {}
     out = []
     for label, solver, family, nfe, v in CELLS:
@@ -30,7 +31,10 @@ def rows(changes=None, metric="endpoint_error", drop=()):
                         status="ok" if ok else "failed", error="" if ok else "non-finite samples", num_samples=10,
                         seeds="0-9", distilled_on="", code_version="t", config_hash="h",
                         cell_key=f"{label}-{nfe}", torch_version="2.13.0", device="cpu", world_size=1,
-                        wall_time=0.1, created_at="2026-11-22T00:00:00"))
+                        wall_time=0.1, created_at="2026-11-22T00:00:00",
+                        ci_low=math.nan if half is None else v - half, ci_high=math.nan if half is None else v + half,
+                        ci_method="" if half is None else "bootstrap:1000", replicas=1,
+                        higher_is_better=metric == "clip", metric_label=metric, paper_key=""))
     return out
 
 
@@ -118,3 +122,34 @@ def test_options_survive_the_csv_round_trip(tmp_path):
     base = tmp_path / "b.csv"
     regression.write_baseline(pd.DataFrame(r), base)
     assert set(regression.compare(regression.read_baseline(base), pd.DataFrame(r)).verdict) == {"ok"}
+
+
+def test_with_intervals_a_regression_is_a_move_outside_the_noise():
+    base = pd.DataFrame(rows(half=0.01))
+    # DyWeight NFE 5: 0.02 -> 0.029 is +45 %, but the intervals [0.01, 0.03] and [0.019, 0.039] overlap: noise
+    noisy = pd.DataFrame(rows({("DyWeight", 5): 0.029}, half=0.01))
+    cmp = regression.compare(base, noisy)
+    assert set(cmp.verdict) == {"ok"} and set(cmp.rule) == {"intervals"}
+    # 0.02 -> 0.045: disjoint intervals, worse: regressed; 0.40 -> 0.35 for iPNDM NFE 3: improved
+    moved = pd.DataFrame(rows({("DyWeight", 5): 0.045, ("iPNDM", 3): 0.35}, half=0.01))
+    verdicts = regression.compare(base, moved).set_index(["label", "nfe"]).verdict
+    assert verdicts[("DyWeight", 5)] == "regressed" and verdicts[("iPNDM", 3)] == "improved"
+    assert verdicts[("iPNDM", 5)] == "ok"
+    # an explicit tolerance overrides the intervals: +45 % > 2 %
+    cmp = regression.compare(base, noisy, rtol=0.02)
+    assert "regressed" in set(cmp.verdict) and set(cmp.rule) == {"rtol 0.02"}
+
+
+def test_interval_rule_respects_the_stored_direction():
+    base = pd.DataFrame(rows(metric="clip", half=0.01))
+    lower = pd.DataFrame(rows({("iPNDM", 3): 0.30}, metric="clip", half=0.01))       # lower CLIP score = worse
+    assert set(regression.compare(base, lower).verdict) == {"ok", "regressed"}
+
+
+def test_check_command_uses_intervals_from_the_store(tmp_path, capsys):
+    base = tmp_path / "b.csv"
+    regression.write_baseline(pd.DataFrame(rows(half=0.01)), base)
+    assert {"ci_low", "ci_high", "higher_is_better"} <= set(pd.read_csv(base).columns)
+    assert check(tmp_path, base, rows({("DyWeight", 5): 0.029}, half=0.01)) == 0
+    assert check(tmp_path, base, rows({("DyWeight", 5): 0.045}, half=0.01)) == 1
+    assert "intervals" in capsys.readouterr().err

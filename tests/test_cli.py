@@ -115,14 +115,19 @@ def test_quick_grid_runs_end_to_end_on_a_reduced_sample_count(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     df = results.load(tmp_path)
-    assert len(df) == 50 * 2 and (df.status == "ok").all() and df.value.notna().all()   # 40 mixture + 10 digits cells
-    assert set(df.label) == {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"}
+    # cells: 2 mixtures x (7 rows x 4 NFE + 2 floors) + centred digits (7 x 2 + 2 floors) + uncentred (2 x 2)
+    # rows: the mixtures score 2 metrics, their floors FD only; centred digits 3, their floors the 2 FDs; uncentred 2
+    assert len(df) == 2 * (56 + 2) + (42 + 4) + 8 and (df.status == "ok").all() and df.value.notna().all()
+    every = {"Euler", "iPNDM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2", "UniPC-3", "DyWeight"}
+    assert set(df[df.family != "floor"].label) == every
     assert "gmm64 · endpoint_error" in out and "DyWeight +AFS" in out
     assert len(list((tmp_path / "solvers" / "quick").glob("*/DyWeight-nfe*.json"))) == 10
-    assert set(df[df.model == "digits"].label) == {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"}
+    assert set(df[(df.model == "digits_centred") & (df.family != "floor")].label) == every
+    ok = df[df.family != "floor"]                                   # every solved value carries its interval
+    assert (ok.ci_low <= ok.value).all() and (ok.value <= ok.ci_high).all()
     assert main(args) == 0                                            # resumes: nothing left to do
-    assert "50 of 50 cells already stored" in capsys.readouterr().out
-    assert len(results.load(tmp_path)) == 100
+    assert "80 of 80 cells already stored" in capsys.readouterr().out
+    assert len(results.load(tmp_path)) == 170
 
 
 def test_perf_command_prints_ratios_and_diffusers_computes_the_same_samples(capsys):

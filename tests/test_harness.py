@@ -46,16 +46,24 @@ EULER = '[[solvers]]\nname = "euler"\nlabel = "Euler"\n'
 # ---- grids ------------------------------------------------------------------------------------------------------
 def test_quick_grid_expands_to_its_cells():
     g = grids.load("quick")
-    assert {c.model for c in g.cells} == {"gmm2d", "gmm64", "digits"}
-    for model in ("gmm2d", "gmm64", "digits"):          # every solver, DyWeight included, on every model
-        labels = {c.entry.label for c in g.cells if c.model == model}
-        assert labels == {"Euler", "iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight"}
-    assert {c.nfe for c in g.cells} == {3, 5, 7, 9}
-    assert all(c.entry.afs for c in g.cells)
+    assert {c.model for c in g.cells} == {"gmm2d", "gmm64", "digits_centred", "digits"}
+    every = {"Euler", "iPNDM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2", "UniPC-3", "DyWeight"}
+    for model, floors in (("gmm2d", {"exact_ode", "data"}), ("gmm64", {"exact_ode", "data"}),
+                          ("digits_centred", {"teacher", "real"})):
+        solved = {c.entry.label for c in g.cells if c.model == model and c.entry.family != "floor"}
+        assert solved == every                           # every solver, both orders, DyWeight, on every model
+        assert {c.entry.floor for c in g.cells if c.model == model and c.entry.family == "floor"} == floors
+    # the uncentred digits reading: two rows to show the AFS artefact beside the centred one
+    assert {c.entry.label for c in g.cells if c.model == "digits"} == {"iPNDM", "DPM-Solver++(3M)"}
+    assert {c.nfe for c in g.cells if c.entry.family != "floor"} == {3, 5, 7, 9}
+    assert all(c.entry.afs for c in g.cells if c.entry.family != "floor")
     for c in g.cells:                                   # one evaluation per step, AFS saves one: N = NFE + 2
-        assert c.num_points == c.nfe + 2
+        if c.entry.family != "floor":
+            assert c.num_points == c.nfe + 2
     assert len({c.key for c in g.cells}) == len(g.cells)
-    assert all(set(c.metrics) == {"fd_exact", "endpoint_error"} for c in g.cells if c.model.startswith("gmm"))
+    for c in g.cells:
+        if c.model.startswith("gmm"):                   # the endpoint error first; floors score FD only
+            assert c.metrics == (["endpoint_error", "fd_exact"] if c.entry.family != "floor" else ["fd_exact"])
 
 
 def test_cell_key_ignores_batch_size_and_label_but_not_seeds(tmp_path):
@@ -149,7 +157,7 @@ def test_missing_weights_stop_the_run_before_any_work(tmp_path, monkeypatch):
 # ---- running ----------------------------------------------------------------------------------------------------
 def test_samples_do_not_depend_on_batch_size():
     g = grids.load("quick", {"num_samples": 23, "nfe": [5]})
-    c = next(c for c in g.cells if c.model == "gmm64" and c.entry.label == "UniPC")
+    c = next(c for c in g.cells if c.model == "gmm64" and c.entry.label == "UniPC-3")
     b = runner.Builder(g, Path("."), runner.Dist())
     solver, problem = b.solver(c), b.problem(c)
 

@@ -26,11 +26,14 @@ def synthetic(values=VALUES, grid="quick", model="gmm64", metric="endpoint_error
         for nfe, v in zip(nfes, values[label]):
             ok = math.isfinite(v)
             rows.append(dict(grid=grid, model=model, solver=solver, label=label, family=family,
-                             paper_method="" if label == "Euler" else label, options=json.dumps(opts), nfe=nfe, afs=True, schedule="polynomial", metric=metric,
+                             paper_method="" if label == "Euler" else label, options=json.dumps(opts), nfe=nfe,
+                             afs=True, schedule="polynomial", metric=metric,
                              value=v, status="ok" if ok else "failed", error="" if ok else "non-finite samples",
                              num_samples=100, seeds="0-99", distilled_on="", code_version="test",
                              config_hash="h", cell_key=f"{grid}-{model}-{label}-{nfe}", torch_version="2.13.0",
-                             device="cpu", world_size=1, wall_time=0.5, created_at="2026-11-22T00:00:00"))
+                             device="cpu", world_size=1, wall_time=0.5, created_at="2026-11-22T00:00:00",
+                             ci_low=NAN, ci_high=NAN, ci_method="", replicas=1, higher_is_better=False,
+                             metric_label=metric, paper_key=""))
     return pd.DataFrame(rows)
 
 
