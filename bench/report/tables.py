@@ -138,6 +138,22 @@ def on_floor(t: Measured) -> pd.DataFrame:
     return out
 
 
+def non_monotone(t: Measured) -> dict[str, list[tuple[int, int]]]:
+    """Method -> the NFE steps (a, b), a < b adjacent columns, where it is worse at the larger NFE and the two
+    intervals are disjoint: a curve that rises with NFE beyond the noise (noise floors excluded)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    cols = list(t.values.columns)
+    for r in t.values.index:
+        if r[0] == FLOOR:
+            continue
+        for a, b in zip(cols, cols[1:]):
+            va, vb = float(t.values.loc[r, a]), float(t.values.loc[r, b])
+            worse = vb < va if t.higher else vb > va
+            if np.isfinite(va) and np.isfinite(vb) and worse and stats.separable(t.interval(r, a), t.interval(r, b)):
+                out.setdefault(r[1], []).append((int(a), int(b)))
+    return out
+
+
 def fmt(v) -> str:
     """Paper style: two decimals for values in [0.1, 1000), three significant digits otherwise; "–" if missing."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
