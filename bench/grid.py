@@ -27,7 +27,7 @@ KEY_FORMAT = 1          # bump when the meaning of a cell key changes
 
 _TOP_KEYS = {"name", "description", "kind", "nfe", "num_samples", "seed_start", "batch_size", "schedule", "time",
              "metrics", "metric_options", "skip_unreachable", "models", "solvers", "replicas", "floors"}
-_MODEL_KEYS = {"name", "metrics", "metric_options", "options", "nfe", "num_samples", "batch_size", "replicas",
+_MODEL_KEYS = {"name", "metrics", "metric_options", "options", "instances", "nfe", "num_samples", "batch_size", "replicas",
                "floors"}
 _SOLVER_KEYS = {"name", "label", "afs", "schedule", "schedule_options", "time", "options", "distill", "distill_from",
                 "released", "models", "nfe", "skip_unreachable", "paper_method"}
@@ -129,6 +129,7 @@ class GridCell:
     batch_size: int
     metric_options: dict = field(default_factory=dict)     # metric name -> options it is built with
     replicas: int = 1                       # disjoint seed sets of num_samples each (bench.stats)
+    instance_of: str = ""                   # the registered model this cell's model is an instance of, or ""
 
     @property
     def nfe(self) -> int:
@@ -345,6 +346,7 @@ def _expand(grid: Grid) -> None:
 
     # ---- models -------------------------------------------------------------------------------------------
     model_specs = []
+    bases: dict[str, list[str]] = {}                        # registered model -> its keys in the grid
     for i, mt in enumerate(model_tables):
         where = f"grid {gname}, models[{i}]"
         if not isinstance(mt, dict) or "name" not in mt:
@@ -356,30 +358,22 @@ def _expand(grid: Grid) -> None:
         options = mt.get("options", {})
         if not isinstance(options, dict):
             raise InputError(f"{where}: options must be a table")
-        if mname in grid.models:
-            raise InputError(f"{where}: model {mname!r} is listed twice")
-        grid.models[mname] = bench.models.get(mname, **options)
-        metrics = mt.get("metrics", raw.get("metrics"))
-        if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
-            raise InputError(f"{where}: metrics must be a non-empty list; accepted: {', '.join(bench.metrics.names())}")
-        n_samples = _positive_int(mt.get("num_samples", num_samples), f"{where}: num_samples")
-        n_replicas = _positive_int(mt.get("replicas", raw.get("replicas", 1)), f"{where}: replicas")
-        floors = mt.get("floors", raw.get("floors", []))
-        model = grid.models[mname]
-        if not isinstance(floors, list) or not all(isinstance(f, str) for f in floors):
-            raise InputError(f"{where}: floors must be a list of noise-floor sources; accepted for {mname}: "
-                             f"{', '.join(model.floor_sources) or '(none)'}")
-        for f in floors:
-            model.check_floor(f, n_samples * n_replicas)
-        metric_options = _metric_options(raw.get("metric_options", {}), mt.get("metric_options", {}), where)
-        for m in metrics:
-            _check_metric(m, metric_options.get(m, {}), grid.models[mname], n_samples, where)
-        model_specs.append({
-            "name": mname, "options": options, "metrics": metrics, "metric_options": metric_options,
-            "nfe": _int_list(mt["nfe"], where) if "nfe" in mt else nfes, "num_samples": n_samples,
-            "batch_size": _positive_int(mt.get("batch_size", batch_size), f"{where}: batch_size"),
-            "replicas": n_replicas, "floors": floors,
-        })
+        instances = mt.get("instances")
+        if instances is not None and (not isinstance(instances, list) or not instances
+                                      or not all(isinstance(x, dict) and x for x in instances)):
+            raise InputError(f"{where}: instances must be a non-empty list of option tables, one per problem "
+                             "instance, e.g. instances = [{ seed = 1 }, { seed = 2 }]")
+        keyed = _instances(mname, options, instances) if instances else [(mname, options)]
+        for key, opts in keyed:
+            if key in grid.models:
+                raise InputError(f"{where}: model {key!r} is listed twice")
+            try:
+                grid.models[key] = bench.models.get(mname, **opts)
+            except TypeError as err:
+                raise InputError(f"{where}: model {mname} does not take options {opts}: {err}") from None
+            model_specs.append(_model_spec(grid, raw, mt, key, opts, mname if instances else "", where,
+                                           nfes, num_samples, batch_size))
+        bases.setdefault(mname, []).extend(k for k, _ in keyed)
 
     # ---- solver entries -----------------------------------------------------------------------------------
     labels: dict[str, set] = {}                             # label -> the models it already names
@@ -430,14 +424,15 @@ def _expand(grid: Grid) -> None:
         if e.distill_from is not None:
             if e.distill is None:
                 raise InputError(f"{where}: distill_from needs distill = {{...}} too")
-            if e.distill_from not in bench.models.names():
+            if e.distill_from not in bench.models.names() and e.distill_from not in grid.models:
                 raise InputError(f"{where}: distill_from names unknown model {e.distill_from!r}; "
                                  f"accepted: {', '.join(bench.models.names())}")
         if e.models is not None:
-            bad = [m for m in e.models if m not in grid.models]
-            if not isinstance(e.models, list) or bad:
+            if not isinstance(e.models, list) or any(m not in grid.models and m not in bases for m in e.models):
                 raise InputError(f"{where}: models = {e.models!r} must list models of this grid: "
-                                 f"{', '.join(grid.models)}")
+                                 f"{', '.join(dict.fromkeys([*bases, *grid.models]))} (a model's name covers "
+                                 "all its instances)")
+            e.models = list(dict.fromkeys(k for m in e.models for k in bases.get(m, [m])))
         covered = set(e.models if e.models is not None else grid.models)
         if covered & labels.get(e.label, set()):
             raise InputError(f"{where}: label {e.label!r} is used twice for model(s) "
@@ -478,11 +473,46 @@ def _expand(grid: Grid) -> None:
                 grid.cells.append(GridCell(
                     grid=gname, model=ms["name"], model_options=ms["options"], entry=e, plan=p,
                     metrics=list(ms["metrics"]), seed_start=seed_start, num_samples=ms["num_samples"],
-                    batch_size=ms["batch_size"], replicas=ms["replicas"],
+                    batch_size=ms["batch_size"], replicas=ms["replicas"], instance_of=ms["instance_of"],
                     metric_options={m: ms["metric_options"].get(m, {}) for m in ms["metrics"]}))
         grid.cells += _floor_cells(grid, ms, seed_start)
     if not grid.cells:
         raise InputError(f"grid {gname} has no cells to run (every cell was skipped as unreachable)")
+
+
+
+def _instances(name: str, options: dict, instances: list) -> list[tuple[str, dict]]:
+    """(key, options) per problem instance: the model's options overridden by the instance's, keyed
+    "<model>@k=v,..." (a file-safe name the store, the report and the solver files use)."""
+    return [(f"{name}@" + ",".join(f"{k}={v}" for k, v in inst.items()), {**options, **inst}) for inst in instances]
+
+
+def _model_spec(grid, raw: dict, mt: dict, key: str, options: dict, instance_of: str, where: str, nfes,
+                num_samples, batch_size) -> dict:
+    """One model (or problem instance) of the grid: its metrics, sample counts, replicas and floors, checked."""
+    import bench.metrics
+    metrics = mt.get("metrics", raw.get("metrics"))
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+        raise InputError(f"{where}: metrics must be a non-empty list; accepted: {', '.join(bench.metrics.names())}")
+    n_samples = _positive_int(mt.get("num_samples", num_samples), f"{where}: num_samples")
+    n_replicas = _positive_int(mt.get("replicas", raw.get("replicas", 1)), f"{where}: replicas")
+    floors = mt.get("floors", raw.get("floors", []))
+    model = grid.models[key]
+    if not isinstance(floors, list) or not all(isinstance(f, str) for f in floors):
+        raise InputError(f"{where}: floors must be a list of noise-floor sources; accepted for {key}: "
+                         f"{', '.join(model.floor_sources) or '(none)'}")
+    for f in floors:
+        model.check_floor(f, n_samples * n_replicas)
+    metric_options = _metric_options(raw.get("metric_options", {}), mt.get("metric_options", {}), where)
+    for m in metrics:
+        _check_metric(m, metric_options.get(m, {}), grid.models[key], n_samples, where)
+    return {
+        "name": key, "instance_of": instance_of, "options": options, "metrics": metrics,
+        "metric_options": metric_options,
+        "nfe": _int_list(mt["nfe"], where) if "nfe" in mt else nfes, "num_samples": n_samples,
+        "batch_size": _positive_int(mt.get("batch_size", batch_size), f"{where}: batch_size"),
+        "replicas": n_replicas, "floors": floors,
+    }
 
 
 def _floor_cells(grid: Grid, ms: dict, seed_start: int) -> list[GridCell]:
@@ -503,7 +533,7 @@ def _floor_cells(grid: Grid, ms: dict, seed_start: int) -> list[GridCell]:
     return [GridCell(grid=grid.name, model=ms["name"], model_options=ms["options"],
                      entry=SolverEntry(name="floor", label=model.floor_sources[f], floor=f), plan=p,
                      metrics=metrics, seed_start=seed_start, num_samples=ms["num_samples"],
-                     batch_size=ms["batch_size"], replicas=ms["replicas"],
+                     batch_size=ms["batch_size"], replicas=ms["replicas"], instance_of=ms["instance_of"],
                      metric_options={m: ms["metric_options"].get(m, {}) for m in metrics})
             for f in ms["floors"]]
 

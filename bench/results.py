@@ -29,7 +29,7 @@ COLUMNS = {
     "config_hash": "TEXT", "cell_key": "TEXT", "torch_version": "TEXT", "device": "TEXT", "world_size": "INTEGER",
     "wall_time": "REAL", "created_at": "TEXT", "paper_method": "TEXT",
     "ci_low": "REAL", "ci_high": "REAL", "ci_method": "TEXT", "replicas": "INTEGER", "higher_is_better": "INTEGER",
-    "metric_label": "TEXT", "paper_key": "TEXT",
+    "metric_label": "TEXT", "paper_key": "TEXT", "instance_of": "TEXT",
 }
 # What each row carries for the report, so that `bench report` reads the store alone:
 #   value, ci_low, ci_high   the estimate and its 95 % interval; ci_method says how (bench.stats)
@@ -37,6 +37,7 @@ COLUMNS = {
 #   higher_is_better, metric_label   the metric's direction and display name
 #   family, label            "handcrafted" | "learned" | "floor" (a noise-floor row), and the row's display name
 #   paper_key                the paper's dataset key of the model (its released coefficients), or ""
+#   instance_of              the registered model whose problem instance `model` is (a grid's `instances`), or ""
 
 
 class Store:
@@ -141,7 +142,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("int64") if len(df) else df[c].astype("int64")
     df["afs"] = df["afs"].astype(bool)
     df["higher_is_better"] = df["higher_is_better"].fillna(0).astype(bool)
-    for c in ("error", "distilled_on", "paper_method", "ci_method", "paper_key"):
+    for c in ("error", "distilled_on", "paper_method", "ci_method", "paper_key", "instance_of"):
         df[c] = df[c].fillna("")
     df["metric_label"] = df["metric_label"].where(df["metric_label"].notna() & (df["metric_label"] != ""),
                                                   df["metric"])

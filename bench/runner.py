@@ -375,7 +375,7 @@ def cell_rows(c: GridCell, values: dict, prov: dict, wall: float, world: int, me
         "ci_low": est.low if est else math.nan, "ci_high": est.high if est else math.nan,
         "ci_method": est.method if est else "", "replicas": c.replicas,
         "higher_is_better": bool(metrics[m].higher_is_better), "metric_label": metrics[m].label or m,
-        "paper_key": prov.get("released_key") or "",
+        "paper_key": prov.get("released_key") or "", "instance_of": c.instance_of,
         "num_samples": c.num_samples, "seeds": c.seeds_text, "distilled_on": distilled_on,
         "code_version": prov["code_version"], "config_hash": prov["config_hash"], "cell_key": c.key,
         "torch_version": torch.__version__, "device": prov["device"], "world_size": world, "wall_time": wall,

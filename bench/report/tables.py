@@ -90,6 +90,52 @@ def measured(df: pd.DataFrame, model: str, metric: str, grid: str | None = None)
                     bool(sel["higher_is_better"].iloc[0]), str(sel["metric_label"].iloc[0]))
 
 
+def instances(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Registered model -> the keys of its problem instances in the stored results (a grid's `instances`)."""
+    sel = df[df["instance_of"].astype(str) != ""]
+    return {base: list(dict.fromkeys(sel[sel["instance_of"] == base]["model"])) for base in
+            dict.fromkeys(sel["instance_of"])}
+
+
+def across_instances(df: pd.DataFrame, base: str, metric: str) -> tuple[Measured, pd.DataFrame, pd.DataFrame, int]:
+    """One metric over every stored instance of `base`: the mean across instances with its 95 % Student-t
+    interval (bench.stats.t_interval: the instances as independent draws of the problem), the smallest and the
+    largest instance's value, and the number of instances. A cell missing or failed on some instance is missing
+    ("–") here: a mean over fewer instances would not be comparable."""
+    keys = instances(df)[base]
+    tables = [pivot(df, k, metric) for k in keys]
+    index = tables[0].index
+    for t in tables[1:]:
+        index = index.append(t.index[~t.index.isin(index)])
+    columns = sorted(set().union(*(t.columns for t in tables)))
+    cube = np.stack([t.reindex(index=index, columns=columns).to_numpy(dtype=float) for t in tables])
+    est = [[stats.t_interval(cube[:, i, j], f"instances:{len(keys)}") if np.isfinite(cube[:, i, j]).all() else None
+            for j in range(len(columns))] for i in range(len(index))]
+
+    def frame(f):
+        return pd.DataFrame([[f(e) if e is not None else math.nan for e in row] for row in est], index=index,
+                            columns=pd.Index(columns, name="NFE"))
+    sel = df[(df["instance_of"] == base) & (df["metric"] == metric)]
+    mean = Measured(frame(lambda e: e.value), frame(lambda e: e.low), frame(lambda e: e.high),
+                    bool(sel["higher_is_better"].iloc[0]), str(sel["metric_label"].iloc[0]))
+    full = np.isfinite(cube).all(0)
+    lo = pd.DataFrame(np.where(full, cube.min(0), math.nan), index=index, columns=mean.values.columns)
+    hi = pd.DataFrame(np.where(full, cube.max(0), math.nan), index=index, columns=mean.values.columns)
+    return mean, lo, hi, len(keys)
+
+
+def spread_markdown(lo: pd.DataFrame, hi: pd.DataFrame) -> str:
+    """The smallest – largest value per cell across instances, as a Markdown table."""
+    rows, last = [], None
+    for (group, method) in lo.index:
+        rows.append([group if group != last else "", method] +
+                    [f"{fmt(lo.loc[(group, method), c])} – {fmt(hi.loc[(group, method), c])}"
+                     if np.isfinite(lo.loc[(group, method), c]) else MISSING for c in lo.columns])
+        last = group
+    return tabulate(rows, headers=["", "Method"] + [f"NFE {c}" for c in lo.columns], tablefmt="github",
+                    disable_numparse=True, colalign=["left", "left"] + ["right"] * len(lo.columns))
+
+
 def ranks(table: pd.DataFrame, higher: bool = False, low: pd.DataFrame | None = None,
           high: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per column, over the methods (noise floors excluded): 1 for the best value, 2 for the second, 3 for a
