@@ -168,6 +168,25 @@ class Model:
         raise InputError(f"model {self.name!r} has no noise floor {source!r}; accepted: "
                          f"{', '.join(self.floor_sources) or '(none)'}")
 
+    def cached_reference(self, key: str, cache_dir, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A reference tensor keyed by `key`: from memory, else from `cache_dir`/reference/<name>-<key>.pt, else
+        `compute()`, kept in memory and written to disk atomically (a killed run never leaves half a file)."""
+        memory = self.__dict__.setdefault("_references", {})
+        if key in memory:
+            return memory[key]
+        path = Path(cache_dir) / "reference" / f"{self.name}-{key}.pt" if cache_dir else None
+        if path is not None and path.exists():
+            ref = torch.load(path)
+        else:
+            ref = compute()
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(ref, tmp)
+                tmp.replace(path)
+        memory[key] = ref
+        return ref
+
     def check_floor(self, source: str, count: int) -> None:
         """Raise InputError unless this model can give `count` samples of the floor `source`."""
         if source not in self.floor_sources:

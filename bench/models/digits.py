@@ -147,26 +147,15 @@ class Digits(Model):
         seeds = [int(s) for s in seeds]
         h = hashlib.sha256(f"{self.cache_key()}|{sigma_start!r}|{sigma_end!r}|ipndm-{self.teacher_steps}|"
                            f"{','.join(map(str, seeds))}".encode()).hexdigest()[:20]
-        memory = self.__dict__.setdefault("_references", {})
-        if h in memory:
-            return memory[h]
-        path = Path(cache_dir) / "reference" / f"{self.name}-{h}.pt" if cache_dir else None
-        if path is not None and path.exists():
-            ref = torch.load(path)
-        else:
+
+        def solve():
             grid = schedules.get(self.schedule, self.teacher_steps + 1, float(sigma_end), float(sigma_start),
                                  **self.schedule_options)
             teacher, den = solvers.get("ipndm"), self.denoiser()
             with torch.no_grad():
-                ref = torch.cat([teacher.sample(den, self.noise(seeds[i:i + self.batch_hint]), grid).double().cpu()
-                                 for i in range(0, len(seeds), self.batch_hint)])
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.save(ref, tmp)
-                tmp.replace(path)
-        memory[h] = ref
-        return ref
+                return torch.cat([teacher.sample(den, self.noise(seeds[i:i + self.batch_hint]), grid).double().cpu()
+                                  for i in range(0, len(seeds), self.batch_hint)])
+        return self.cached_reference(h, cache_dir, solve)
 
     def floor_samples(self, source: str, seeds, sigma_start: float, sigma_end: float, cache_dir=None):
         """Final states (in the model's coordinates) of a noise-floor source (`floor_sources`) for `seeds`."""

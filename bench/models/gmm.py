@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -135,22 +134,8 @@ class GaussianMixture(Model):
         under `cache_dir`/reference."""
         seeds = [int(s) for s in seeds]
         key = self.reference_key(seeds, float(sigma_start), float(sigma_end))
-        memory = self.__dict__.setdefault("_references", {})
-        if key in memory:
-            return memory[key]
-        path = Path(cache_dir) / "reference" / f"{self.name}-{key}.pt" if cache_dir else None
-        if path is not None and path.exists():
-            ref = torch.load(path)
-        else:
-            x_T = self.noise(seeds).to(torch.float64).cpu()
-            ref = self.reference_solution(x_T, float(sigma_start), float(sigma_end), rtol=self.rtol)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.save(ref, tmp)
-                tmp.replace(path)                     # atomic: a killed run never leaves half a file
-        memory[key] = ref
-        return ref
+        return self.cached_reference(key, cache_dir, lambda: self.reference_solution(
+            self.noise(seeds).to(torch.float64).cpu(), float(sigma_start), float(sigma_end), rtol=self.rtol))
 
     def reference_key(self, seeds, s0: float, s1: float) -> str:
         """What a cached reference depends on: the mixture's tensors, the seeds, the range and the tolerance."""
