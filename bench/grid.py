@@ -27,8 +27,8 @@ KEY_FORMAT = 1          # bump when the meaning of a cell key changes
 
 _TOP_KEYS = {"name", "description", "kind", "nfe", "num_samples", "seed_start", "batch_size", "schedule", "time",
              "metrics", "metric_options", "skip_unreachable", "models", "solvers", "replicas", "floors"}
-_MODEL_KEYS = {"name", "metrics", "metric_options", "options", "instances", "nfe", "num_samples", "batch_size", "replicas",
-               "floors"}
+_MODEL_KEYS = {"name", "metrics", "metric_options", "options", "instances", "nfe", "num_samples", "batch_size",
+               "replicas", "floors"}
 _SOLVER_KEYS = {"name", "label", "afs", "schedule", "schedule_options", "time", "options", "distill", "distill_from",
                 "released", "models", "nfe", "skip_unreachable", "paper_method"}
 
@@ -478,7 +478,6 @@ def _expand(grid: Grid) -> None:
         grid.cells += _floor_cells(grid, ms, seed_start)
     if not grid.cells:
         raise InputError(f"grid {gname} has no cells to run (every cell was skipped as unreachable)")
-
 
 
 def _instances(name: str, options: dict, instances: list) -> list[tuple[str, dict]]:
