@@ -71,7 +71,7 @@ def metric_vs_nfe(df: pd.DataFrame, model: str, metric: str, base: Path, grid: s
     ax.set_xlabel("NFE")
     ax.set_ylabel(t.label + (" (higher is better)" if t.higher else " (lower is better)"))
     ax.set_title(f"{model}: {t.label} vs NFE (95 % intervals)")
-    ax.legend(fontsize=6, frameon=True)
+    ax.legend(fontsize=6, frameon=True, loc="upper left", bbox_to_anchor=(1.02, 1))      # beside the curves
     return save(fig, base)
 
 
