@@ -482,7 +482,7 @@ def _expand(grid: Grid) -> None:
 
 def _instances(name: str, options: dict, instances: list) -> list[tuple[str, dict]]:
     """(key, options) per problem instance: the model's options overridden by the instance's, keyed
-    "<model>@k=v,..." (a file-safe name the store, the report and the solver files use)."""
+    "<model>@k=v,..." (the name the store and the report use; `runner.solver_path` makes it a safe directory)."""
     return [(f"{name}@" + ",".join(f"{k}={v}" for k, v in inst.items()), {**options, **inst}) for inst in instances]
 
 

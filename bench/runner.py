@@ -94,7 +94,7 @@ def pending(grid: Grid, store: results_mod.Store, retry_failed: bool = False) ->
 
 
 def solver_path(results_dir: Path, grid: str, model: str, label: str, nfe: int) -> Path:
-    return Path(results_dir) / "solvers" / grid / model / f"{safe_filename(label)}-nfe{nfe}.json"
+    return Path(results_dir) / "solvers" / grid / safe_filename(model) / f"{safe_filename(label)}-nfe{nfe}.json"
 
 
 def dry_run(grid: Grid, results_dir: Path, out=print) -> int:

@@ -132,8 +132,7 @@ def spread_markdown(lo: pd.DataFrame, hi: pd.DataFrame) -> str:
                     [f"{fmt(lo.loc[(group, method), c])} – {fmt(hi.loc[(group, method), c])}"
                      if np.isfinite(lo.loc[(group, method), c]) else MISSING for c in lo.columns])
         last = group
-    return tabulate(rows, headers=["", "Method"] + [f"NFE {c}" for c in lo.columns], tablefmt="github",
-                    disable_numparse=True, colalign=["left", "left"] + ["right"] * len(lo.columns))
+    return _github(rows, lo.columns)
 
 
 def ranks(table: pd.DataFrame, higher: bool = False, low: pd.DataFrame | None = None,
@@ -251,10 +250,13 @@ def to_markdown(table, higher: bool | None = None) -> str:
         higher = table.higher if isinstance(table, Measured) else False
     rows = _cells(table, higher, lambda s: f"**{s}**", lambda s: f"<ins>{s}</ins>", lambda s: f"*{s}*",
                   lambda s: f"{s} °")
-    values = table.values if isinstance(table, Measured) else table
-    headers = ["", "Method"] + [f"NFE {c}" for c in values.columns]
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True,
-                    colalign=["left", "left"] + ["right"] * len(values.columns))
+    return _github(rows, (table.values if isinstance(table, Measured) else table).columns)
+
+
+def _github(rows: list[list[str]], nfes) -> str:
+    """Rows of [group, method, cell per NFE] as a GitHub pipe table (tabulate), the cells right-aligned."""
+    return tabulate(rows, headers=["", "Method"] + [f"NFE {c}" for c in nfes], tablefmt="github",
+                    disable_numparse=True, colalign=["left", "left"] + ["right"] * len(nfes))
 
 
 def _latex_escape(s: str) -> str:
