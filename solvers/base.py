@@ -7,6 +7,14 @@ Every sampler integrates the probability-flow ODE of an EDM denoiser,
 over a descending grid of sigmas t_0 > ... > t_{N-1}, starting from x_T = x(t_0), and returns x(t_{N-1}).
 `denoiser(x, sigma)` receives sigma as a tensor of shape (B,) (one value per sample, as in k-diffusion).
 
+Per-sample grids. `sigmas` may also be a (B, N) tensor, one descending grid per sample (an instance-aware
+discretization). A solver that declares `per_sample_grids = True` (every handcrafted solver and DyWeight) then
+integrates each row exactly as it would on its own: `_sample` receives the grid as `Columns`, whose element i is
+the (B,) float64 tensor of every sample's t_i, so each step coefficient is a (B,) vector and `combine` scales each
+sample's row by its own. The same code serves floats (the 1-D path, unchanged) and tensors, through the scalar
+helpers `is_zero`, `sqrt` and `log` below. A (B, N) grid whose rows are all equal takes the 1-D path. Rows must
+agree on whether they end at 0.
+
 The equations follow docs/solver-conventions.md (the EDM lineage behind the DyWeight paper's numbers), whose grids end at
 sigma_min. One deliberate extension: a grid may end at 0 (flow models). No solver then evaluates the network at 0:
 a step onto 0 is first order (Heun: its Euler predictor; DPM-Solver++ / UniPC: x = M_i, without corrector), and
@@ -54,6 +62,8 @@ class Solver:
     exponential_integrator: bool = False
     #: a learned solver (solvers.learned.LearnedSolver): distilled, released or given explicit parameters
     learned: bool = False
+    #: integrates a (B, N) grid, one row per sample (see the module docstring)
+    per_sample_grids: bool = True
 
     # ---- the public interface -------------------------------------------------------------------
     def sample(self, denoiser: Denoiser, x_T: torch.Tensor, sigmas, afs: bool = False,
@@ -67,7 +77,7 @@ class Solver:
         den = _Checked(denoiser)
         x = self._sample(den, x_T, sigmas, afs)
         if denoise_to_zero:
-            if float(sigmas[-1]) == 0.0:
+            if is_zero(sigmas[-1]):
                 raise InputError("denoise_to_zero=True needs a grid that ends above 0 (this one ends at 0)")
             x = den(x, sigmas[-1])
         den.raise_if_nonfinite(x, self.name)
@@ -116,12 +126,18 @@ class Solver:
         raise NotImplementedError
 
     def check_grid(self, sigmas, x_T: torch.Tensor, afs: bool):
-        """Validate the grid; return it as a list of Python floats (float64 arithmetic for coefficients)."""
+        """Validate the grid; return it as a list of Python floats (float64 arithmetic for coefficients), or, for a
+        (B, N) grid with differing rows, as `Columns`."""
         if not isinstance(x_T, torch.Tensor) or x_T.dim() < 1:
             raise InputError("x_T must be a tensor of shape (B, ...)")
+        if isinstance(sigmas, torch.Tensor) and sigmas.dim() == 2:
+            rows = self.check_rows(sigmas, x_T, afs)
+            if rows is not None:
+                return rows
+            sigmas = sigmas[0]                               # every row equal: the 1-D path
         if isinstance(sigmas, torch.Tensor):
             if sigmas.dim() != 1:
-                raise InputError(f"sigmas must be 1-D, got shape {tuple(sigmas.shape)}")
+                raise InputError(f"sigmas must be 1-D (N,) or per-sample (B, N), got shape {tuple(sigmas.shape)}")
             t = sigmas.detach().double().cpu().tolist()
         else:
             t = [float(v) for v in sigmas]
@@ -137,6 +153,33 @@ class Solver:
             raise InputError("only the last grid point may be 0")
         return t
 
+    def check_rows(self, sigmas: torch.Tensor, x_T: torch.Tensor, afs: bool):
+        """Validate a (B, N) grid row by row; return its `Columns`, or None when every row is the same grid (and
+        no gradient is asked of it)."""
+        g = sigmas.detach().double().cpu()
+        if g.shape[0] != x_T.shape[0]:
+            raise InputError(f"a per-sample grid needs one row per sample: {x_T.shape[0]} rows, got {g.shape[0]}")
+        if not bool(torch.isfinite(g).all()) or bool((g < 0).any()):
+            raise InputError("sigmas must be finite and non-negative (per-sample grid)")
+        bad = (g[:, 1:] >= g[:, :-1]).any(dim=1)
+        if bool(bad.any()):
+            raise InputError(f"every row of a per-sample grid must be strictly descending; row "
+                             f"{int(bad.nonzero()[0])} is not")
+        if g.shape[1] >= 2 and bool((g[:, -2] == 0).any()):
+            raise InputError("only the last grid point may be 0")
+        if len({bool(v) for v in (g[:, -1] == 0)}) > 1:
+            raise InputError("the rows of a per-sample grid must all end at 0 or all end above 0")
+        if bool((g == g[:1]).all()) and not sigmas.requires_grad:
+            return None
+        if not self.per_sample_grids:
+            raise InputError(f"{self.name} does not support per-sample (B, N) grids yet; solvers that do: the "
+                             "handcrafted ones and dyweight")
+        need = self.min_points + (1 if afs else 0)
+        if g.shape[1] < need:
+            raise InputError(f"{self.name} needs at least {need} grid points{' with afs=True' if afs else ''}, "
+                             f"got {g.shape[1]}")
+        return Columns(sigmas.to(torch.float64).unbind(1))
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
@@ -144,6 +187,30 @@ class Solver:
     def options(self) -> dict:
         """The keyword options that rebuild this solver with `solvers.get(name, **options)`."""
         return {}
+
+
+class Columns(list):
+    """A per-sample grid as its N columns: element i is the (B,) float64 tensor of every sample's t_i (it keeps
+    the grid's gradient, so a grid predicted by a network is trained through the solver)."""
+
+    def rows(self) -> list[tuple]:
+        """The grid row by row, as tuples of floats (for coefficients computed per grid)."""
+        return [tuple(r) for r in torch.stack(list(self), 1).detach().cpu().tolist()]
+
+
+# Scalar helpers for step coefficients: a grid value is a float (1-D grids), or a tensor, 0-d (a learned global
+# grid, differentiable) or (B,) (a per-sample grid).
+def is_zero(v) -> bool:
+    """Whether the grid value is 0 (for every sample: the rows of a per-sample grid agree on it)."""
+    return bool((v == 0).all()) if isinstance(v, torch.Tensor) else v == 0
+
+
+def sqrt(v):
+    return torch.sqrt(v) if isinstance(v, torch.Tensor) else math.sqrt(v)
+
+
+def log(v):
+    return torch.log(v) if isinstance(v, torch.Tensor) else math.log(v)
 
 
 # Derivatives in factored form (a, g) with d = a g: the scalar a rides in the update's `combine`, so forming d costs
@@ -156,7 +223,7 @@ def derivative(den, x: torch.Tensor, t: float) -> tuple[float, torch.Tensor]:
 def afs_pair(x0: torch.Tensor, t0: float) -> tuple[float, torch.Tensor]:
     """The analytical first step d_0 = x_0 / sqrt(1 + t_0^2) (i.e. D(x_0, t_0) ~ E[x] = 0 at sigma_max) as the pair
     (1 / sqrt(1 + t_0^2), x_0)."""
-    return 1.0 / math.sqrt(1.0 + t0 * t0), x0
+    return 1.0 / sqrt(1.0 + t0 * t0), x0
 
 
 def combine(*terms) -> torch.Tensor:
@@ -165,11 +232,14 @@ def combine(*terms) -> torch.Tensor:
     Python-number coefficients cost one tensor pass per term: the first term makes the output (one multiply, none
     when c = 1 and a second term follows), the rest add into it in place (`add_(y, alpha=c)`); zero coefficients
     cost nothing. Tensor coefficients (DyWeight's parameters during distillation) keep the plain differentiable form
-    `out + c * y`.
+    `out + c * y`. A coefficient of shape (B,) for y of shape (B, ...) is per sample (a per-sample grid's): it
+    scales sample b's row by c[b], in y's dtype and on y's device.
     """
     if any(isinstance(c, torch.Tensor) for c, _ in terms):
         out = None
         for c, y in terms:
+            if isinstance(c, torch.Tensor) and c.dim() == 1 and y.dim() > 1 and c.shape[0] == y.shape[0]:
+                c = c.to(dtype=y.dtype, device=y.device).reshape(-1, *[1] * (y.dim() - 1))
             out = c * y if out is None else out + c * y
         return out
     terms = [(c, y) for c, y in terms if c] or terms[:1]

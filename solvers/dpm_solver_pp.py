@@ -11,9 +11,10 @@ Order at step s = i+1 (lower order final): s if s < order, else min(order, N - s
 AFS: M_0 = x_0 - t_0 d_0. A step that ends at sigma = 0 is taken at order 1 (x_{i+1} = M_i): the higher-order
 terms are undefined there (the lineage's grids end at sigma_min and never reach this case).
 
-Every update is linear in x_i and the buffered M's, so `step_coefficients` evaluates the equations above on
-coefficient vectors (M_i, M_{i-1}, M_{i-2} as unit vectors), once per grid, and the sampling loop spends one fused
-linear combination per step on the tensors.
+Every update is linear in x_i and the buffered M's, so `coefficients` evaluates the equations above on
+coefficient vectors (M_i, M_{i-1}, M_{i-2} as unit vectors), once per grid for a grid of floats (cached), and the
+sampling loop spends one fused linear combination per step on the tensors. On a grid of tensors (a per-sample grid's
+(B,) columns) the same equations give (B,) coefficients, differentiable in the grid.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ import functools
 import math
 
 import numpy as np
+import torch
 
-from .base import Solver, afs_pair, combine
+from .base import Solver, afs_pair, combine, is_zero, log
 from .thresholding import dynamic_threshold
 from .base import InputError
 
@@ -58,24 +60,38 @@ class DPMSolverPP(Solver):
 
     def _sample(self, den, x, t, afs):
         ms = []                                                  # data predictions, newest first
-        key = tuple(t)                                           # the coefficients are cached per grid
+        # the coefficients are cached per grid of floats; a grid of tensors (per-sample columns) gets them as tensors
+        tensor_grid = any(isinstance(v, torch.Tensor) for v in t)
+        coeffs, key = (coefficients, t) if tensor_grid else (step_coefficients, tuple(t))
         for i in range(len(t) - 1):
             if afs and i == 0:
-                m = x * (1 - t[0] * afs_pair(x, t[0])[0])        # M_0 = x_0 - t_0 d_0
+                m = combine((1 - t[0] * afs_pair(x, t[0])[0], x))   # M_0 = x_0 - t_0 d_0
             else:
                 m = den(x, t[i])
             ms = [self._data(m)] + ms[:2]
-            order = 1 if t[i + 1] == 0 else self.step_order(i, len(t))
-            ratio, b = step_coefficients(key, i, order)
+            order = 1 if is_zero(t[i + 1]) else self.step_order(i, len(t))
+            ratio, b = coeffs(key, i, order)
             x = combine((ratio, x), *zip(b, ms))                 # x_{i+1} = ratio x_i + sum_k b_k M_{i-k}
         return x
 
 
 @functools.lru_cache(maxsize=4096)
 def step_coefficients(t: tuple, i: int, order: int) -> tuple[float, tuple]:
-    """(ratio, b) with x_{i+1} = ratio x_i + sum_k b_k M_{i-k}: the module docstring's update at this order."""
-    M0, M1, M2 = np.eye(3)                                       # M_i, M_{i-1}, M_{i-2}
-    lam = [-math.log(v) if v > 0 else math.inf for v in t]
+    """(ratio, b) with x_{i+1} = ratio x_i + sum_k b_k M_{i-k}: the module docstring's update at this order, as
+    Python floats, cached per grid."""
+    ratio, b = coefficients(t, i, order)
+    return ratio, tuple(float(v) for v in b)
+
+
+def coefficients(t, i: int, order: int) -> tuple:
+    """`step_coefficients` for grid values that are floats, or tensors of one shape S (then the ratio and each
+    b_k have shape S)."""
+    if isinstance(t[i], torch.Tensor):                           # unit vectors (3, 1, ..) broadcast against S
+        M0, M1, M2 = torch.eye(3, dtype=torch.float64, device=t[i].device).reshape(3, 3, *[1] * t[i].dim())
+        lam = [-log(v) for v in t]                               # log 0 = -inf: lambda = inf at sigma = 0
+    else:
+        M0, M1, M2 = np.eye(3)                                   # M_i, M_{i-1}, M_{i-2}
+        lam = [-math.log(v) if v > 0 else math.inf for v in t]
     ratio = t[i + 1] / t[i]                                      # = e^{-h}
     phi1 = ratio - 1                                             # e^{-h} - 1
     if order == 1:
@@ -93,4 +109,4 @@ def step_coefficients(t: tuple, i: int, order: int) -> tuple[float, tuple]:
         phi2 = phi1 / h + 1
         phi3 = phi2 / h - 0.5
         b = -(phi1 * M0 - phi2 * d1 + phi3 * d2)
-    return ratio, tuple(float(v) for v in b[:order])
+    return ratio, tuple(b[:order])

@@ -52,6 +52,7 @@ class DyWeight(LearnedSolver):
     name = "dyweight"
     row_name = "weight rows"
     min_points = 2
+    per_sample_grids = True
     structure = ("history", "init", "time_shift", "time_scaling", "divisor", "time_scale_bounds")
     parameter_options = ("weights", "time_scale")
     distill_defaults = {}                 # bench.distill.Settings' defaults are the paper's (Appendix D.2)

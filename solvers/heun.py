@@ -4,7 +4,7 @@ It corrects on every step, the last one too; a step that ends at sigma = 0 is le
 """
 from __future__ import annotations
 
-from .base import Solver, afs_pair, combine, derivative
+from .base import Solver, afs_pair, combine, derivative, is_zero
 
 
 class Heun(Solver):
@@ -22,7 +22,7 @@ class Heun(Solver):
             else:
                 a, g = derivative(den, x, t[i])              # d_i = a g
             x_pred = combine((1, x), (h * a, g))             # x' = x_i + h d_i
-            if t[i + 1] == 0:
+            if is_zero(t[i + 1]):
                 x = x_pred
                 continue
             a_pred, g_pred = derivative(den, x_pred, t[i + 1])

@@ -6,6 +6,8 @@ points (t_i, d_i), (t_{i-1}, d_{i-1}), ... and integrated exactly over [t_i, t_{
     x_{i+1} = x_i + h_i sum_j beta_j d_{i-j},   beta_j = (1/h_i) int_0^{h_i} L_j(u) du,   u = t - t_i.
 
 On a uniform grid beta reduces to the classical Adams-Bashforth rows (Eqs. A.10, A.14).
+On a per-sample grid the weights are computed row by row (the same polynomials) and stacked into (B,) vectors;
+they are not differentiable in the grid, so a per-sample grid that carries a gradient is refused.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import functools
 
 import numpy as np
 
+import torch
+
+from .base import Columns, InputError
 from .ipndm import IPNDM
 
 
@@ -32,8 +37,14 @@ def lagrange_ab_weights(times: list[float], t_next: float) -> list[float]:
 class IPNDMV(IPNDM):
     name = "ipndm_v"
 
-    def coefficients(self, t: list[float], i: int, order: int) -> tuple:
-        return _cached_weights(tuple(t[i - order + 1:i + 1]), t[i + 1])
+    def coefficients(self, t, i: int, order: int) -> tuple:
+        if not isinstance(t, Columns):
+            return _cached_weights(tuple(t[i - order + 1:i + 1]), t[i + 1])
+        if any(v.requires_grad for v in t):
+            raise InputError("ipndm_v's weights are not differentiable in a per-sample grid; train a grid "
+                             "predictor on ipndm, euler, heun, dpm_solver_pp, unipc or dyweight")
+        rows = [_cached_weights(r[i - order + 1:i + 1], r[i + 1]) for r in t.rows()]
+        return tuple(torch.tensor(w, dtype=torch.float64, device=t[i].device) for w in zip(*rows))
 
 
 @functools.lru_cache(maxsize=4096)

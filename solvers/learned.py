@@ -32,11 +32,12 @@ from pathlib import Path
 
 import torch
 
-from .base import InputError, Solver
+from .base import InputError, Solver, is_zero
 
 
 class LearnedSolver(Solver, torch.nn.Module):
     learned = True
+    per_sample_grids = False          # a learned solver that integrates (B, N) grids says so
     structure: tuple = ()
     parameter_options: tuple = ()
     distill_defaults: dict = {}
@@ -84,7 +85,7 @@ class LearnedSolver(Solver, torch.nn.Module):
             if self.afs is not None and bool(afs) != bool(self.afs):
                 raise InputError(f"this {self.name} solver was built for afs={self.afs}; call sample(..., "
                                  f"afs={self.afs})")
-        if self.ends_above_zero and t[-1] == 0.0:
+        if self.ends_above_zero and is_zero(t[-1]):
             raise InputError(f"{self.name} needs a grid ending above 0 ({self.ends_above_zero})")
         return t
 

@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-from .base import Solver, afs_pair, combine
+from .base import Solver, afs_pair, combine, is_zero
 from .thresholding import dynamic_threshold
 from .base import InputError
 
@@ -70,14 +70,15 @@ class UniPC(Solver):
 
     def _sample(self, den, x, t, afs):
         if afs:
-            m = x * (1 - t[0] * afs_pair(x, t[0])[0])            # analytical first step: M_0 = x_0 - t_0 d_0
+            m = combine((1 - t[0] * afs_pair(x, t[0])[0], x))    # analytical first step: M_0 = x_0 - t_0 d_0
         else:
             m = den(x, t[0])
         ms = [self._data(m)]                                     # data predictions, newest first
-        # the coefficients are cached per grid; a grid of tensors (LD3's learned steps) gets differentiable ones
+        # the coefficients are cached per grid; a grid of tensors (LD3's learned steps, a per-sample grid's (B,)
+        # columns) gets differentiable ones
         learned_grid = any(isinstance(v, torch.Tensor) for v in t)
         coeffs, key = (coefficients, t) if learned_grid else (step_coefficients, tuple(t))
-        for i, (order, correct) in enumerate(self.schedule(len(t), ends_at_zero=float(t[-1]) == 0)):
+        for i, (order, correct) in enumerate(self.schedule(len(t), ends_at_zero=is_zero(t[-1]))):
             pred, corr = coeffs(key, i, order, correct, self.variant)
             x_pred = combine(*zip(pred, [x] + ms))               # predictor (UniP)
             if corr is None:
@@ -99,11 +100,13 @@ def step_coefficients(t: tuple, i: int, order: int, correct: bool, variant: str)
 
 
 def coefficients(t, i: int, order: int, correct: bool, variant: str):
-    """`step_coefficients` as float64 tensors, for grid values that are floats or 0-d tensors; with tensors the
-    coefficients are differentiable in the grid (LD3 learns its time steps through them)."""
-    X, M0, M1, M2, MT = torch.eye(5, dtype=torch.float64)
-    ms = [M0, M1, M2]
+    """`step_coefficients` as float64 tensors, for grid values that are floats, 0-d tensors or tensors of one
+    shape S (a per-sample grid's (B,) columns; then every coefficient has shape S); with tensors the coefficients
+    are differentiable in the grid (LD3 learns its time steps through them)."""
     tt = {k: torch.as_tensor(t[k], dtype=torch.float64) for k in range(i - order + 1, i + 2)}
+    batch = tt[i].dim()                                          # unit vectors (5, 1, ..) broadcast against S
+    X, M0, M1, M2, MT = torch.eye(5, dtype=torch.float64, device=tt[i].device).reshape(5, 5, *[1] * batch)
+    ms = [M0, M1, M2]
     ratio = tt[i + 1] / tt[i]
     x_lin = ratio * X - (ratio - 1) * M0                         # expm1(-h) = t_{i+1}/t_i - 1
     if order == 1 and not correct:
@@ -111,7 +114,7 @@ def coefficients(t, i: int, order: int, correct: bool, variant: str):
     lt = {k: torch.log(v) for k, v in tt.items()}
     h = lt[i] - lt[i + 1]
     hh = -h
-    one = torch.ones((), dtype=torch.float64)
+    one = torch.ones_like(h)
     rks = [(lt[i] - lt[i - k]) / h for k in range(1, order)] + [one]
     d1s = [(ms[k] - M0) / rks[k - 1] for k in range(1, order)]
     B = torch.expm1(hh) if variant == "bh2" else hh
@@ -128,11 +131,18 @@ def coefficients(t, i: int, order: int, correct: bool, variant: str):
     elif order == 2:
         x_pred = x_lin - B * 0.5 * d1s[0]
     else:
-        rho_p = torch.linalg.solve(R[:-1, :-1], b[:-1])
+        rho_p = _solve(R[:-1, :-1], b[:-1])
         x_pred = x_lin - B * sum(r * d for r, d in zip(rho_p, d1s))
     pred = x_pred[:1 + order]
     if not correct:
         return pred, None
-    rho_c = 0.5 * one[None] if order == 1 else torch.linalg.solve(R, b)
+    rho_c = 0.5 * one[None] if order == 1 else _solve(R, b)
     x_corr = x_lin - B * (sum(r * d for r, d in zip(rho_c[:-1], d1s)) + rho_c[-1] * (MT - M0))
     return pred, torch.cat([x_corr[:1 + order], x_corr[4:]])
+
+
+def _solve(R: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """rho with R rho = b, for R (k, k, *S) and b (k, *S): one k x k system per entry of S."""
+    if R.dim() == 2:
+        return torch.linalg.solve(R, b)
+    return torch.linalg.solve(R.movedim((0, 1), (-2, -1)), b.movedim(0, -1)).movedim(-1, 0)

@@ -148,7 +148,9 @@ def test_bad_grids(name, opts):
         with pytest.raises(ValueError, match=match.strip()):
             s.sample(D, x, torch.tensor(t, dtype=torch.float64))
     with pytest.raises(ValueError, match="1-D"):
-        build(name, opts, 4).sample(D, x, torch.ones(2, 2, dtype=torch.float64))
+        build(name, opts, 4).sample(D, x, torch.ones(2, 2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="strictly descending"):             # a (B, N) grid: per-sample rows
+        build(name, opts, 2).sample(D, x, torch.ones(2, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="needs at least 2 grid points"):
         build(name, opts, 2).sample(D, x, torch.tensor([80.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="needs at least 3 grid points with afs=True"):

@@ -27,6 +27,11 @@ denoiser and the same grid (their `sigmas` replaced by ours, run in VP scaling x
 data prediction), reported as diffusers' wall time / ours, with the largest relative difference of the outputs
 (it shows that both loops compute the same thing).
 
+Per-sample grids: every solver that integrates (B, N) grids (`per_sample_grids`), at each NFE, on the 1-D grid and
+on a (B, N) grid of distinct rows (the polynomial grid with rho spread over 5..9 across the rows), with the same
+network: wall time of each, their ratio, and the solver's own work per call in each (identity network). The 1-D
+path is the one the tables above time; the per-sample path's extra cost is its (B,) coefficient tensors.
+
 --quick also times the `quick` grid end to end in a fresh results directory.
 """
 from __future__ import annotations
@@ -189,6 +194,36 @@ def solver_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
     return rows
 
 
+def per_sample_overheads(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
+    """Each per-sample-capable solver on a 1-D grid and on a (B, N) grid of distinct rows (module docstring)."""
+    import solvers
+    from solvers import schedules
+    rows = []
+    B = x_T.shape[0]
+    out(f"{'solver':<16} {'NFE':>4} {'1-D ms':>8} {'(B, N) ms':>10} {'ratio':>6} {'solver ms/call 1-D':>19} "
+        f"{'(B, N)':>7}")
+    for nfe in nfe_list:
+        for name in solvers.names():
+            plan = _plan(name, nfe)
+            if plan is None or not plan[0].per_sample_grids:
+                continue
+            solver, afs, n = plan
+            one = schedules.polynomial(n, 0.002, 80.0)
+            per = torch.stack([schedules.polynomial(n, 0.002, 80.0, rho=5.0 + 4.0 * b / max(1, B - 1))
+                               for b in range(B)])
+            calls = solver.calls(n, afs)
+            with torch.no_grad():
+                t1, tb, b1, bb = _median_times([lambda: solver.sample(den, x_T, one, afs=afs),
+                                                lambda: solver.sample(den, x_T, per, afs=afs),
+                                                lambda: solver.sample(_identity, x_T, one, afs=afs),
+                                                lambda: solver.sample(_identity, x_T, per, afs=afs)], repeats)
+            rows.append({"solver": name, "nfe": nfe, "one_d": t1, "per_sample": tb, "ratio": tb / t1,
+                         "solver_per_call_one_d": b1 / calls, "solver_per_call_per_sample": bb / calls})
+            out(f"{name:<16} {nfe:>4} {1e3 * t1:>8.2f} {1e3 * tb:>10.2f} {tb / t1:>6.3f} {1e3 * b1 / calls:>19.3f} "
+                f"{1e3 * bb / calls:>7.3f}")
+    return rows
+
+
 def _diffusers_loop(kind: str, den, x_T, t):
     """One sampling run through a diffusers multistep scheduler on our grid `t` (no AFS; data prediction)."""
     import diffusers
@@ -268,6 +303,8 @@ def main(args) -> int:
     out(f"worst overhead: {worst['solver']} at NFE {worst['nfe']}: {worst['overhead']:.3f} measured directly; "
         f"{worst_implied['solver']} at NFE {worst_implied['nfe']}: {worst_implied['implied']:.3f} implied by the "
         "solver's own time per call (1 + solver ms/call / call ms; steadier on a busy machine)")
+    out(f"\nper-sample grids: the same network on a 1-D grid and on a ({args.batch}, N) grid of distinct rows")
+    per_sample_overheads(den, x_T, args.nfe, args.repeats, out)
     out("\ndiffusers' loop on the same denoiser and grid (no AFS), ratio > 1 means ours is faster")
     diffusers_comparison(den, x_T, args.nfe, args.repeats, out)
     if args.quick:
