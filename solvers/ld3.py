@@ -122,8 +122,7 @@ class LD3(LearnedSolver):
     # ---- the mapping -------------------------------------------------------------------------
     def positions(self) -> torch.Tensor:
         """n_k: the grid's normalised positions in lambda, from 0 (t_max) to 1 (t_min)."""
-        q = torch.cumsum(torch.softmax(self.p1, 0), 0)
-        return (q - q.min()) / (q.max() - q.min())
+        return positions_of(self.p1)
 
     def offsets(self) -> torch.Tensor:
         """lambda'_k - lambda_k: p2 clamped to the window, 0 at both ends."""
@@ -199,6 +198,14 @@ class LD3(LearnedSolver):
                   win_rate=st.get("win_rate", 0.5), mode=st.get("mode", "lambda"))
         out.sigmas, out.metadata = st.get("sigmas"), dict(st.get("metadata") or {})
         return out
+
+
+def positions_of(logits: torch.Tensor) -> torch.Tensor:
+    """n = (q - min q) / (max q - min q), q = cumsum(softmax(logits)), over the last dimension (one grid per row
+    of a (B, N) tensor): rising from exactly 0 to exactly 1."""
+    q = torch.cumsum(torch.softmax(logits, -1), -1)
+    lo, hi = q.min(-1, keepdim=True).values, q.max(-1, keepdim=True).values
+    return (q - lo) / (hi - lo)
 
 
 def _window(p1: torch.Tensor, win_rate: float) -> float:

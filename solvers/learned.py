@@ -21,6 +21,9 @@ backpropagation through `sample`), and subclasses `LearnedSolver`, which sets `l
   row_name, ends_above_zero (optional)               what its per-step parameters are called (then sample checks
                                                      the grid has the points they were built for, and the AFS
                                                      setting), and why it needs a grid ending above 0
+  penalty(), begin_step(step, steps) (optional)     a regulariser of the latest `sample` run, per sample (added to
+                                                     each sample's loss), and a hook before each optimiser step
+                                                     (training phases); defaults: None, nothing
   trained_by = "search" (optional)                   trained without gradients: bench.distill hands its
                                                      `search(T, X, d, afs, denoiser, x_T)` the teacher's whole
                                                      trajectories instead of running the gradient loop (GITS)
@@ -92,6 +95,13 @@ class LearnedSolver(Solver, torch.nn.Module):
     def _record(self, x) -> None:
         if getattr(self, "_states", None) is not None:
             self._states.append(x)
+
+    def penalty(self):
+        """A regulariser of the latest `sample` run, per sample ((B,) tensor), or None (the default)."""
+        return None
+
+    def begin_step(self, step: int, steps: int) -> None:
+        """Called before each of the `steps` optimiser steps of a distillation (e.g. to switch training phases)."""
 
     def learns(self) -> dict[str, int]:
         """Every learned quantity and its number of values (trainable Parameters)."""

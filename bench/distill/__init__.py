@@ -36,7 +36,7 @@ import solvers
 
 from . import losses
 from .teacher import Cache, Source, Teacher, default_cache_dir, endpoints, identity, path_states
-from .train import Settings, train
+from .train import Settings, seed_lists, train
 from solvers.base import InputError
 
 
@@ -81,11 +81,10 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     if getattr(cls, "trained_by", "gradient") == "search":            # e.g. GITS: a search over teacher states
         return _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident, cache)
 
-    seeds = range(settings.seed_start, settings.seed_start + settings.num_samples)
+    seeds, eval_seeds = seed_lists(settings)
     train_set = endpoints(source, teacher, seeds, ident, cache, settings.teacher_batch_size)
     eval_set = None
     if settings.eval_samples:
-        eval_seeds = range(settings.eval_seed_start, settings.eval_seed_start + settings.eval_samples)
         eval_set = endpoints(source, teacher, eval_seeds, ident, cache, settings.teacher_batch_size)
     path_set = None
     if settings.supervision == "path" and len(grid) > 2:
@@ -122,7 +121,7 @@ def _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident
     trajectories on the search seeds (teacher.trajectories, from the shared teacher cache) and, with AFS, picks
     among candidates on them."""
     from .teacher import trajectories
-    seeds = list(range(settings.seed_start, settings.seed_start + settings.num_samples))
+    seeds = seed_lists(settings)[0]
     T, X, d, x_T, hit = trajectories(source, teacher, seeds, afs, ident, cache, settings.teacher_batch_size)
     student = cls.untrained(len(grid), afs, **settings.structure)
     den, pick = None, seeds[:settings.teacher_batch_size]

@@ -9,12 +9,13 @@ backpropagating through a 12B transformer keeps one call's activations). Every o
 `accumulate` batches of teacher pairs (x_T, target) drawn with the run's own generator, runs the student from the
 same x_T, and descends
 
-    endpoint (Eq. 10):  L = mean_b dist(x_stu(x_T), x_tea(x_T))
+    endpoint (Eq. 10):  L = mean_b dist(x_stu(x_T), x_tea(x_T))   (+ the student's `penalty()` per sample, if any)
     path (Eq. A.15):    L = mean_b [ sum_{j=1}^{N-2} mse(x_stu_j, x_tea(t_j)) + dist(x_stu_{N-1}, x_tea(x_T)) ]
 
 where x_stu_j is the student state after step j (nominally at grid point t_j) and x_tea(t_j) the teacher's state
 there (teacher.path_states). The relative endpoint error against the teacher on held-out seeds is recorded at
-a few checkpoints (the "eval" curve).
+a few checkpoints (the "eval" curve); `keep_best = true` ends with the parameters of the checkpoint where it was
+lowest (a validation choice, recorded as "kept_step").
 
 `relaxed_ball = true` is LD3's relaxed objective (docs/learned-solvers.md section 3, trainer.py
 `_train_one_round`, `_update_latents`): the student starts from x_T' = sigma_max z' instead of sigma_max z, where
@@ -71,6 +72,8 @@ class Settings:
     eval_samples: int = 256               # held-out teacher pairs for the eval curve
     seed_start: int = 1_000_000_000       # training noise seeds start here (held out from evaluation seeds 0..)
     eval_seed_start: int = 2_000_000_000
+    train_seeds: list | None = None       # explicit training seeds instead of seed_start .. + num_samples (e.g. the
+    eval_seeds: list | None = None        # samples of one instance class), and held-out seeds likewise
     # optimisation
     steps: int | None = None              # optimiser steps
     batch_size: int = 16
@@ -83,6 +86,7 @@ class Settings:
     grad_clip: float = 1.0
     checkpoint: bool = False              # recompute each student network call in backward (activation memory)
     eval_every: int | None = None
+    keep_best: bool = False               # end with the parameters of the lowest held-out error (validation)
     # LD3's relaxed objective: each training noise z has a movable copy z' in a ball around it
     relaxed_ball: bool = False
     ball_radius: float | None = None      # None: LD3's 0.001 * numel(z) / S^2 (S = the student's steps)
@@ -111,6 +115,14 @@ class Settings:
         self.structure = dict(self.structure or {})
         if self.teacher_batch_size is None:
             self.teacher_batch_size = int(batch_hint or 500)
+        for name in ("train_seeds", "eval_seeds"):
+            v = getattr(self, name)
+            if v is not None:
+                if not (isinstance(v, (list, tuple)) and v and all(isinstance(k, int) and not isinstance(k, bool)
+                                                                    and k >= 0 for k in v)):
+                    raise InputError(f"{name} must be a non-empty list of non-negative integer seeds, got {v!r}")
+                setattr(self, name, [int(k) for k in v])
+                setattr(self, "num_samples" if name == "train_seeds" else "eval_samples", len(v))
         for name in ("num_samples", "eval_samples", "batch_size", "path_substeps", "teacher_batch_size",
                      "accumulate"):
             v = getattr(self, name)
@@ -122,7 +134,7 @@ class Settings:
             raise InputError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.lr_final, (int, float)) and 0 <= self.lr_final <= 1):
             raise InputError(f"lr_final must be a fraction in [0, 1], got {self.lr_final!r}")
-        for name in ("teacher_afs", "teacher_denoise", "checkpoint"):
+        for name in ("teacher_afs", "teacher_denoise", "checkpoint", "keep_best"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         losses.get(self.loss)
@@ -152,6 +164,14 @@ class Settings:
         d["distance"] = losses.get(d.pop("loss"))[0]
         d.update(d.pop("structure") or {})        # the student's structure options sit beside the shared ones
         return d
+
+
+def seed_lists(settings: Settings) -> tuple[list[int], list[int]]:
+    """The training and held-out seeds: the explicit lists, else the ranges from seed_start / eval_seed_start."""
+    train = settings.train_seeds or list(range(settings.seed_start, settings.seed_start + settings.num_samples))
+    held = settings.eval_seeds or list(range(settings.eval_seed_start,
+                                             settings.eval_seed_start + settings.eval_samples))
+    return train, held
 
 
 def lr_factor(step: int, steps: int, warmup: float = 0.1, start: float = 0.1, final: float = 0.01) -> float:
@@ -233,6 +253,9 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
             with torch.no_grad():
                 target = source.decode(target)
         loss = losses.per_sample(distance, final, target)
+        penalty = student.penalty()                              # the student's own regulariser, per sample
+        if penalty is not None:
+            loss = loss + penalty.to(loss.device, loss.dtype)
         if mids:
             tea = path_set.targets[idx]
             loss = loss + sum(losses.mse(m, tea[:, j]) for j, m in enumerate(mids))
@@ -253,10 +276,19 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
         loss = sample_loss(den, idx, ball.x_T(idx, z))
         return loss.mean(), lambda: ball.move(idx, z, loss.detach(), lambda x: sample_loss(den, idx, x))
 
-    if evaluating:
-        curves["eval_step"].append(0)
+    best = None                                                  # (held-out error, step, parameters)
+
+    def evaluated(step):
+        curves["eval_step"].append(step)
         curves["eval_error"].append(evaluate(student, source, sigmas, afs, eval_set, eval_batch))
+        if settings.keep_best and (best is None or curves["eval_error"][-1] < best[0]):
+            return curves["eval_error"][-1], step, {k: v.detach().clone() for k, v in student.state_dict().items()}
+        return best
+
+    if evaluating:
+        best = evaluated(0)
     for step in range(settings.steps):
+        student.begin_step(step, settings.steps)
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(settings.accumulate):
@@ -274,11 +306,13 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
         curves["loss"].append(total)
         last = step == settings.steps - 1
         if evaluating and ((step + 1) % settings.eval_every == 0 or last):
-            curves["eval_step"].append(step + 1)
-            curves["eval_error"].append(evaluate(student, source, sigmas, afs, eval_set, eval_batch))
+            best = evaluated(step + 1)
             if progress:
                 progress(f"step {step + 1}/{settings.steps} loss {total:.3e} eval {curves['eval_error'][-1]:.4f}")
     curves["train_seconds"] = time.perf_counter() - t0
+    if best is not None:
+        student.load_state_dict(best[2])
+        curves["kept_step"] = best[1]
     if ball is not None:
         curves.update(ball.record())
     return curves

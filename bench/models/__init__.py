@@ -10,6 +10,7 @@ from solvers.base import InputError
 _REGISTRY: dict[str, str] = {
     "gmm2d": "bench.models.gmm:gmm2d",
     "gmm64": "bench.models.gmm:gmm64",
+    "gmm_scales": "bench.models.gmm:gmm_scales",
     "digits": "bench.models.digits:digits",
     "digits_centred": "bench.models.digits:digits_centred",
     "cifar10": "bench.models.edm:cifar10",

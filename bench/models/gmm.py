@@ -71,6 +71,12 @@ class GaussianMixture(Model):
         z = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
         return self.mu[k] + torch.einsum("nij,nj->ni", self.U[k], z * self.lam[k].sqrt())
 
+    def component_of(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        """The most probable component of each sample x (B, D) under the noisy marginal at sigma (default
+        sigma_min): the instance class a final sample belongs to."""
+        logw, _ = self._components(x, self.sigma_min if sigma is None else sigma)
+        return logw.argmax(1)
+
     def log_density(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         """log p(x; sigma) of the noisy marginal, for x of shape (B, D)."""
         logw, _ = self._components(x, sigma)
@@ -183,3 +189,19 @@ def gmm64(components: int = 6, rank: int = 4, seed: int = 1234, device: str = "c
     return GaussianMixture("gmm64", weights, means, covs,
                            description=f"64-D Gaussian mixture: {components} components, rank-{rank} + diagonal "
                                        "covariances", device=device)
+
+
+def gmm_scales(scales=(0.003, 0.03, 0.3), device: str = "cpu") -> GaussianMixture:
+    """The controlled problem of instance-aware discretizations: 2-D, one isotropic component per scale (default
+    standard deviations 0.003, 0.03, 0.3: two orders of magnitude), equally weighted, their means spread on the unit
+    circle. A trajectory's difficulty lies where sigma meets its component's scale, so the grid a sample needs
+    depends on the component it ends in (`component_of`)."""
+    scales = [float(v) for v in scales]
+    if len(scales) < 2 or any(not v > 0 for v in scales):
+        raise InputError(f"gmm_scales needs at least two positive scales, got {scales!r}")
+    angles = math.pi / 2 + torch.arange(len(scales), dtype=torch.float64) * (2 * math.pi / len(scales))
+    means = torch.stack([angles.cos(), angles.sin()], 1)
+    covs = torch.stack([torch.eye(2, dtype=torch.float64) * v ** 2 for v in scales])
+    return GaussianMixture("gmm_scales", [1.0] * len(scales), means, covs,
+                           description="2-D Gaussian mixture: components of standard deviation "
+                                       f"{', '.join(f'{v:g}' for v in scales)} on the unit circle", device=device)
