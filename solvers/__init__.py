@@ -29,6 +29,7 @@ _REGISTRY = {
     "gits": "solvers.gits:GITS",
     "ld3": "solvers.ld3:LD3",
     "amed": "solvers.amed:AMED",
+    "instance_aware": "solvers.instance_aware:InstanceAware",
 }
 
 

@@ -248,7 +248,7 @@ def test_bad_options_fail_clearly(gmm, grid, opts, match):
 
 
 def test_bad_target_and_kind_fail_clearly(gmm, grid):
-    with pytest.raises(ValueError, match="unknown learned solver 's4s'; accepted: dyweight, epd, gits, ld3, amed"):
+    with pytest.raises(ValueError, match="unknown learned solver 's4s'; accepted: dyweight, epd, gits, ld3, amed, instance_aware"):
         distill("s4s", gmm, grid)
     with pytest.raises(ValueError, match="needs noise_shape"):
         distill("dyweight", gmm.denoiser(), grid, cache_dir=False)

@@ -80,7 +80,7 @@ def test_cell_key_ignores_batch_size_and_label_but_not_seeds(tmp_path):
     (IPNDM + "options = { max_order = 9 }\n", "", "max_order must be"),
     ('[[solvers]]\nname = "heun"\nlabel = "Heun"\n', "", "heun cannot spend exactly NFE=3"),
     ('[[solvers]]\nname = "dyweight"\nreleased = true\nafs = true\n', "", "has no released DyWeight coefficients"),
-    ('[[solvers]]\nname = "ipndm"\ndistill = {}\n', "", "need a learned solver (one of dyweight, epd, gits, ld3, amed), got 'ipndm'"),
+    ('[[solvers]]\nname = "ipndm"\ndistill = {}\n', "", "need a learned solver (one of dyweight, epd, gits, ld3, amed, instance_aware), got 'ipndm'"),
     (IPNDM + IPNDM, "", "label 'iPNDM' is used twice"),
 ])
 def test_bad_solver_entries_are_rejected_naming_what_is_accepted(tmp_path, solvers_toml, extra, needle):

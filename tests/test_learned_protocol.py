@@ -69,7 +69,7 @@ def registered(monkeypatch):
 
 
 def test_the_family_is_declared_not_named(registered, tmp_path):
-    assert solvers.learned_names() == ["dyweight", "epd", "gits", "ld3", "amed", "scaled_euler"]
+    assert solvers.learned_names() == ["dyweight", "epd", "gits", "ld3", "amed", "instance_aware", "scaled_euler"]
     assert not solvers.solver_class("ipndm").learned and solvers.solver_class("dyweight").learned
     s = solvers.solver_class("scaled_euler").untrained(5, damp=0.5)
     assert s.learns() == {"c": 4} and s.parameter_count() == 4 and s.c.tolist() == [0.5] * 4
@@ -179,6 +179,7 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
                      ("steps = 400", "steps = 3, num_samples = 64, eval_samples = 16"), ("steps = 300", "steps = 3"),
                      ("num_samples = 512, eval_samples = 128", "num_samples = 32, eval_samples = 8"),
                      ("steps = 1000", "steps = 3, num_samples = 64, eval_samples = 16"),
+                     ("steps = 800", "steps = 3, num_samples = 64, eval_samples = 16"),
                      ("nfe = [3, 5, 7]", "nfe = [3, 5]")):
         assert old in text
         text = text.replace(old, new)
@@ -188,7 +189,7 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
     runner.run(g, tmp_path / "res", progress=False, out=lambda *_: None)
     df = results.load(tmp_path / "res")
     assert (df.status == "ok").all() and {"DyWeight", "EPD (K=1)", "EPD (K=2)", "GITS + iPNDM", "LD3",
-                                             "AMED-Solver"} <= set(df.label)
+                                             "AMED-Solver", "Instance-aware"} <= set(df.label)
     for path in (tmp_path / "res" / "solvers").rglob("*.json"):
         t = solvers.load(path).metadata["training"]
         assert t["parameters"] > 0 and t["teacher_calls"] > 0 and t["student_calls"] >= 0 and t["wall_time"] > 0

@@ -14,10 +14,11 @@ from bench.distill import losses
 from bench.metrics.base import Metric
 
 EXPECTED = {  # grid -> {(model, label): [NFEs]} spot checks, and total cell count
-    "paper_table1": (202, {("cifar10", "DPM-Solver++(3M)"): [3, 4, 5, 6, 7, 8, 9],
+    "paper_table1": (218, {("cifar10", "DPM-Solver++(3M)"): [3, 4, 5, 6, 7, 8, 9],
                            ("sd15", "DyWeight"): [8, 12, 16, 20], ("cifar10", "EPD-Solver"): [5, 8],
                            ("imagenet64", "EPD-Solver"): [5, 8], ("lsun_bedroom", "AMED-Solver"): [3, 5, 7, 9],
-                           ("afhqv2", "LD3"): [3, 5, 7, 9], ("lsun_bedroom", "LD3"): []}),
+                           ("afhqv2", "LD3"): [3, 5, 7, 9], ("lsun_bedroom", "LD3"): [],
+                           ("imagenet64", "Instance-aware"): [3, 5, 7, 9], ("lsun_bedroom", "Instance-aware"): []}),
     "paper_sd_clip": (16, {("sd15", "UniPC(2M)"): [8, 12, 16, 20]}),
     "paper_flux": (23, {("flux", "DyWeight"): [3, 5, 7], ("flux_drawbench", "iPNDM(2M)"): [5, 7, 9],
                         ("flux", "DyWeight (released)"): [3, 5, 7], ("flux_drawbench", "DyWeight (released)"): [5, 7]}),
@@ -66,10 +67,11 @@ def test_paper_grids_use_the_paper_settings(registered):
     g = grid.load("paper_table1")
     sd = [c for c in g.cells if c.model == "sd15"]
     assert all(not c.entry.afs for c in sd)
-    assert all(c.entry.afs != (c.entry.label == "LD3") for c in g.cells if c.model != "sd15")   # LD3: no AFS
+    no_afs = {"LD3", "Instance-aware"}                              # LD3's protocol, and the row built on it
+    assert all(c.entry.afs != (c.entry.label in no_afs) for c in g.cells if c.model != "sd15")
     assert {c.entry.label: c.entry.paper_method for c in g.cells} == {
-        k: k for k in ("iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight", "iPNDM(2M)", "DPM-Solver++(2M)", "UniPC(2M)",
-                       "EPD-Solver", "AMED-Solver", "LD3")}
+        **{k: k for k in ("iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight", "iPNDM(2M)", "DPM-Solver++(2M)",
+                          "UniPC(2M)", "EPD-Solver", "AMED-Solver", "LD3")}, "Instance-aware": None}   # not in Table 1
     nfe8 = {c.entry.label: c.num_points for c in sd if c.nfe == 8}
     assert nfe8 == {"iPNDM(2M)": 5, "DPM-Solver++(2M)": 5, "UniPC(2M)": 5, "DyWeight": 5}   # 2 NFE per step
     lsun = {c.entry.label: c.schedule for c in g.cells if c.model == "lsun_bedroom" and c.nfe == 5}
