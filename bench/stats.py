@@ -70,6 +70,25 @@ def bootstrap_mean(scores: torch.Tensor, resamples: int = BOOTSTRAP, seed: int =
     return Estimate(value, lo, hi, f"bootstrap:{resamples}")
 
 
+def paired_ratio(scores: torch.Tensor, against: torch.Tensor, resamples: int = BOOTSTRAP, seed: int = 0) -> Estimate:
+    """mean(scores) / mean(against) for paired per-sample scores (the same seeds, (N,) each) with the percentile
+    bootstrap interval of that ratio, both means over one resample of the pairs: the interval of a comparison
+    on shared seeds, far narrower than two independent intervals."""
+    a, b = (v.detach().double().cpu().reshape(-1) for v in (scores, against))
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    n = a.numel()
+    value = float(a.mean() / b.mean())
+    if n < 2:
+        return Estimate(value, math.nan, math.nan, f"bootstrap:{resamples}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (resamples, n), generator=g)
+    ratios = a[idx].mean(1) / b[idx].mean(1)
+    c = (1 - LEVEL) / 2
+    lo, hi = torch.quantile(ratios, torch.tensor([c, 1 - c], dtype=torch.float64)).tolist()
+    return Estimate(value, lo, hi, f"bootstrap:{resamples}")
+
+
 def t_interval(values, method: str) -> Estimate:
     """The mean of independent replicas `values` with its Student-t interval."""
     from scipy import stats
