@@ -36,9 +36,12 @@ The paper gives no code and its summary no equations, so every design choice her
                     LD3 rewrites its bases.
   training          bench.distill's shared loop against the shared teacher cache, in two phases in one run: for
                     the first `global_fraction` of the steps only the global schedule learns (the network's
-                    gradients are withheld: LD3's objective on the same data), then the network joins, starting
-                    from that global optimum. The regulariser `regularizer * mean_k (n_bk - n_k)^2` (per-sample
-                    positions against the global ones) is added to each sample's loss (`penalty`). The run ends
+                    gradients are withheld: LD3's objective on the same data), then the network alone learns,
+                    starting from that global optimum. Default: 0.5 from the logSNR-uniform start, 0 (the network
+                    alone, all steps) from an `init` schedule. The regulariser regularizer * mean_k (n_bk - n_k)^2
+                    (per-sample positions against the global ones; default weight 0.01, an option because `bench
+                    instance-bench --regularizer` shows its trade-off) is added to each sample's loss (`penalty`).
+                    The run ends
                     with the parameters of its lowest held-out error (`keep_best`), so a network phase that does
                     not help the held-out pairs leaves the global optimum in place.
   per_sample=False  samples the global schedule alone (the trained solver's phase-one part): the comparison row
@@ -70,16 +73,19 @@ class InstanceAware(LearnedSolver):
     structure = ("base", "base_options", "width", "inputs", "max_features", "max_deviation", "model_times",
                  "win_rate", "regularizer", "global_fraction", "init")
     parameter_options = ("positions", "offsets", "p1", "p2", "network")
-    # LD3's teacher (UniPC bh1 order 3, 20 steps, no final denoise); more teacher pairs than LD3's 50, since a
-    # per-sample map needs them, and the global phase trains on the same pairs
-    distill_defaults = {"teacher": "unipc", "teacher_steps": 20, "teacher_options": {"order": 3, "variant": "bh1"},
+    # LD3's teacher solver (UniPC bh1 order 3, no final denoise) on GITS's 60 steps (LD3's 20 leave the teacher
+    # itself far from the ODE solution on the sharp analytic mixtures); more teacher pairs than LD3's 50, since a
+    # per-sample map needs them; the start: GITS's searched grid for the same base (bench.distill `init_from`)
+    distill_defaults = {"teacher": "unipc", "teacher_steps": 60, "teacher_options": {"order": 3, "variant": "bh1"},
                         "teacher_denoise": False, "num_samples": 1024, "eval_samples": 256, "batch_size": 64,
-                        "steps": 800, "lr": 2e-2, "keep_best": True}
+                        "steps": 800, "lr": 2e-2, "keep_best": True,
+                        "init_from": {"solver": "gits", "base": "unipc", "base_options": {"order": 3, "variant": "bh1"},
+                                      "teacher_steps": 60}}
 
     def __init__(self, p1, p2, afs: bool | None = None, base: str = "unipc",
                  base_options: dict | None = None, width: int = 64, inputs: str = "noise_norm",
                  max_features: int = 64, max_deviation: float = 2.0, model_times: str = "global",
-                 win_rate: float = 0.5, regularizer: float = 1.0, global_fraction: float = 0.5,
+                 win_rate: float = 0.5, regularizer: float = 0.01, global_fraction: float = 0.5,
                  per_sample: bool = True, network: dict | None = None):
         super().__init__()
         from . import get, solver_class
@@ -135,14 +141,17 @@ class InstanceAware(LearnedSolver):
                      afs: bool | None = None, base: str = "unipc", base_options: dict | None = None,
                      width: int = 64, inputs: str = "noise_norm", max_features: int = 64,
                      max_deviation: float = 2.0, model_times: str = "global", win_rate: float = 0.5,
-                     regularizer: float = 1.0, global_fraction: float = 0.5, per_sample: bool = True,
+                     regularizer: float = 0.01, global_fraction: float | None = None, per_sample: bool = True,
                      init=None):
         """solvers.get("instance_aware", ...): untrained for `num_points` (the logSNR-uniform global schedule and
-        a zero network; with `init`, that global schedule instead: a list of N descending sigmas, e.g. a trained
-        GITS's `timesteps`, placed by its positions in lambda, or LD3's {"positions": ..., "offsets": ...}), or
+        a zero network; with `init`, that global schedule instead: a list of N descending sigmas placed by its
+        positions in lambda, or a trained global solver's options: GITS's (its "timesteps") or LD3's ("positions",
+        "offsets"); bench.distill's `init_from` hands them over), or
         explicit global parameters, as `positions` (+ `offsets`, LD3's constrained form) or as the raw logits `p1`
         and offsets `p2` (what `options()` gives: exact, and the per-sample model times clamp p2 + d2, not the
         clamped p2), with `network` (the MLP's state as lists)."""
+        if global_fraction is None:                 # a given global schedule needs no first phase
+            global_fraction = 0.0 if init is not None else 0.5
         rest = dict(afs=afs, base=base, base_options=OFFICIAL_BASE_OPTIONS.get(base, {}) if base_options is None
                     else base_options, width=width, inputs=inputs, max_features=max_features,
                     max_deviation=max_deviation, model_times=model_times, win_rate=win_rate,
@@ -151,10 +160,10 @@ class InstanceAware(LearnedSolver):
         if len(given) != 1:
             raise InputError("instance_aware needs exactly one of positions=[0, ..., 1], p1=[...] (each with "
                              "network={...}) or num_points=<N>")
-        if p1 is not None:
-            return cls(p1, torch.zeros(len(p1)) if p2 is None else p2, **rest)
         if init is not None and num_points is None:
             raise InputError("instance_aware init (a global schedule to start from) goes with num_points only")
+        if p1 is not None:
+            return cls(p1, torch.zeros(len(p1)) if p2 is None else p2, **rest)
         if num_points is not None:
             if not isinstance(num_points, int) or num_points < 2:
                 raise InputError(f"instance_aware needs num_points >= 2, got {num_points!r}")
@@ -302,17 +311,20 @@ OFFICIAL_BASE_OPTIONS = {"unipc": {"order": 3, "variant": "bh1"}}
 def _initial(init, num_points: int):
     """(positions, offsets) of an `init` global schedule: LD3's form as given, or a grid of N sigmas by its
     positions in lambda = -log sigma (n_k = (lambda_k - lambda_0) / (lambda_(N-1) - lambda_0)), offsets 0."""
-    if isinstance(init, dict) and set(init) <= {"positions", "offsets"} and "positions" in init:
+    if isinstance(init, dict) and init.get("positions") is not None:            # LD3's options
         positions, offsets = init["positions"], init.get("offsets")
     else:
+        if isinstance(init, dict):                                             # a grid's options (GITS)
+            init = init.get("timesteps")
         try:
             grid = torch.as_tensor(init, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError):
             grid = None
         if grid is None or grid.dim() != 1 or not bool((grid > 0).all()) or \
                 not bool((grid[1:] < grid[:-1]).all()):
-            raise InputError("instance_aware init must be a strictly descending list of sigmas > 0 or "
-                             f"{{\"positions\": [...], \"offsets\": [...]}}, got {init!r}")
+            raise InputError("instance_aware init must be a strictly descending list of sigmas > 0, or options "
+                             "holding \"timesteps\" (such a list) or \"positions\" (+ \"offsets\", LD3's form); got "
+                             f"{init!r}")
         lam = -grid.log()
         n = (lam - lam[0]) / (lam[-1] - lam[0])
         n[0], n[-1] = 0.0, 1.0

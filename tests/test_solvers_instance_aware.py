@@ -105,7 +105,7 @@ def test_distillation_runs_two_phases_and_lowers_the_held_out_error():
     m = gmm_scales()
     grid = schedules.polynomial(5, 0.002, 80.0)
     s = distill("instance_aware", m, grid, afs=True, seed=0, cache_dir=False, num_samples=256, eval_samples=128,
-                steps=200, batch_size=32, teacher_steps=30, eval_every=20, keep_best=False)
+                steps=200, batch_size=32, teacher_steps=30, eval_every=20, keep_best=False, init_from=None)
     curve = s.metadata["training"]["eval_error"]
     assert curve[-1] < 0.5 * curve[0]
     # phase two (the network) moved the per-sample grids away from the global one, and lowered the error further
@@ -113,6 +113,28 @@ def test_distillation_runs_two_phases_and_lowers_the_held_out_error():
     assert not bool((rows == rows[:1]).all())
     assert min(curve[6:]) < curve[5]
     assert s.metadata["training"]["parameters"] == s.parameter_count()
+
+
+def test_by_default_it_starts_from_gits_grid_and_trains_the_network_alone():
+    m = gmm_scales()
+    grid = schedules.polynomial(5, 0.002, 80.0)
+    common = dict(afs=True, seed=0, cache_dir=False, teacher_steps=30)
+    gits = distill("gits", m, grid, **common, base="unipc", base_options={"order": 3, "variant": "bh1"})
+    s = distill("instance_aware", m, grid, **common, num_samples=512, eval_samples=128, steps=300, batch_size=32,
+                eval_every=20, keep_best=False, init_from={"solver": "gits", "base": "unipc", "teacher_steps": 30,
+                                                          "base_options": {"order": 3, "variant": "bh1"}})
+    tr = s.metadata["training"]
+    assert tr["init"]["timesteps"] == gits.options()["timesteps"] and tr["init_from"]["solver"] == "gits"
+    assert s.global_fraction == 0.0
+    torch.testing.assert_close(s.global_positions(), solvers.get("instance_aware", num_points=5,
+                                                                 init=gits.options()).global_positions())
+    assert tr["eval_error"][-1] < 0.8 * tr["eval_error"][0]      # the network alone lowered the held-out error
+    with pytest.raises(InputError, match="init_from must be a table naming a learned solver"):
+        distill("ld3", m, grid, **common, init_from={"solver": "gits"})          # LD3 has no `init` option
+    with pytest.raises(InputError, match="init_from must be"):
+        distill("instance_aware", m, grid, **common, init_from="gits")
+    with pytest.raises(InputError, match="unknown learned solver"):
+        distill("instance_aware", m, grid, **common, init_from={"solver": "heun"})
 
 
 def test_keep_best_keeps_the_lowest_held_out_error():
@@ -157,3 +179,34 @@ def test_bad_input():
         s.sample(lambda x, t: x, torch.randn(2, 2), [80.0, 1.0, 0.1, 0.01], afs=True)
     with pytest.raises(InputError, match="train_seeds"):
         distill("instance_aware", gmm2d(), schedules.polynomial(4, 0.002, 80.0), cache_dir=False, train_seeds=[])
+
+
+def test_an_init_schedule_is_the_untrained_global_grid(model):
+    grid = schedules.polynomial(5, 0.002, 80.0)
+    start = [80.0, 6.0, 1.5, 0.2, 0.002]                     # e.g. a trained GITS's timesteps
+    ia = solvers.get("instance_aware", num_points=5, afs=True, init=start)
+    assert ia.global_fraction == 0.0                          # a given schedule: the network alone learns
+    x_T = model.noise(range(16)).double()
+    xi = ia.grids(x_T, 80.0, 0.002)
+    assert torch.allclose(xi, torch.tensor(start, dtype=torch.float64).expand(16, 5), rtol=1e-10)
+    den = model.denoiser()
+    with torch.no_grad():
+        got = ia.sample(den, x_T, grid, afs=True)
+        want = solvers.get("unipc", order=3, variant="bh1").sample(den, x_T, torch.tensor(start, dtype=torch.float64), afs=True)
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)
+    ld3 = solvers.get("ld3", positions=[0.0, 0.3, 0.5, 0.8, 1.0], offsets=[0.0, 0.01, -0.01, 0.0, 0.0])
+    from_ld3 = solvers.get("instance_aware", num_points=5,
+                           init={k: ld3.options()[k] for k in ("positions", "offsets")})
+    assert torch.allclose(from_ld3.global_positions(), ld3.positions(), atol=1e-12)
+    assert torch.allclose(from_ld3.global_offsets(), ld3.offsets(), atol=1e-12)
+    assert solvers.get("instance_aware", num_points=5).global_fraction == 0.5
+
+
+@pytest.mark.parametrize("init, match", [([80.0, 1.0, 2.0, 0.1, 0.002], "strictly descending"),
+                                         ([80.0, 1.0, 0.002], "3 points; this grid has 5"),
+                                         ("gits", "strictly descending"), ({"offsets": [0] * 5}, "strictly")])
+def test_bad_init_is_refused(init, match):
+    with pytest.raises(InputError, match=match):
+        solvers.get("instance_aware", num_points=5, init=init)
+    with pytest.raises(InputError, match="goes with num_points only"):
+        solvers.get("instance_aware", p1=[1.0] * 5, init=[80.0, 6.0, 1.5, 0.2, 0.002])

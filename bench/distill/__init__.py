@@ -25,6 +25,10 @@ cosine to 0.01 lr, grad-norm clip 1.
 Ablation switches (options): time_shift=False, time_scaling=False, history=K (1..N-1), supervision="path" (with
 path_substeps, see train.py), teacher=<solver>, teacher_steps=M, teacher_options={...}, num_samples=n,
 init="euler"|"uniform".
+
+`init_from = {"solver": <learned solver>, ...its options}` distils that solver first on the same grid, seed and
+cache, and hands its `options()` to the student as its `init` structure option (for a student that declares one:
+the instance-aware solver starts from a trained global schedule this way).
 """
 from __future__ import annotations
 
@@ -60,6 +64,12 @@ def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list
     teacher = Teacher(settings.teacher, settings.teacher_steps, settings.teacher_options, settings.teacher_afs,
                       settings.teacher_denoise, settings.teacher_schedule)
     teacher.check()
+    if settings.init_from is not None:
+        spec = settings.init_from
+        if not (isinstance(spec, dict) and isinstance(spec.get("solver"), str)) or "init" not in cls.structure:
+            raise InputError(f"init_from must be a table naming a learned solver, e.g. {{ solver = \"gits\" }}, for a "
+                             f"solver with an `init` structure option; got {spec!r} for {kind}")
+        validate(spec["solver"], grid, afs, target, **{k: v for k, v in spec.items() if k != "solver"})
     if grid[-1] == 0 and teacher.denoise_to_zero:
         raise InputError("this grid ends at sigma = 0, where D(x, 0) is no final denoise; set teacher_denoise = "
                          "false (a flow model's teacher ends at t = 0 itself)")
@@ -78,6 +88,11 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     cls = solvers.solver_class(kind)
     cache = Cache(None if cache_dir is False else (cache_dir or default_cache_dir()))
     ident = identity(source, cache_id)
+    if settings.init_from is not None:             # the start: another learned solver, distilled on this grid
+        spec = {k: v for k, v in settings.init_from.items() if k != "solver"}
+        first = distill(settings.init_from["solver"], target, grid, noise_shape, afs, seed, cache_dir=cache_dir,
+                        cache_id=cache_id, dtype=dtype, progress=progress, **spec)
+        settings.structure["init"] = first.options()
     if getattr(cls, "trained_by", "gradient") == "search":            # e.g. GITS: a search over teacher states
         return _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident, cache)
 

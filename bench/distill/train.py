@@ -87,6 +87,8 @@ class Settings:
     checkpoint: bool = False              # recompute each student network call in backward (activation memory)
     eval_every: int | None = None
     keep_best: bool = False               # end with the parameters of the lowest held-out error (validation)
+    init_from: dict | None = None         # {"solver": <learned name>, ...its options}: distilled first on the same
+                                          # grid; its options() become the student's `init` (its starting point)
     # LD3's relaxed objective: each training noise z has a movable copy z' in a ball around it
     relaxed_ball: bool = False
     ball_radius: float | None = None      # None: LD3's 0.001 * numel(z) / S^2 (S = the student's steps)
