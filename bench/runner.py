@@ -230,6 +230,9 @@ class Builder:
                     solver.metadata["harness"] = {"settings_hash": digest, "grid": self.grid.name,
                                                   "model": source_name, "label": e.label, "nfe": c.nfe,
                                                   "distill_seconds": seconds}
+                    record = sample_grids(solver, source, sigmas, e.afs, list(c.seeds)[:SAMPLE_GRIDS])
+                    if record is not None:
+                        solver.metadata["sample_grids"] = record
                     solver.save(path)
             state = solvers.state_of(solver) if error is None else None
         self.dist.sync(error)                          # the other ranks wait here, without a timeout
@@ -238,6 +241,25 @@ class Builder:
             solver = solvers.from_state(state)
         self._learned[path] = solver
         return solver
+
+
+SAMPLE_GRIDS = 256      # per-sample grids recorded beside a distilled solver that predicts them (report figure)
+
+
+def sample_grids(solver, source, sigmas, afs: bool, seeds) -> dict | None:
+    """For a solver with per-sample grids (`grids`), its grids for the noises of `seeds` and, where the model
+    names each sample's instance class (`component_of`), the class each of its own samples ends in; else None."""
+    x_T = source.noise(seeds)
+    grids = solver.grids(x_T, float(sigmas[0]), float(sigmas[-1]))
+    if grids is None:
+        return None
+    out = {"seeds": [int(s) for s in seeds], "grids": grids.detach().double().cpu().tolist()}
+    if hasattr(source.base, "component_of"):
+        with torch.no_grad():
+            x = solver.sample(source.denoiser(source.conditions(seeds)), x_T,
+                              torch.tensor(sigmas, dtype=torch.float64), afs=afs)
+        out["classes"] = source.base.component_of(source.to_base(x).double()).cpu().tolist()
+    return out
 
 
 def _load_matching(path: Path, digest: str):

@@ -44,8 +44,9 @@ The paper gives no code and its summary no equations, so every design choice her
                     The run ends
                     with the parameters of its lowest held-out error (`keep_best`), so a network phase that does
                     not help the held-out pairs leaves the global optimum in place.
-  per_sample=False  samples the global schedule alone (the trained solver's phase-one part): the comparison row
-                    "global schedule, same data and teacher".
+  per_sample=False  samples the global schedule alone (the trained solver's global part); distilled so, only the
+                    global schedule learns, for all the steps: the control "a global schedule from the same start,
+                    data, teacher and steps", which tells the per-sample grids' gain from more training of one.
 
 NFE: the base's calls on N points. Inference overhead: one network forward pass per batch of initial noises.
 """
@@ -71,7 +72,7 @@ class InstanceAware(LearnedSolver):
     ends_above_zero = "it spaces its steps in lambda = -log t"
     min_points = 2
     structure = ("base", "base_options", "width", "inputs", "max_features", "max_deviation", "model_times",
-                 "win_rate", "regularizer", "global_fraction", "init")
+                 "win_rate", "regularizer", "global_fraction", "per_sample", "init")
     parameter_options = ("positions", "offsets", "p1", "p2", "network")
     # LD3's teacher solver (UniPC bh1 order 3, no final denoise) on GITS's 60 steps (LD3's 20 leave the teacher
     # itself far from the ODE solution on the sharp analytic mixtures); more teacher pairs than LD3's 50, since a
@@ -175,7 +176,8 @@ class InstanceAware(LearnedSolver):
         return cls(ld3.p1.detach(), ld3.p2.detach(), **rest)
 
     def options(self) -> dict:
-        return {"p1": self.p1.detach().tolist(), "p2": self.p2.detach().tolist(), "network": {k: v.tolist() for k, v in self.net.state_dict().items()},
+        return {"p1": self.p1.detach().tolist(), "p2": self.p2.detach().tolist(),
+                "network": {k: v.tolist() for k, v in self.net.state_dict().items()},
                 "afs": self.afs, "base": self.base_name, "base_options": self.base_options,
                 "width": self.width, "inputs": self.inputs, "max_features": self.max_features,
                 "max_deviation": self.max_deviation, "model_times": self.model_times, "win_rate": self.win_rate,
@@ -248,8 +250,9 @@ class InstanceAware(LearnedSolver):
 
     def begin_step(self, step: int, steps: int) -> None:
         """Training phases: the global schedule learns for the first global_fraction of the steps, then the network
-        alone (the global schedule stays at its phase-one optimum)."""
-        second = step >= int(round(self.global_fraction * steps))
+        alone (the global schedule stays at its phase-one optimum). With per_sample=False the global schedule
+        learns throughout (the control: a global fine-tune from the same start, data and steps)."""
+        second = self.per_sample and step >= int(round(self.global_fraction * steps))
         for p in self.net.parameters():
             p.requires_grad_(second)
         self.p1.requires_grad_(not second)
@@ -288,9 +291,21 @@ class InstanceAware(LearnedSolver):
         with torch.no_grad():
             return self.predict(x_T, t_max, t_min)[0]
 
+    def grid(self, t_max: float, t_min: float) -> dict[str, list[float]]:
+        """The global part's grid and model times on [t_min, t_max] as floats (what the network deviates from)."""
+        with torch.no_grad():
+            n = self.global_positions()
+            lam = -math.log(t_max) + n * (math.log(t_max) - math.log(t_min))
+            xi, s = torch.exp(-lam), torch.exp(-(lam + self.global_offsets()))
+        inner = slice(1, self.grid_points - 1)
+        return {"timesteps": [t_max, *map(float, xi[inner]), t_min],
+                "model_times": [t_max, *map(float, s[inner]), t_min]}
+
     # ---- persistence -------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"solver": self.name, "format": 1, "num_points": self.grid_points, **self.options(),
+        # the global grid on the distilled range ("model_times" is the option's name here, so only the grid)
+        learned = {"timesteps": self.grid(self.sigmas[0], self.sigmas[-1])["timesteps"]} if self.sigmas else {}
+        return {**learned, "solver": self.name, "format": 1, "num_points": self.grid_points, **self.options(),
                 "p1": self.p1.detach().tolist(), "p2": self.p2.detach().tolist(), "sigmas": self.sigmas,
                 "metadata": self.metadata}
 

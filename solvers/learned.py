@@ -21,7 +21,9 @@ backpropagation through `sample`), and subclasses `LearnedSolver`, which sets `l
   row_name, ends_above_zero (optional)               what its per-step parameters are called (then sample checks
                                                      the grid has the points they were built for, and the AFS
                                                      setting), and why it needs a grid ending above 0
-  penalty(), begin_step(step, steps) (optional)     a regulariser of the latest `sample` run, per sample (added to
+  grids(x_T, t_max, t_min) (optional)                its per-sample grids (B, N), recorded beside a distilled
+                                                     solver for the report's figure; default None (one grid)
+  penalty(), begin_step(step, steps) (optional)      a regulariser of the latest `sample` run, per sample (added to
                                                      each sample's loss), and a hook before each optimiser step
                                                      (training phases); defaults: None, nothing
   trained_by = "search" (optional)                   trained without gradients: bench.distill hands its
@@ -102,6 +104,11 @@ class LearnedSolver(Solver, torch.nn.Module):
 
     def begin_step(self, step: int, steps: int) -> None:
         """Called before each of the `steps` optimiser steps of a distillation (e.g. to switch training phases)."""
+
+    def grids(self, x_T, t_max: float, t_min: float):
+        """The per-sample grids (B, N) it integrates the noises x_T on, for a solver that predicts one grid per
+        sample; None (the default) for a solver with one grid for all."""
+        return None
 
     def learns(self) -> dict[str, int]:
         """Every learned quantity and its number of values (trainable Parameters)."""

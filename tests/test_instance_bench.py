@@ -33,7 +33,7 @@ def test_instance_bench_runs_and_writes_its_figures(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "instance-aware / best global learned" in text and "per-class best" in text and "summary" in text
     r = json.loads(out.read_text())["models"]["gmm_scales"]["nfe"]["3"]
-    assert set(r["error"]) == {"UniPC logSNR", "UniPC polynomial", "LD3", "GITS", "instance-aware", "IA global",
+    assert set(r["error"]) == {"UniPC logSNR", "UniPC polynomial", "LD3", "GITS", "instance-aware", "global fine-tune",
                                "per-class best"}
     assert set(r["per_class"]["picked"]) <= {"LD3", "GITS"} and len(r["per_class"]["picked"]) == 3
     low, value, high = r["ratio"][1], r["ratio"][0], r["ratio"][2]

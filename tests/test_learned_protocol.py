@@ -200,6 +200,17 @@ def test_learned_quick_runs_every_learned_solver_end_to_end(tmp_path):
     assert costs and all(line.split("|")[3].strip().replace(",", "").isdigit() for line in costs)
     assert "| epd |" in md and "| dyweight |" in md and "| ld3 |" in md and "| amed |" in md
     assert "## Learned time grids" in md and (tmp_path / "rep" / "figures" / "learned_quick_learned_grids.png").exists()
+    # the instance-aware rows record their per-sample grids (and, on a mixture, each sample's component)
+    ia = solvers.load(tmp_path / "res" / "solvers" / "learned_quick" / "gmm2d" / "Instance-aware-nfe3.json")
+    rec = ia.metadata["sample_grids"]
+    assert rec["seeds"] == list(range(64)) and len(rec["grids"]) == 64 and len(rec["grids"][0]) == 5
+    assert len(rec["classes"]) == 64 and set(rec["classes"]) <= set(range(9))
+    assert "classes" not in solvers.load(tmp_path / "res" / "solvers" / "learned_quick" / "digits" /
+                                         "Instance-aware-nfe3.json").metadata["sample_grids"]
+    assert "sample_grids" not in solvers.load(tmp_path / "res" / "solvers" / "learned_quick" / "gmm2d" /
+                                              "LD3-nfe3.json").metadata
+    assert "## Per-sample time grids" in md
+    assert (tmp_path / "rep" / "figures" / "learned_quick_per_sample_grids.png").exists()
 
 
 def test_the_solver_library_imports_nothing_from_the_layers_above():

@@ -192,7 +192,8 @@ def test_an_init_schedule_is_the_untrained_global_grid(model):
     den = model.denoiser()
     with torch.no_grad():
         got = ia.sample(den, x_T, grid, afs=True)
-        want = solvers.get("unipc", order=3, variant="bh1").sample(den, x_T, torch.tensor(start, dtype=torch.float64), afs=True)
+        want = solvers.get("unipc", order=3, variant="bh1").sample(den, x_T, torch.tensor(start, dtype=torch.float64),
+                                                                   afs=True)
     assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)
     ld3 = solvers.get("ld3", positions=[0.0, 0.3, 0.5, 0.8, 1.0], offsets=[0.0, 0.01, -0.01, 0.0, 0.0])
     from_ld3 = solvers.get("instance_aware", num_points=5,
@@ -210,3 +211,14 @@ def test_bad_init_is_refused(init, match):
         solvers.get("instance_aware", num_points=5, init=init)
     with pytest.raises(InputError, match="goes with num_points only"):
         solvers.get("instance_aware", p1=[1.0] * 5, init=[80.0, 6.0, 1.5, 0.2, 0.002])
+
+
+def test_its_state_records_the_global_grid_it_deviates_from():
+    s = trained_like(num_points=5)
+    s.sigmas = [80.0, 10.0, 1.0, 0.1, 0.002]
+    st = s.state()
+    xi = s.grids(torch.zeros(1, 2, dtype=torch.float64), 80.0, 0.002)        # zero noise: not the global grid
+    ref = solvers.get("instance_aware", **{**s.options(), "per_sample": False}).grids(xi, 80.0, 0.002)
+    assert st["timesteps"][0] == 80.0 and st["timesteps"][-1] == 0.002 and st["model_times"] == "global"
+    torch.testing.assert_close(torch.tensor(st["timesteps"], dtype=torch.float64), ref[0], rtol=1e-12, atol=0)
+    assert not torch.allclose(xi, ref)

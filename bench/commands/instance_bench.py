@@ -7,16 +7,18 @@ evaluation seeds 0 .. E-1, and the exact PF-ODE solution (GaussianMixture.refere
 
 rows          (GITS searches the trajectories of a one-call-per-point teacher: iPNDM on the same number of steps)
               UniPC on the logSNR-uniform grid (what LD3 and the instance-aware solver start from) and on the
-              polynomial grid; LD3 (global steps and model times); GITS (its grid search, same base and teacher);
+              polynomial grid; LD3 (global steps and model times); GITS (its grid search, same base, over iPNDM teacher trajectories);
               "instance-aware": the per-sample grids, started from the better of LD3 and GITS on the held-out
-              teacher pairs (solvers/instance_aware.py `init`); "IA global": its global part after training (the
-              first phase fine-tunes that schedule under LD3's objective with its batch); on a mixture with instance classes (`component_of`)
+              teacher pairs (solvers/instance_aware.py `init`), the network alone trained; "global fine-tune":
+              the control, the same start, data, teacher, batch and steps with only the global schedule trained
+              (per_sample=False), so the ratio to it is what predicting per sample adds; on a mixture with
+              instance classes (`component_of`)
               also "per-class best": for each class, LD3 and GITS trained on that class's training seeds, the
               better on its held-out teacher pairs applied to the samples that end in it (the issue's "global
               optimal schedule per instance class", as far as these two learners find it: it knows each sample's
               class, which the instance-aware predictor has to infer from the noise).
 figures       mean relative endpoint error with its bootstrap 95 % interval; the ratio of the instance-aware
-              error to the best global learned row (LD3, GITS, IA global) with the paired bootstrap interval of
+              error to the best global learned row (LD3, GITS) with the paired bootstrap interval of
               that ratio (the same seeds: `bench.stats.paired_ratio`), "wins" when its upper end is below 1;
               per class: the error of each row on the samples ending in each component; the per-sample grids'
               spread (the standard deviation of log sigma_k across samples, averaged over the interior points);
@@ -174,8 +176,7 @@ def bench_model(model, nfes, args, cache_dir) -> dict:
         if args.regularizer is not None:
             ia_options["regularizer"] = args.regularizer
         ia = learned("instance-aware", "instance_aware", **ia_options)
-        ia_global = solvers.get("instance_aware", **{**ia.options(), "per_sample": False})
-        rows["IA global"] = errors(ia_global, grid)
+        learned("global fine-tune", "instance_aware", **ia_options, per_sample=False)
         if classed and not args.no_oracle:
             rows["per-class best"], picked = oracle(model, grid, args, cache_dir, cls_eval, errors, seconds,
                                                     shared, teacher, tg)
@@ -183,13 +184,13 @@ def bench_model(model, nfes, args, cache_dir) -> dict:
         est = {k: bootstrap_mean(v) for k, v in rows.items()}
         glob = min(("LD3", "GITS"), key=lambda k: est[k].value)
         ratio = paired_ratio(rows["instance-aware"], rows[glob])
-        own = paired_ratio(rows["instance-aware"], rows["IA global"])
+        own = paired_ratio(rows["instance-aware"], rows["global fine-tune"])
         cost = overhead(ia, den, x_T, model)
         spread = _spread(ia, x_T, model)
         res = {"error": {k: [e.value, e.low, e.high] for k, e in est.items()}, "best_global": glob,
                "init": start, "held_out_teacher_error": held_out,
                "ratio": [ratio.value, ratio.low, ratio.high], "wins": ratio.high < 1,
-               "ratio_to_own_global": [own.value, own.low, own.high], "seconds": seconds,
+               "ratio_to_fine_tune": [own.value, own.low, own.high], "seconds": seconds,
                "kept_step": ia.metadata["training"].get("kept_step"),
                "spread_log_sigma": spread, **cost}
         print(f"\nNFE {nfe} (N = {nfe + 2} points, AFS, base UniPC bh1-3): mean relative endpoint error, 95 % "
@@ -200,8 +201,8 @@ def bench_model(model, nfes, args, cache_dir) -> dict:
         verdict = "wins" if res["wins"] else ("LOSES" if ratio.low > 1 else "no separable difference")
         print(f"  instance-aware / best global learned ({glob}): {ratio.value:.3f} [{ratio.low:.3f}, "
               f"{ratio.high:.3f}] (paired bootstrap) -> {verdict}")
-        print(f"  instance-aware / its own global part (same start, data and steps; what the per-sample grids "
-              f"add): {own.value:.3f} [{own.low:.3f}, {own.high:.3f}]")
+        print(f"  instance-aware / global fine-tune (same start, data, teacher and steps; what the per-sample "
+              f"grids add over training one grid further): {own.value:.3f} [{own.low:.3f}, {own.high:.3f}]")
         print(f"  instance-aware started from {start}'s schedule (the better on the held-out teacher pairs: "
               + ", ".join(f"{k} {v:.4f}" for k, v in held_out.items() if k in ("LD3", "GITS")) + ")")
         print(f"  kept the step-{res['kept_step']} parameters (lowest held-out error; phase two starts at "
@@ -211,6 +212,9 @@ def bench_model(model, nfes, args, cache_dir) -> dict:
               f"({cost['predict_ms']:.3f} ms to predict {E} grids, {cost['denoiser_ms']:.3f} ms per call)")
         if classed:
             res["per_class"] = {**per_class(rows, cls_eval, model), "picked": picked}
+            if picked:
+                print(f"  per-class best: {', '.join(f'class {k} {n}' for k, n in enumerate(picked))} (the better "
+                      "on each class's held-out teacher pairs)")
         out["nfe"][nfe] = res
     return out
 
@@ -256,8 +260,6 @@ def oracle(model, grid, args, cache_dir, cls_eval, errors, seconds, shared, teac
         mask = cls_eval == k
         merged[mask] = errors(candidates[best], grid)[mask]
     seconds["per-class best"] = time.perf_counter() - t0
-    print(f"  per-class schedules: {', '.join(f'class {k} {n}' for k, n in enumerate(picked))} (the better on "
-          "each class's held-out teacher pairs)")
     return merged, picked
 
 
@@ -307,13 +309,13 @@ def _spread(ia, x_T, model) -> float:
 
 
 def summary(report, nfes) -> None:
-    print("\nsummary: instance-aware / the best global learned schedule (LD3, GITS), and / its own global part, "
-          "paired 95 % intervals; target < 1 (upper end)")
-    print(f"{'model':<12}" + "".join(f"{'NFE ' + str(n) + ' vs LD3, GITS':>30}{'vs own global':>22}" for n in nfes))
+    print("\nsummary: instance-aware / the best global learned schedule (LD3, GITS), and / the global fine-tune "
+          "from its start, paired 95 % intervals; target < 1 (upper end)")
+    print(f"{'model':<12}" + "".join(f"{'NFE ' + str(n) + ' vs LD3, GITS':>30}{'vs fine-tune':>22}" for n in nfes))
     for name, m in report["models"].items():
         cells = []
         for n in nfes:
-            r, o = m["nfe"][n]["ratio"], m["nfe"][n]["ratio_to_own_global"]
+            r, o = m["nfe"][n]["ratio"], m["nfe"][n]["ratio_to_fine_tune"]
             cells.append(f"{r[0]:.3f} [{r[1]:.3f},{r[2]:.3f}] {'met' if r[2] < 1 else 'MISSED':<6}".rjust(30)
                          + f"{o[0]:.3f} [{o[1]:.3f},{o[2]:.3f}]".rjust(22))
         print(f"{name:<12}" + "".join(cells))

@@ -7,6 +7,8 @@
 - distillation training curves (paper Fig. 5): loss and held-out error against the optimisation step;
 - learned time grids (the saved state's `timesteps`, and `model_times` where a solver decouples them), one row per
   solver on a log-sigma axis;
+- per-sample time grids (a distilled solver's recorded `sample_grids`): one line per sample over the grid
+  index, coloured by the instance class it ends in, beside the global grid it deviates from;
 - the numerical study (paper Figs. 3 and A.2): error vs complexity K and vs steps S.
 Every function returns the paths it wrote.
 """
@@ -237,6 +239,43 @@ def learned_grids(solvers: list[dict], base: Path, title: str) -> list[Path]:
     ax.set_yticks(range(len(rows)), [n for n, _ in rows], fontsize=6)
     ax.invert_xaxis()
     ax.set_xlabel("sigma (filled: the solver's grid; hollow: the model's input times)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, base)
+
+
+def per_sample_grids(solvers: list[dict], base: Path, title: str) -> list[Path]:
+    """One panel per saved solver that recorded per-sample grids (metadata "sample_grids"): sigma_k (log axis)
+    against the grid index k, one thin line per sample, coloured by the component its sample ends in where the
+    model names one ("classes"), and the solver's global grid (`timesteps`) as a thick black dashed line."""
+    rows = [(f"{s['model']} {s['name']}", s["state"]) for s in solvers
+            if isinstance(s["state"].get("metadata", {}).get("sample_grids"), dict)]
+    if not rows:
+        raise InputError("no per-sample grids recorded in the saved solvers")
+    cols = min(3, len(rows))
+    fig, axes = plt.subplots(math.ceil(len(rows) / cols), cols, figsize=(3.6 * cols, 3.0 * math.ceil(len(rows) / cols)),
+                             squeeze=False)
+    for ax, (name, st) in zip(axes.flat, rows):
+        rec = st["metadata"]["sample_grids"]
+        grids = np.asarray(rec["grids"], dtype=float)
+        classes = rec.get("classes") or [0] * len(grids)
+        palette = sns.color_palette("tab10", max(classes) + 1)
+        k = np.arange(grids.shape[1])
+        for row, c in zip(grids, classes):
+            ax.plot(k, row, color=palette[c], alpha=0.25, linewidth=0.7)
+        if isinstance(st.get("timesteps"), list):
+            ax.plot(k, st["timesteps"], "k--o", linewidth=1.6, markersize=3, label="global grid")
+        if rec.get("classes"):
+            for c in sorted(set(classes)):
+                ax.plot([], [], color=palette[c], label=f"ends in component {c}")
+        ax.set_yscale("log")
+        ax.set_xticks(k)
+        ax.set_xlabel("grid index k")
+        ax.set_ylabel("sigma_k")
+        ax.set_title(f"{name} ({len(grids)} samples)", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, base)

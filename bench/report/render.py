@@ -194,6 +194,15 @@ def render_grid(df: pd.DataFrame, grid: str, results_dir: Path, reports_dir: Pat
         md += ["## Learned time grids", "",
                _img(plots.learned_grids(grids, figs / f"{grid}_learned_grids", f"learned time grids ({grid})")[0],
                     reports_dir, "learned time grids"), ""]
+    spread = [s for s in solvers if isinstance(s["state"].get("metadata", {}).get("sample_grids"), dict)]
+    if spread:
+        md += ["## Per-sample time grids", "",
+               "Each line is one evaluation sample's predicted grid (the cell's first seeds), coloured by the mixture "
+               "component its sample ends in where the model has components; the dashed black line is the global "
+               "grid the predictor deviates from.", "",
+               _img(plots.per_sample_grids(spread, figs / f"{grid}_per_sample_grids",
+                                           f"per-sample time grids ({grid})")[0], reports_dir,
+                    "per-sample time grids"), ""]
     if solvers:
         try:
             md += ["## Distillation training curves and cost (paper Fig. 5 analogue)", "",
