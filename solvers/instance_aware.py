@@ -57,7 +57,7 @@ import math
 import torch
 
 from .base import Columns, InputError
-from .ld3 import _window, positions_of
+from .ld3 import _window, parameters, positions_of
 from .learned import LearnedSolver
 
 INPUTS = ("noise", "norm", "noise_norm")
@@ -104,13 +104,8 @@ class InstanceAware(LearnedSolver):
                 raise InputError(f"instance_aware {key} must be a number >= 0, got {value!r}")
         if not isinstance(global_fraction, (int, float)) or not 0 <= global_fraction < 1:
             raise InputError(f"instance_aware global_fraction must be in [0, 1), got {global_fraction!r}")
-        p1 = torch.as_tensor(p1, dtype=torch.float64)
-        p2 = torch.as_tensor(p2, dtype=torch.float64)
-        if p1.dim() != 1 or p1.numel() < 2 or p2.shape != p1.shape:
-            raise InputError(f"instance_aware p1 and p2 must both have shape (N,) with N >= 2, got "
-                             f"{tuple(p1.shape)} and {tuple(p2.shape)}")
-        self.p1, self.p2 = torch.nn.Parameter(p1.clone()), torch.nn.Parameter(p2.clone())
-        self.grid_points, self.afs = p1.numel(), afs
+        self.p1, self.p2 = parameters(p1, p2, "instance_aware")
+        self.grid_points, self.afs = self.p1.numel(), afs
         self.base_name = base
         self.base_options = dict(base_options or {})
         self.base = get(base, **self.base_options)

@@ -73,15 +73,8 @@ class LD3(LearnedSolver):
                              "'time' mode works in the VP time of its latent configs, which is not supported yet)")
         if not isinstance(win_rate, (int, float)) or not win_rate >= 0:
             raise InputError(f"ld3 win_rate must be a number >= 0, got {win_rate!r}")
-        p1 = torch.as_tensor(p1, dtype=torch.float64)
-        p2 = torch.as_tensor(p2, dtype=torch.float64)
-        if p1.dim() != 1 or p1.numel() < 2 or p2.shape != p1.shape:
-            raise InputError(f"ld3 p1 and p2 must both have shape (N,) with N >= 2, got {tuple(p1.shape)} and "
-                             f"{tuple(p2.shape)}")
-        if not (torch.isfinite(p1).all() and torch.isfinite(p2).all()):
-            raise InputError("ld3 p1 and p2 must be finite")
-        self.p1, self.p2 = torch.nn.Parameter(p1.clone()), torch.nn.Parameter(p2.clone())
-        self.grid_points, self.afs = p1.numel(), afs
+        self.p1, self.p2 = parameters(p1, p2, "ld3")
+        self.grid_points, self.afs = self.p1.numel(), afs
         self.base_name = base
         self.base_options = dict(OFFICIAL_BASE_OPTIONS.get(base, {}) if base_options is None else base_options)
         self.base = get(base, **self.base_options)
@@ -198,6 +191,18 @@ class LD3(LearnedSolver):
                   win_rate=st.get("win_rate", 0.5), mode=st.get("mode", "lambda"))
         out.sigmas, out.metadata = st.get("sigmas"), dict(st.get("metadata") or {})
         return out
+
+
+def parameters(p1, p2, who: str) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    """LD3's logits p1 and model-time offsets p2 as float64 Parameters, checked: both (N,), N >= 2, finite."""
+    p1 = torch.as_tensor(p1, dtype=torch.float64)
+    p2 = torch.as_tensor(p2, dtype=torch.float64)
+    if p1.dim() != 1 or p1.numel() < 2 or p2.shape != p1.shape:
+        raise InputError(f"{who} p1 and p2 must both have shape (N,) with N >= 2, got {tuple(p1.shape)} and "
+                         f"{tuple(p2.shape)}")
+    if not (torch.isfinite(p1).all() and torch.isfinite(p2).all()):
+        raise InputError(f"{who} p1 and p2 must be finite")
+    return torch.nn.Parameter(p1.clone()), torch.nn.Parameter(p2.clone())
 
 
 def positions_of(logits: torch.Tensor) -> torch.Tensor:

@@ -89,11 +89,8 @@ def main(args) -> int:
         if any(v < low for v in values):
             raise UsageError(f"--{flag} must be >= {low}, got {values if len(values) > 1 else values[0]}")
     torch.set_num_threads(args.threads)
-    tmp = None
-    cache_dir = args.cache_dir
-    if cache_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="instance-bench-")
-        cache_dir = Path(tmp.name)
+    tmp = None if args.cache_dir is not None else tempfile.TemporaryDirectory(prefix="instance-bench-")
+    cache_dir = args.cache_dir if tmp is None else Path(tmp.name)
     report = {"threads": args.threads, "seed": args.seed, "eval_seeds": f"0-{args.eval_samples - 1}",
               "teacher": f"unipc bh1 order 3, {args.teacher_steps} steps, no final denoise", "models": {}}
     try:
