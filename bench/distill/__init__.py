@@ -28,7 +28,8 @@ init="euler"|"uniform".
 
 `init_from = {"solver": <learned solver>, ...its options}` distils that solver first on the same grid, seed and
 cache, and hands its `options()` to the student as its `init` structure option (for a student that declares one:
-the instance-aware solver starts from a trained global schedule this way).
+the instance-aware solver starts from a trained global schedule this way). An `init` given as an option is used as
+it is, in place of the solver's default `init_from`; giving both is refused.
 """
 from __future__ import annotations
 
@@ -57,7 +58,13 @@ def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list
     if len(grid) < (3 if afs else 2) or any(a <= b for a, b in zip(grid, grid[1:])) or grid[-1] < 0:
         raise InputError(f"sigmas must be a strictly descending grid ending at or above 0 with at least "
                          f"{3 if afs else 2} points (afs={afs}), got {grid}")
-    settings = Settings.from_options({**cls.distill_defaults, **options}, cls.structure)
+    merged = {**cls.distill_defaults, **options}
+    if "init" in options:                    # a given start replaces the solver's default init_from
+        if options.get("init_from") is not None:
+            raise InputError(f"{kind}: give init (a start to use as it is) or init_from (a learned solver to "
+                             "distil first and start from), not both")
+        merged.pop("init_from", None)
+    settings = Settings.from_options(merged, cls.structure)
     nfe = len(grid) - 1 - int(afs)
     settings.resolve(nfe, getattr(target, "distill_lr", None), getattr(target, "batch_hint", None))
     cls.untrained(len(grid), afs, **settings.structure)         # the structure fits this grid
