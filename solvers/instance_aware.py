@@ -7,7 +7,8 @@ The paper gives no code and its summary no equations, so every design choice her
   global schedule   LD3's logits p1 (N,) and model-time offsets p2 (N,) in lambda = -log t; untrained they give
                     the logSNR-uniform grid (p1 all equal, p2 = 0), as LD3's official initialisation, or with
                     `init` a given global schedule (e.g. the best of a trained LD3 and GITS), placed by LD3's
-                    inversion of its positions in lambda.
+                    inversion of its positions in lambda (an instance-aware solver's own p1, p2 as they are:
+                    e.g. a per_sample=False fine-tune's).
   per-sample grid   logits_b = p1 + delta_b,  delta_b = max_deviation * tanh(f(z_b))  (f: the network, z_b the
                     features of sample b's initial noise), then LD3's map row by row:
                       q = cumsum(softmax(logits_b)),  n_b = (q - min q) / (max q - min q)      (0 = n_0 < ... < n_S = 1)
@@ -141,8 +142,9 @@ class InstanceAware(LearnedSolver):
                      init=None):
         """solvers.get("instance_aware", ...): untrained for `num_points` (the logSNR-uniform global schedule and
         a zero network; with `init`, that global schedule instead: a list of N descending sigmas placed by its
-        positions in lambda, or a trained global solver's options: GITS's (its "timesteps") or LD3's ("positions",
-        "offsets"); bench.distill's `init_from` hands them over), or
+        positions in lambda, or a trained global solver's options: GITS's (its "timesteps"), LD3's ("positions",
+        "offsets") or an instance-aware solver's (its global logits "p1" and offsets "p2", taken as they are, e.g.
+        the per_sample=False fine-tune's); bench.distill's `init_from` hands them over), or
         explicit global parameters, as `positions` (+ `offsets`, LD3's constrained form) or as the raw logits `p1`
         and offsets `p2` (what `options()` gives: exact, and the per-sample model times clamp p2 + d2, not the
         clamped p2), with `network` (the MLP's state as lists)."""
@@ -165,6 +167,10 @@ class InstanceAware(LearnedSolver):
                 raise InputError(f"instance_aware needs num_points >= 2, got {num_points!r}")
             if init is None:
                 return cls(torch.ones(num_points), torch.zeros(num_points), **rest)
+            if isinstance(init, dict) and init.get("p1") is not None:    # an instance-aware solver's global part
+                if len(init["p1"]) != num_points:
+                    raise InputError(f"instance_aware init has {len(init['p1'])} points; this grid has {num_points}")
+                return cls(init["p1"], init.get("p2", torch.zeros(num_points)), **rest)
             positions, offsets = _initial(init, num_points)
         from .ld3 import LD3
         ld3 = LD3.from_options(positions=positions, offsets=offsets, win_rate=win_rate)   # LD3's inversion

@@ -34,10 +34,12 @@ def test_instance_bench_runs_and_writes_its_figures(tmp_path, capsys):
     assert "instance-aware / best global learned" in text and "per-class best" in text and "summary" in text
     r = json.loads(out.read_text())["models"]["gmm_scales"]["nfe"]["3"]
     assert set(r["error"]) == {"UniPC logSNR", "UniPC polynomial", "LD3", "GITS", "instance-aware", "global fine-tune",
-                               "per-class best"}
+                               "fine-tune + per-sample", "per-class best"}
     assert set(r["per_class"]["picked"]) <= {"LD3", "GITS"} and len(r["per_class"]["picked"]) == 3
     low, value, high = r["ratio"][1], r["ratio"][0], r["ratio"][2]
     assert low <= value <= high and r["wins"] == (high < 1) and r["init"] in ("LD3", "GITS")
+    t = r["fine_tune_start_ratio"]
+    assert t[1] <= t[0] <= t[2] and "fine-tune + per-sample / global fine-tune" in text
     assert r["parameters"] > 0 and r["overhead"] > 0 and sum(r["per_class"]["counts"]) == 64
 
 

@@ -137,6 +137,19 @@ def test_by_default_it_starts_from_gits_grid_and_trains_the_network_alone():
         distill("instance_aware", m, grid, **common, init_from={"solver": "heun"})
 
 
+def test_a_given_init_replaces_the_default_start():
+    m = gmm_scales()
+    grid = schedules.polynomial(5, 0.002, 80.0)
+    start = [80.0, 6.0, 1.5, 0.2, 0.002]
+    common = dict(afs=True, seed=0, cache_dir=False, teacher_steps=8, num_samples=32, eval_samples=0, steps=1,
+                  batch_size=8)
+    s = distill("instance_aware", m, grid, **common, init=start)                # no GITS search first
+    tr = s.metadata["training"]
+    assert tr["init"] == start and tr["init_from"] is None
+    with pytest.raises(InputError, match="not both"):
+        distill("instance_aware", m, grid, **common, init=start, init_from={"solver": "gits"})
+
+
 def test_keep_best_keeps_the_lowest_held_out_error():
     m = gmm_scales()
     grid = schedules.polynomial(5, 0.002, 80.0)
@@ -200,12 +213,19 @@ def test_an_init_schedule_is_the_untrained_global_grid(model):
                            init={k: ld3.options()[k] for k in ("positions", "offsets")})
     assert torch.allclose(from_ld3.global_positions(), ld3.positions(), atol=1e-12)
     assert torch.allclose(from_ld3.global_offsets(), ld3.offsets(), atol=1e-12)
+    tuned = solvers.get("instance_aware", p1=[0.3, 1.0, -0.2, 0.5, 0.1], p2=[0.0, 0.02, -0.01, 0.03, 0.0],
+                        per_sample=False)                      # e.g. the global fine-tune's options
+    from_tuned = solvers.get("instance_aware", num_points=5, init=tuned.options())
+    assert torch.equal(from_tuned.p1, tuned.p1) and torch.equal(from_tuned.p2, tuned.p2)
+    assert from_tuned.per_sample and from_tuned.global_fraction == 0.0
+    assert torch.equal(from_tuned.grids(x_T, 80.0, 0.002), tuned.grids(x_T, 80.0, 0.002))
     assert solvers.get("instance_aware", num_points=5).global_fraction == 0.5
 
 
 @pytest.mark.parametrize("init, match", [([80.0, 1.0, 2.0, 0.1, 0.002], "strictly descending"),
                                          ([80.0, 1.0, 0.002], "3 points; this grid has 5"),
-                                         ("gits", "strictly descending"), ({"offsets": [0] * 5}, "strictly")])
+                                         ("gits", "strictly descending"), ({"offsets": [0] * 5}, "strictly"),
+                                         ({"p1": [1.0] * 3}, "3 points; this grid has 5")])
 def test_bad_init_is_refused(init, match):
     with pytest.raises(InputError, match=match):
         solvers.get("instance_aware", num_points=5, init=init)

@@ -11,7 +11,9 @@ rows          (GITS searches the trajectories of a one-call-per-point teacher: i
               "instance-aware": the per-sample grids, started from the better of LD3 and GITS on the held-out
               teacher pairs (solvers/instance_aware.py `init`), the network alone trained; "global fine-tune":
               the control, the same start, data, teacher, batch and steps with only the global schedule trained
-              (per_sample=False), so the ratio to it is what predicting per sample adds; on a mixture with
+              (per_sample=False), so the ratio to it is what predicting per sample adds; "fine-tune +
+              per-sample": the network alone trained (same steps) on top of that fine-tuned global schedule, the
+              per-sample grids' gain over the best global schedule this protocol finds; on a mixture with
               instance classes (`component_of`)
               also "per-class best": for each class, LD3 and GITS trained on that class's training seeds, the
               better on its held-out teacher pairs applied to the samples that end in it (the issue's "global
@@ -20,6 +22,7 @@ rows          (GITS searches the trajectories of a one-call-per-point teacher: i
 figures       mean relative endpoint error with its bootstrap 95 % interval; the ratio of the instance-aware
               error to the best global learned row (LD3, GITS) with the paired bootstrap interval of
               that ratio (the same seeds: `bench.stats.paired_ratio`), "wins" when its upper end is below 1;
+              "fine-tune + per-sample" over "global fine-tune", likewise;
               per class: the error of each row on the samples ending in each component; the per-sample grids'
               spread (the standard deviation of log sigma_k across samples, averaged over the interior points);
               cost: the network's parameters, and its inference overhead as the wall time of predicting the grids
@@ -39,6 +42,8 @@ from solvers.base import InputError
 HELP = "measure instance-aware (per-sample) grids against the best global learned schedules on the analytic models"
 
 BASE = {"base": "unipc", "base_options": {"order": 3, "variant": "bh1"}}
+ON_TUNED = "fine-tune + per-sample"      # the row: the network trained on top of the global fine-tune's schedule
+WIDTH = len(ON_TUNED)
 
 
 def add_arguments(parser) -> None:
@@ -173,7 +178,9 @@ def bench_model(model, nfes, args, cache_dir) -> dict:
         if args.regularizer is not None:
             ia_options["regularizer"] = args.regularizer
         ia = learned("instance-aware", "instance_aware", **ia_options)
-        learned("global fine-tune", "instance_aware", **ia_options, per_sample=False)
+        tuned = learned("global fine-tune", "instance_aware", **ia_options, per_sample=False)
+        # the per-sample network on top of that fine-tuned global optimum (its p1, p2 as the start)
+        learned(ON_TUNED, "instance_aware", **{**ia_options, "init": tuned.options()})
         if classed and not args.no_oracle:
             rows["per-class best"], picked = oracle(model, grid, args, cache_dir, cls_eval, errors, seconds,
                                                     shared, teacher, tg)
@@ -182,24 +189,32 @@ def bench_model(model, nfes, args, cache_dir) -> dict:
         glob = min(("LD3", "GITS"), key=lambda k: est[k].value)
         ratio = paired_ratio(rows["instance-aware"], rows[glob])
         own = paired_ratio(rows["instance-aware"], rows["global fine-tune"])
+        on_tuned = paired_ratio(rows[ON_TUNED], rows["global fine-tune"])
+        tuned_ratio = paired_ratio(rows[ON_TUNED], rows[glob])
         cost = overhead(ia, den, x_T, model)
         spread = _spread(ia, x_T, model)
         res = {"error": {k: [e.value, e.low, e.high] for k, e in est.items()}, "best_global": glob,
                "init": start, "held_out_teacher_error": held_out,
                "ratio": [ratio.value, ratio.low, ratio.high], "wins": ratio.high < 1,
-               "ratio_to_fine_tune": [own.value, own.low, own.high], "seconds": seconds,
+               "ratio_to_fine_tune": [own.value, own.low, own.high],
+               "fine_tune_start_ratio": [on_tuned.value, on_tuned.low, on_tuned.high],
+               "fine_tune_start_vs_best_global": [tuned_ratio.value, tuned_ratio.low, tuned_ratio.high],
+               "seconds": seconds,
                "kept_step": ia.metadata["training"].get("kept_step"),
                "spread_log_sigma": spread, **cost}
         print(f"\nNFE {nfe} (N = {nfe + 2} points, AFS, base UniPC bh1-3): mean relative endpoint error, 95 % "
               "bootstrap interval")
         for k, e in est.items():
             t = f"   distilled in {seconds[k]:.1f} s" if k in seconds else ""
-            print(f"  {k:<18} {e.value:.4f}  [{e.low:.4f}, {e.high:.4f}]{t}")
+            print(f"  {k:<{WIDTH}} {e.value:.4f}  [{e.low:.4f}, {e.high:.4f}]{t}")
         verdict = "wins" if res["wins"] else ("LOSES" if ratio.low > 1 else "no separable difference")
         print(f"  instance-aware / best global learned ({glob}): {ratio.value:.3f} [{ratio.low:.3f}, "
               f"{ratio.high:.3f}] (paired bootstrap) -> {verdict}")
         print(f"  instance-aware / global fine-tune (same start, data, teacher and steps; what the per-sample "
               f"grids add over training one grid further): {own.value:.3f} [{own.low:.3f}, {own.high:.3f}]")
+        print(f"  {ON_TUNED} / global fine-tune (the per-sample grids on top of the fine-tuned global "
+              f"optimum): {on_tuned.value:.3f} [{on_tuned.low:.3f}, {on_tuned.high:.3f}]; / best global learned "
+              f"({glob}): {tuned_ratio.value:.3f} [{tuned_ratio.low:.3f}, {tuned_ratio.high:.3f}]")
         print(f"  instance-aware started from {start}'s schedule (the better on the held-out teacher pairs: "
               + ", ".join(f"{k} {v:.4f}" for k, v in held_out.items() if k in ("LD3", "GITS")) + ")")
         print(f"  kept the step-{res['kept_step']} parameters (lowest held-out error; phase two starts at "
@@ -264,12 +279,12 @@ def per_class(rows, cls_eval, model) -> dict:
     """Each row's mean error on the evaluation samples ending in each component (printed and returned)."""
     counts = [int((cls_eval == k).sum()) for k in range(len(model.pi))]
     print("  per class (mean error on the samples ending in each component; its sample count):")
-    print(f"  {'':<18}" + "".join(f"{f'class {k} (n={n})':>16}" for k, n in enumerate(counts)))
+    print(f"  {'':<{WIDTH}}" + "".join(f"{f'class {k} (n={n})':>16}" for k, n in enumerate(counts)))
     table = {}
     for label, e in rows.items():
         vals = [float(e[cls_eval == k].mean()) if counts[k] else math.nan for k in range(len(counts))]
         table[label] = vals
-        print(f"  {label:<18}" + "".join(f"{v:16.4f}" for v in vals))
+        print(f"  {label:<{WIDTH}}" + "".join(f"{v:16.4f}" for v in vals))
     return {"counts": counts, "error": table}
 
 
@@ -306,13 +321,20 @@ def _spread(ia, x_T, model) -> float:
 
 
 def summary(report, nfes) -> None:
-    print("\nsummary: instance-aware / the best global learned schedule (LD3, GITS), and / the global fine-tune "
-          "from its start, paired 95 % intervals; target < 1 (upper end)")
-    print(f"{'model':<12}" + "".join(f"{'NFE ' + str(n) + ' vs LD3, GITS':>30}{'vs fine-tune':>22}" for n in nfes))
-    for name, m in report["models"].items():
-        cells = []
-        for n in nfes:
-            r, o = m["nfe"][n]["ratio"], m["nfe"][n]["ratio_to_fine_tune"]
-            cells.append(f"{r[0]:.3f} [{r[1]:.3f},{r[2]:.3f}] {'met' if r[2] < 1 else 'MISSED':<6}".rjust(30)
-                         + f"{o[0]:.3f} [{o[1]:.3f},{o[2]:.3f}]".rjust(22))
-        print(f"{name:<12}" + "".join(cells))
+    print("\nsummary: paired 95 % intervals of endpoint-error ratios; the target is an upper end below 1 against the "
+          "best global learned schedule (LD3, GITS)")
+    columns = (("instance-aware / LD3, GITS", "ratio", True), ("/ fine-tune", "ratio_to_fine_tune", False),
+               (f"{ON_TUNED} / LD3, GITS", "fine_tune_start_vs_best_global", True),
+               ("/ fine-tune", "fine_tune_start_ratio", False))
+    for n in nfes:
+        print(f"NFE {n}\n{'model':<12}" + "".join(f"{title:>{36 if target else 22}}" for title, _, target in columns))
+        for name, m in report["models"].items():
+            c = m["nfe"][n]
+            cells = []
+            for _, key, target in columns:
+                v = c[key]
+                text = f"{v[0]:.3f} [{v[1]:.3f},{v[2]:.3f}]"
+                if target:
+                    text += f" {'met' if v[2] < 1 else 'MISSED':<6}"
+                cells.append(text.rjust(36 if target else 22))
+            print(f"{name:<12}" + "".join(cells))
