@@ -22,7 +22,7 @@ rows          (GITS searches the trajectories of a one-call-per-point teacher: i
 figures       mean relative endpoint error with its bootstrap 95 % interval; the ratio of the instance-aware
               error to the best global learned row (LD3, GITS) with the paired bootstrap interval of
               that ratio (the same seeds: `bench.stats.paired_ratio`), "wins" when its upper end is below 1;
-              "fine-tune + per-sample" over "global fine-tune", likewise;
+              likewise "fine-tune + per-sample" over the best global learned row and over "global fine-tune";
               per class: the error of each row on the samples ending in each component; the per-sample grids'
               spread (the standard deviation of log sigma_k across samples, averaged over the interior points);
               cost: the network's parameters, and its inference overhead as the wall time of predicting the grids
