@@ -48,6 +48,8 @@ The paper gives no code and its summary no equations, so every design choice her
   per_sample=False  samples the global schedule alone (the trained solver's global part); distilled so, only the
                     global schedule learns, for all the steps: the control "a global schedule from the same start,
                     data, teacher and steps", which tells the per-sample grids' gain from more training of one.
+                    `init_from` such a fine-tune (its p1, p2 become the start) trains the network alone on top of
+                    that fine-tuned global schedule ("fine-tune + per-sample" in bench instance-bench).
 
 NFE: the base's calls on N points. Inference overhead: one network forward pass per batch of initial noises.
 """
