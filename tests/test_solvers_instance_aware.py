@@ -150,6 +150,22 @@ def test_a_given_init_replaces_the_default_start():
         distill("instance_aware", m, grid, **common, init=start, init_from={"solver": "gits"})
 
 
+def test_rows_sharing_a_start_distil_it_once():
+    from bench import distill as distill_module
+    m = gmm_scales()
+    grid = schedules.polynomial(5, 0.002, 80.0)
+    start = {"solver": "gits", "base": "unipc", "base_options": {"order": 3, "variant": "bh1"}, "teacher_steps": 8}
+    common = dict(afs=True, cache_dir=False, teacher_steps=8, num_samples=32, eval_samples=0, steps=1, batch_size=8,
+                  init_from=start)
+    before = len(distill_module._STARTS)
+    a = distill("instance_aware", m, grid, seed=0, **common, per_sample=False)
+    b = distill("instance_aware", m, grid, seed=0, **common)
+    assert len(distill_module._STARTS) == before + 1
+    assert a.metadata["training"]["init"] == b.metadata["training"]["init"]
+    distill("instance_aware", m, grid, seed=1, **common)                      # another seed: its own start
+    assert len(distill_module._STARTS) == before + 2
+
+
 def test_keep_best_keeps_the_lowest_held_out_error():
     m = gmm_scales()
     grid = schedules.polynomial(5, 0.002, 80.0)

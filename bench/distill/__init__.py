@@ -33,6 +33,8 @@ it is, in place of the solver's default `init_from`; giving both is refused.
 """
 from __future__ import annotations
 
+import copy
+import json
 import time
 
 import torch
@@ -83,6 +85,22 @@ def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list
     return grid, settings, teacher
 
 
+_STARTS: dict[str, dict] = {}          # init_from starts distilled in this process: key -> the start's options()
+
+
+def _start(init_from: dict, target, grid, noise_shape, afs, seed, ident, dtype, passed) -> dict:
+    """The options() of the `init_from` solver distilled on this grid. Distillation is deterministic in what the key
+    holds (the start's table, the model's identity as the teacher cache keys it, grid, afs, seed, dtype, noise
+    shape), so rows of one run that share a start (e.g. a fine-tune and the per-sample network on top of the same
+    LD3) distil it once."""
+    key = json.dumps([init_from, ident, grid, afs, seed, str(dtype), noise_shape], sort_keys=True, default=str)
+    if key not in _STARTS:
+        spec = {k: v for k, v in init_from.items() if k != "solver"}
+        first = distill(init_from["solver"], target, grid, noise_shape, afs, seed, dtype=dtype, **passed, **spec)
+        _STARTS[key] = first.options()
+    return copy.deepcopy(_STARTS[key])
+
+
 def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed: int = 0, *, cache_dir=None,
             cache_id: str | None = None, dtype: torch.dtype | None = None, progress=None,
             **options) -> solvers.Solver:
@@ -96,10 +114,8 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     cache = Cache(None if cache_dir is False else (cache_dir or default_cache_dir()))
     ident = identity(source, cache_id)
     if settings.init_from is not None:             # the start: another learned solver, distilled on this grid
-        spec = {k: v for k, v in settings.init_from.items() if k != "solver"}
-        first = distill(settings.init_from["solver"], target, grid, noise_shape, afs, seed, cache_dir=cache_dir,
-                        cache_id=cache_id, dtype=dtype, progress=progress, **spec)
-        settings.structure["init"] = first.options()
+        settings.structure["init"] = _start(settings.init_from, target, grid, noise_shape, afs, seed, ident,
+                                            dtype, dict(cache_dir=cache_dir, cache_id=cache_id, progress=progress))
     if getattr(cls, "trained_by", "gradient") == "search":            # e.g. GITS: a search over teacher states
         return _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident, cache)
 
