@@ -14,7 +14,7 @@ import pkgutil
 import sys
 
 
-from solvers.base import InputError
+from solvers.errors import InputError
 
 UsageError = InputError          # a problem with the user's input: printed as one line, exit code 2
 

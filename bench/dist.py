@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from solvers.base import InputError
+from solvers.errors import InputError
 
 ERROR_KEY = "bench/failed"
 

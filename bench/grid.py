@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from bench import plan
 from bench.plan import Plan
-from solvers.base import InputError
+from solvers.errors import InputError
 
 try:
     import tomllib

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import solvers
 from solvers import flow
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.models.edm import EDMModel
-from solvers.base import InputError
+from solvers.errors import InputError
 
 SIZES = ("tiny", "small")
 PROMPTS = ["a photo of a cat", "a red dog", "an astronaut", "a bedroom", "a photo of a red cat", "an astronaut dog"]

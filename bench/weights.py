@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.models.base import Requirement
-from solvers.base import InputError
+from solvers.errors import InputError
 
 try:
     import tomllib

@@ -12,9 +12,9 @@ import importlib
 import inspect
 
 from . import schedules
-from .base import Denoiser, NonFiniteError, Solver
+from .base import Denoiser, Solver
+from .errors import InputError, NonFiniteError
 from .nfe import CountingDenoiser
-from .base import InputError
 
 # name -> "module:Class"; adding a solver = adding a module and a line here (grids pick it up automatically)
 _REGISTRY = {

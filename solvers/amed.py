@@ -43,7 +43,8 @@ import math
 
 import torch
 
-from .base import InputError, afs_pair, combine
+from .base import afs_pair, combine, reached
+from .errors import InputError
 from .learned import LearnedSolver
 
 FEATURES = ("pooled", "bottleneck")
@@ -194,6 +195,7 @@ class AMED(LearnedSolver):
                 if f.shape != (B, FEATURE_SIZES[self.features]):
                     raise InputError(f"amed {self.features} features have shape {tuple(f.shape)}, expected "
                                      f"{(B, FEATURE_SIZES[self.features])}")
+            reached(den, i, t[i], x)
             r, c, a = (v.to(x.device, x.dtype) for v in self.predict(f.to(home, torch.float64), t[i], t[i + 1]))
             # the intermediate point and its derivative
             s = t[i + 1] ** r * t[i] ** (1 - r)
@@ -201,7 +203,6 @@ class AMED(LearnedSolver):
             g = y - den(y, a * s)
             # the update
             x = combine((1, x), ((c * (t[i + 1] - t[i]) / s).reshape(view), g))
-            self._record(x)
         return x
 
     # ---- persistence -------------------------------------------------------------------------

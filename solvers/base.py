@@ -27,18 +27,9 @@ from typing import Callable
 
 import torch
 
+from .errors import InputError, NonFiniteError  # noqa: F401  (re-exported: solvers.base.InputError)
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class InputError(ValueError):
-    """Bad input the user can fix: an unknown name, an invalid option, grid or file. The message is one line that
-    says what was wrong and what is accepted. Every deliberate `raise` of invalid input in this project (solvers,
-    bench, baselines) raises this, so `python -m bench` prints it as one line, while any other exception, a bug,
-    shows its traceback."""
-
-
-class NonFiniteError(FloatingPointError):
-    """Raised when a sampling run produced NaN or inf (the denoiser returned them, or the solver diverged)."""
 
 
 class Features:
@@ -67,19 +58,27 @@ class Solver:
 
     # ---- the public interface -------------------------------------------------------------------
     def sample(self, denoiser: Denoiser, x_T: torch.Tensor, sigmas, afs: bool = False,
-               denoise_to_zero: bool = False) -> torch.Tensor:
+               denoise_to_zero: bool = False, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
         """Integrate from x_T at sigmas[0] to sigmas[-1]; return x at the last grid point.
 
         afs: replace the first network evaluation by the analytical first step d_0 = x_0 / sqrt(1 + t_0^2).
         denoise_to_zero: return D(x, sigmas[-1]) instead (one more network evaluation).
+        callback: k-diffusion's hook, called once at every grid point i = 0 .. N-1 with
+            {"i": i, "t": t_i, "x": x_i, "denoised": D_i}: x_i the state at t_i (with its autograd graph, when
+            there is one), D_i the denoiser output the solver used at that point (None where it made no call
+            there: the analytical first step, the last point unless denoise_to_zero). One run thus gives every
+            state of the trajectory; the same hook serves progress and debugging.
         """
         sigmas = self.check_grid(sigmas, x_T, afs)
-        den = _Checked(denoiser)
+        den = _Checked(denoiser, callback)
         x = self._sample(den, x_T, sigmas, afs)
+        denoised = None
         if denoise_to_zero:
             if is_zero(sigmas[-1]):
                 raise InputError("denoise_to_zero=True needs a grid that ends above 0 (this one ends at 0)")
-            x = den(x, sigmas[-1])
+            denoised = den(x, sigmas[-1])
+        reached(den, len(sigmas) - 1, sigmas[-1], x, denoised)
+        x = x if denoised is None else denoised
         den.raise_if_nonfinite(x, self.name)
         return x
 
@@ -213,6 +212,15 @@ def log(v):
     return torch.log(v) if isinstance(v, torch.Tensor) else math.log(v)
 
 
+def reached(den, i: int, t, x: torch.Tensor, denoised=None) -> None:
+    """Report grid point i (state x at t, and the denoiser output used there if not the latest call's at x) to the
+    sampling callback, if the denoiser carries one (`Solver.sample`). Every solver calls it once per step, after its
+    first evaluation at t_i, before the update; `sample` reports the last point."""
+    hook = getattr(den, "reached", None)
+    if hook is not None:
+        hook(i, t, x, denoised)
+
+
 # Derivatives in factored form (a, g) with d = a g: the scalar a rides in the update's `combine`, so forming d costs
 # one tensor pass (x - D) and the analytical first step none.
 def derivative(den, x: torch.Tensor, t: float) -> tuple[float, torch.Tensor]:
@@ -266,9 +274,11 @@ class _Checked:
     finite iff every entry is (NaN propagates). They are read once, after sampling (`raise_if_nonfinite`).
     """
 
-    def __init__(self, denoiser: Denoiser):
+    def __init__(self, denoiser: Denoiser, callback: Callable[[dict], None] | None = None):
         self.denoiser = denoiser
         self.features = getattr(denoiser, "features", None)
+        self.callback = callback
+        self.last = None                             # (input, output) of the latest call, kept for the callback
         self.extrema: list = []
         self.sigmas: list = []                       # each call's sigma as given, for the error message
 
@@ -283,7 +293,18 @@ class _Checked:
             raise InputError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         self.extrema.append(torch.aminmax(out.detach()))
         self.sigmas.append(sigma)
+        if self.callback is not None:
+            self.last = (x, out)
         return out
+
+    def reached(self, i: int, t, x: torch.Tensor, denoised=None) -> None:
+        """Hand grid point i to the callback (see `Solver.sample`); `denoised` None: the latest call's output when
+        that call was made at this very state x, else None (no call at this point)."""
+        if self.callback is None:
+            return
+        if denoised is None and self.last is not None and self.last[0] is x:
+            denoised = self.last[1]
+        self.callback({"i": i, "t": t, "x": x, "denoised": denoised})
 
     def raise_if_nonfinite(self, x: torch.Tensor, name: str) -> None:
         """NonFiniteError if any denoiser output or the result is NaN/inf (naming the first bad call)."""

@@ -24,9 +24,9 @@ import math
 import numpy as np
 import torch
 
-from .base import Solver, afs_pair, combine, is_zero, log
+from .base import Solver, afs_pair, combine, is_zero, log, reached
 from .thresholding import dynamic_threshold
-from .base import InputError
+from .errors import InputError
 
 
 class DPMSolverPP(Solver):
@@ -68,6 +68,7 @@ class DPMSolverPP(Solver):
                 m = combine((1 - t[0] * afs_pair(x, t[0])[0], x))   # M_0 = x_0 - t_0 d_0
             else:
                 m = den(x, t[i])
+            reached(den, i, t[i], x)
             ms = [self._data(m)] + ms[:2]
             order = 1 if is_zero(t[i + 1]) else self.step_order(i, len(t))
             ratio, b = coeffs(key, i, order)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import afs_pair, combine
+from .base import afs_pair, combine, reached
 from .ipndm import AB_COEFFS
-from .base import InputError
+from .errors import InputError
 from .learned import LearnedSolver
 
 INITS = ("adams_bashforth", "euler", "uniform")
@@ -203,12 +203,12 @@ class DyWeight(LearnedSolver):
                 s = scale[i - 1 if afs else i]
                 t_in = abs(s * t_hat)                                            # time scaling: D at |s t^_i|
                 d = 1 / (t_hat + self.divisor_eps if self.divisor == "shifted" else t_in), x - den(x, t_in)
+            reached(den, i, t[i], x)
             buffer = (buffer + [d])[-K:]
             p = min(i + 1, K)
             w = W[i][K - p:]
             h = t[i + 1] - t_hat
             x = combine((1, x), *((h * w[j] * a, g) for j, (a, g) in enumerate(buffer[-p:])))   # gradient weighting
-            self._record(x)                                    # trajectory(): keep every state
             if self.time_shift:
                 t_hat = t_hat + sum(w) * h                     # time shifting
             else:

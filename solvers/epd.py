@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import InputError, afs_pair, combine
+from .base import afs_pair, combine, reached
+from .errors import InputError
 from .ipndm import AB_COEFFS
 from .learned import LearnedSolver
 
@@ -170,6 +171,7 @@ class EPD(LearnedSolver):
         for i in range(len(t) - 1):
             # the derivative at t_i
             d = afs_pair(x, t[i]) if afs and i == 0 else (1.0 / t[i], x - den(x, t[i]))
+            reached(den, i, t[i], x)
             order = min(self.max_order, len(buffer) + 1) if self.base == "ipndm" else 1
             ab = AB_COEFFS[order]
             past = (buffer + [d])[-order:]
@@ -185,7 +187,6 @@ class EPD(LearnedSolver):
             # the update
             h = t[i + 1] - t[i]
             x = combine((1, x), *((h * c, g) for c, g in g_terms))
-            self._record(x)
             if self.base == "ipndm":
                 buffer = (buffer + [d])[-(self.max_order - 1):] if self.max_order > 1 else []
         return x

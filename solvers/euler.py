@@ -1,7 +1,7 @@
 """Euler: x_{i+1} = x_i + h_i d_i, with d_i = (x_i - D(x_i, t_i)) / t_i and h_i = t_{i+1} - t_i."""
 from __future__ import annotations
 
-from .base import Solver, afs_pair, combine, derivative
+from .base import Solver, afs_pair, combine, derivative, reached
 
 
 class Euler(Solver):
@@ -17,5 +17,6 @@ class Euler(Solver):
                 a, g = afs_pair(x, t[0])                     # analytical first step
             else:
                 a, g = derivative(den, x, t[i])              # d_i = (x_i - D(x_i, t_i)) / t_i = a g
+            reached(den, i, t[i], x)                         # the callback sees x_i (and D there)
             x = combine((1, x), ((t[i + 1] - t[i]) * a, g))  # x_{i+1} = x_i + h_i d_i
         return x

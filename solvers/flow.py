@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .base import InputError
+from .errors import InputError
 
 
 def flow_form(solver) -> bool:

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .base import InputError
+from .errors import InputError
 from .learned import LearnedSolver
 
 METRICS = ("dev", "l1", "l2")

@@ -4,7 +4,7 @@ It corrects on every step, the last one too; a step that ends at sigma = 0 is le
 """
 from __future__ import annotations
 
-from .base import Solver, afs_pair, combine, derivative, is_zero
+from .base import Solver, afs_pair, combine, derivative, is_zero, reached
 
 
 class Heun(Solver):
@@ -21,6 +21,7 @@ class Heun(Solver):
                 a, g = afs_pair(x, t[0])                     # AFS skips only step 0's predictor call
             else:
                 a, g = derivative(den, x, t[i])              # d_i = a g
+            reached(den, i, t[i], x)
             x_pred = combine((1, x), (h * a, g))             # x' = x_i + h d_i
             if is_zero(t[i + 1]):
                 x = x_pred

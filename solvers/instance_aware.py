@@ -59,7 +59,8 @@ import math
 
 import torch
 
-from .base import Columns, InputError
+from .base import Columns
+from .errors import InputError
 from .ld3 import _window, parameters, positions_of
 from .learned import LearnedSolver
 
@@ -287,6 +288,7 @@ class InstanceAware(LearnedSolver):
                 out = y - ratio * (y - out)
             return out
 
+        model.reached = getattr(den, "reached", None)       # the sampling callback sees the base's grid points
         return self.base._sample(model, x, cols, afs)
 
     def grids(self, x_T: torch.Tensor, t_max: float, t_min: float) -> torch.Tensor:

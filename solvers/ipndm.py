@@ -9,8 +9,8 @@ With AFS the analytic d_0 enters the buffer like any other derivative.
 """
 from __future__ import annotations
 
-from .base import Solver, afs_pair, combine, derivative
-from .base import InputError
+from .base import Solver, afs_pair, combine, derivative, reached
+from .errors import InputError
 
 # Adams-Bashforth rows, oldest derivative first, newest last.
 AB_COEFFS = {
@@ -47,6 +47,7 @@ class IPNDM(Solver):
                 d = afs_pair(x, t[0])
             else:
                 d = derivative(den, x, t[i])
+            reached(den, i, t[i], x)
             buffer = (buffer + [d])[-self.max_order:]
             order = min(self.max_order, i + 1)
             h = t[i + 1] - t[i]

@@ -17,7 +17,8 @@ import numpy as np
 
 import torch
 
-from .base import Columns, InputError
+from .base import Columns
+from .errors import InputError
 from .ipndm import IPNDM
 
 

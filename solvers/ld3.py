@@ -42,7 +42,7 @@ import math
 
 import torch
 
-from .base import InputError
+from .errors import InputError
 from .learned import LearnedSolver
 
 #: what the base solver's network calls predict: "data" (D itself) or "noise" (eps, entering as the derivative)
@@ -173,6 +173,7 @@ class LD3(LearnedSolver):
                 out = y - (xi[k] / s[k]) * (y - out)
             return out
 
+        model.reached = getattr(den, "reached", None)       # the sampling callback sees the base's grid points
         return self.base._sample(model, x, xi, afs)
 
     # ---- persistence -------------------------------------------------------------------------

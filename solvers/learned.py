@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from .base import InputError, Solver, is_zero
+from .base import Solver, is_zero
+from .errors import InputError
 
 
 class LearnedSolver(Solver, torch.nn.Module):
@@ -65,16 +66,6 @@ class LearnedSolver(Solver, torch.nn.Module):
     def budget_probe(cls) -> "LearnedSolver":
         return cls.from_options(num_points=cls.min_points + 1)
 
-    def trajectory(self, denoiser, x_T, sigmas, afs: bool = False) -> list:
-        """Every state [x_0 = x_T, x_1, ..., x_{N-1}] of one `sample` run (x_i nominally at grid point t_i); the
-        path supervision of bench.distill reads it. `_sample` reports each new state through `_record`."""
-        self._states = [x_T]
-        try:
-            self.sample(denoiser, x_T, sigmas, afs=afs)
-            return self._states
-        finally:
-            self._states = None
-
     #: what its per-step parameters are called ("weight rows"); set, `check_grid` also checks that the grid has
     #: the `grid_points` they were built for and that `afs` matches the AFS setting they were built with
     row_name: str | None = None
@@ -93,10 +84,6 @@ class LearnedSolver(Solver, torch.nn.Module):
         if self.ends_above_zero and is_zero(t[-1]):
             raise InputError(f"{self.name} needs a grid ending above 0 ({self.ends_above_zero})")
         return t
-
-    def _record(self, x) -> None:
-        if getattr(self, "_states", None) is not None:
-            self._states.append(x)
 
     def penalty(self):
         """A regulariser of the latest `sample` run, per sample ((B,) tensor), or None (the default)."""

@@ -8,7 +8,7 @@ import math
 from typing import Callable
 
 import torch
-from .base import InputError
+from .errors import InputError
 
 
 def polynomial(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:

@@ -23,9 +23,9 @@ import functools
 
 import torch
 
-from .base import Solver, afs_pair, combine, is_zero
+from .base import Solver, afs_pair, combine, is_zero, reached
 from .thresholding import dynamic_threshold
-from .base import InputError
+from .errors import InputError
 
 
 class UniPC(Solver):
@@ -79,6 +79,8 @@ class UniPC(Solver):
         learned_grid = any(isinstance(v, torch.Tensor) for v in t)
         coeffs, key = (coefficients, t) if learned_grid else (step_coefficients, tuple(t))
         for i, (order, correct) in enumerate(self.schedule(len(t), ends_at_zero=is_zero(t[-1]))):
+            # the data prediction at t_i (step i > 0: D at the predictor's state, the M the solver uses there)
+            reached(den, i, t[i], x, None if afs and i == 0 else ms[0])
             pred, corr = coeffs(key, i, order, correct, self.variant)
             x_pred = combine(*zip(pred, [x] + ms))               # predictor (UniP)
             if corr is None:

@@ -162,7 +162,7 @@ def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch, error):
 
 
 def test_input_errors_of_every_layer_are_one_line(capsys):
-    from solvers.base import InputError
+    from solvers.errors import InputError
     for call in (lambda: solvers.get("nope"), lambda: bench.models.get("nope")):
         with pytest.raises(InputError):
             call()

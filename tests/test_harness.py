@@ -361,7 +361,7 @@ def test_two_gloo_processes_give_the_results_of_one(tmp_path):
 
 SLOW_OR_FAILING_CLI = """
 import os, sys, time, types
-from solvers.base import InputError
+from solvers.errors import InputError
 from solvers.dyweight import DyWeight
 import bench.models
 from bench.models.gmm import GaussianMixture, gmm2d

@@ -8,7 +8,7 @@ import pytest
 from bench import grid as grid_mod
 from bench import results, runner
 from bench.report import render, tables
-from solvers.base import InputError
+from solvers.errors import InputError
 
 GRID = """
 name = "inst"

@@ -6,7 +6,7 @@ import torch
 
 import solvers
 from solvers import schedules
-from solvers.base import InputError
+from solvers.errors import InputError
 from solvers.nfe import CountingDenoiser
 
 CONFIGS = [("euler", {}), ("heun", {}), ("ipndm", {}), ("ipndm", {"max_order": 2}), ("ipndm_v", {}),

@@ -73,8 +73,12 @@ def test_trajectories_are_the_teachers_states_and_derivatives(tmp_path):
         torch.testing.assert_close(d[3], (X[3] - D) / T[3])
         if afs:
             torch.testing.assert_close(d[0], x_T / np.sqrt(1 + T[0] ** 2))
-    with pytest.raises(ValueError, match="trajectory teacher must be one of euler, ipndm"):
-        trajectories(src, Teacher("heun", 8, {}, False, False), range(2), False, ident, Cache(None))
+    # any solver is a trajectory teacher (one run, read by its sampling callback): Heun's states are its own
+    T, X, d, x_T, _ = trajectories(src, Teacher("heun", 8, {}, False, False), range(3), False, ident, Cache(None))
+    grid = torch.tensor(T, dtype=torch.float64)
+    torch.testing.assert_close(X[4], solvers.get("heun").sample(m.denoiser(), x_T, grid[:5]))
+    D = m.denoiser()(X[4], torch.full((3,), T[4], dtype=torch.float64))
+    torch.testing.assert_close(d[4], (X[4] - D) / T[4])
 
 
 def test_untrained_and_given_grids_reduce_to_the_base_solver():

@@ -10,7 +10,7 @@ import solvers
 from bench.distill import distill
 from bench.models.gmm import gmm2d, gmm_scales
 from solvers import schedules
-from solvers.base import InputError
+from solvers.errors import InputError
 from solvers.nfe import CountingDenoiser
 
 

@@ -15,7 +15,7 @@ from bench import metrics, models, results, runner, stats
 from bench.metrics.frechet import feature_statistics, frechet_distance
 from bench.models.base import Cell
 from bench.report import tables
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 # ---- estimators ---------------------------------------------------------------------------------------------

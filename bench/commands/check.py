@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from tabulate import tabulate
-from solvers.base import InputError
+from solvers.errors import InputError
 
 HELP = "compare fresh results with a stored baseline; exit 1 listing the cells where a solver got worse"
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from solvers.base import InputError
+from solvers.errors import InputError
 
 HELP = "print the digits model's quality figures (FD-digits, FD-pixels; teacher, solvers, DyWeight) and save a PNG"
 

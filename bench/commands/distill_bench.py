@@ -24,7 +24,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from solvers.base import InputError
+from solvers.errors import InputError
 
 HELP = "measure learned solvers' distillation against the best handcrafted solver on the analytic models"
 

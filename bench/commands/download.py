@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench import weights
 from bench.cli import UsageError
-from solvers.base import InputError
+from solvers.errors import InputError
 
 HELP = "fetch weights, reference statistics or prompt files from their official URLs (sha256-verified)"
 CHUNK = 1 << 20

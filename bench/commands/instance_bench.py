@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from solvers.base import InputError
+from solvers.errors import InputError
 
 HELP = "measure instance-aware (per-sample) grids against the best global learned schedules on the analytic models"
 

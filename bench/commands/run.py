@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from solvers.base import InputError
+from solvers.errors import InputError
 
 HELP = "run a grid (models × solvers × NFEs × metrics); rerunning resumes where it stopped"
 

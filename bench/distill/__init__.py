@@ -44,7 +44,7 @@ import solvers
 from . import losses
 from .teacher import Cache, Source, Teacher, default_cache_dir, endpoints, identity, path_states
 from .train import Settings, seed_lists, train
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list[float], Settings, Teacher]:

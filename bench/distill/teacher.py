@@ -32,7 +32,7 @@ import solvers
 from solvers import schedules
 
 from bench.models.base import Model, noise as draw_noise
-from solvers.base import InputError
+from solvers.errors import InputError
 
 CACHE_FORMAT = 1
 PROBE_SEEDS = (2**31 - 3, 2**31 - 2, 2**31 - 1)
@@ -286,13 +286,15 @@ def path_states(source: Source, teacher: Teacher, sigmas: Sequence[float], subst
                 ident: dict, cache: Cache, batch_size: int = 500) -> TeacherSet:
     """Teacher states at the student's intermediate grid points t_1 .. t_{N-2} (paper Appendix C).
 
-    The target at t_j is the teacher solver run from x_T over the student grid refined with `substeps` sub-steps
-    per student interval (`refine`), stopped at t_j (no final denoise). For causal multistep solvers (iPNDM,
-    Euler) this is exactly the state of one run over the whole refined grid. Shape (B, N-2, ...).
+    The target at t_j is the state at t_j of one teacher run from x_T over the student grid refined with
+    `substeps` sub-steps per student interval (`refine`), read by the sampling callback. For a causal teacher (one
+    that never looks past the current point: iPNDM, Euler, Heun) it equals the teacher run stopped at t_j; a
+    solver that lowers its order near the end of a grid (DPM-Solver++, UniPC) takes its full-grid steps there.
+    Shape (B, N-2, ...).
     """
     import time
     fine = refine(sigmas, substeps)
-    parts = {"what": "path", "model": ident, "teacher": asdict(teacher), "student_grid": _grid_values(sigmas),
+    parts = {"what": "path", "one_pass": True, "model": ident, "teacher": asdict(teacher), "student_grid": _grid_values(sigmas),
              "substeps": substeps, "seeds": _seed_spec(seeds), "shape": list(source.shape),
              "dtype": str(source.dtype)}
     key = cache_key(parts)
@@ -302,9 +304,13 @@ def path_states(source: Source, teacher: Teacher, sigmas: Sequence[float], subst
     t0 = time.perf_counter()
     solver = teacher.build()
 
+    wanted = {j * substeps for j in range(1, len(sigmas) - 1)}       # the student's interior points
+
     def states(den, x):
-        return torch.stack([solver.sample(den, x, fine[:j * substeps + 1], afs=teacher.afs)
-                            for j in range(1, len(sigmas) - 1)], 1)
+        seen = []
+        solver.sample(den, x, fine, afs=teacher.afs,
+                      callback=lambda s: seen.append(s["x"]) if s["i"] in wanted else None)
+        return torch.stack(seen, 1)
 
     x_T, out = _run(source, seeds, batch_size, states)
     seconds = time.perf_counter() - t0
@@ -312,19 +318,14 @@ def path_states(source: Source, teacher: Teacher, sigmas: Sequence[float], subst
     return TeacherSet(list(seeds), x_T, out, key, False, seconds)
 
 
-CAUSAL_TEACHERS = ("euler", "ipndm", "ipndm_v")     # one denoiser call per grid point, at the state there
-
-
 @torch.no_grad()
 def trajectories(source: Source, teacher: Teacher, seeds: Sequence[int], afs: bool, ident: dict, cache: Cache,
                  batch_size: int = 500):
     """The teacher's whole trajectory on its grid T (M points, `teacher_grid`): states X (M, B, ...) and the
-    derivatives d (M-1, B, ...) it used at X_0 .. X_{M-2} (the AFS value at X_0 with `afs`), read from its denoiser
-    calls (a causal teacher calls the denoiser once per grid point, at the state there); plus x_T (B, ...) and
-    whether the cache held them. What a grid search over teacher states (GITS) needs; cached like `endpoints`."""
-    if teacher.solver not in CAUSAL_TEACHERS:
-        raise InputError(f"a trajectory teacher must be one of {', '.join(CAUSAL_TEACHERS)} (one call per grid "
-                         f"point), got {teacher.solver!r}")
+    derivatives d (M-1, B, ...) at X_0 .. X_{M-2}, d_i = (X_i - D_i) / T_i with D_i the denoiser output the
+    teacher used at T_i (the AFS value at X_0 with `afs`), all read by the sampling callback in one run; plus x_T
+    (B, ...) and whether the cache held them. What a grid search over teacher states (GITS) needs; cached like
+    `endpoints`. Any solver serves (a multistage one reports the output of its first evaluation at each point)."""
     T = [float(v) for v in source.teacher_grid(teacher)]
     parts = {"what": "trajectories", "model": ident, "teacher": asdict(teacher), "teacher_grid": _grid_values(T),
              "afs": bool(afs), "seeds": _seed_spec(seeds), "shape": list(source.shape), "dtype": str(source.dtype)}
@@ -337,16 +338,16 @@ def trajectories(source: Source, teacher: Teacher, seeds: Sequence[int], afs: bo
     def run(den, x):
         seen = []
 
-        def recording(y, sigma):
-            out = den(y, sigma)
-            seen.append((y, (y - out) / sigma.reshape(-1, *[1] * (y.dim() - 1))))
-            return out
-        end = solver.sample(recording, x, torch.tensor(T, dtype=torch.float64), afs=afs)
-        if afs:
-            seen.insert(0, (x, x / math.sqrt(1 + T[0] ** 2)))
-        if len(seen) != len(T) - 1:
-            raise InputError(f"the teacher made {len(seen)} calls on {len(T)} points; a trajectory needs one per "
-                             "point")
+        def point(s):
+            i, y, out = s["i"], s["x"], s["denoised"]
+            if i == len(T) - 1:
+                return
+            if out is None and not (afs and i == 0):
+                raise InputError(f"the teacher {teacher.solver} reports no denoiser output at grid point {i}, so "
+                                 "its trajectory has no derivative there")
+            sigma = torch.full((y.shape[0],), T[i], dtype=y.dtype, device=y.device).reshape(-1, *[1] * (y.dim() - 1))
+            seen.append((y, y / math.sqrt(1 + T[0] ** 2) if out is None else (y - out) / sigma))
+        end = solver.sample(den, x, torch.tensor(T, dtype=torch.float64), afs=afs, callback=point)
         return torch.stack([s for s, _ in seen] + [end], 1), torch.stack([g for _, g in seen], 1)
 
     xs, Xs, ds = [], [], []

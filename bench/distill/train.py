@@ -13,7 +13,7 @@ same x_T, and descends
     path (Eq. A.15):    L = mean_b [ sum_{j=1}^{N-2} mse(x_stu_j, x_tea(t_j)) + dist(x_stu_{N-1}, x_tea(x_T)) ]
 
 where x_stu_j is the student state after step j (nominally at grid point t_j) and x_tea(t_j) the teacher's state
-there (teacher.path_states). The relative endpoint error against the teacher on held-out seeds is recorded at
+there (teacher.path_states); the student's states come from its sampling callback. The relative endpoint error against the teacher on held-out seeds is recorded at
 a few checkpoints (the "eval" curve); `keep_best = true` ends with the parameters of the checkpoint where it was
 lowest (a validation choice, recorded as "kept_step").
 
@@ -38,7 +38,7 @@ from bench.metrics.analytic import relative_l2
 
 from . import losses
 from .teacher import take
-from solvers.base import InputError
+from solvers.errors import InputError
 
 SUPERVISIONS = ("endpoint", "path")
 OPTIMIZERS = ("adam", "adamw")
@@ -186,10 +186,13 @@ def lr_factor(step: int, steps: int, warmup: float = 0.1, start: float = 0.1, fi
 
 
 def _student_states(student, den, x_T, sigmas, afs, path: bool):
-    if path:
-        states = student.trajectory(den, x_T, sigmas, afs=afs)
-        return states[-1], states[1:-1]
-    return student.sample(den, x_T, sigmas, afs=afs), None
+    """The student's final state and, for path supervision, its states x_1 .. x_{N-2} at the interior grid points
+    (read by the sampling callback, with their autograd graphs)."""
+    if not path:
+        return student.sample(den, x_T, sigmas, afs=afs), None
+    states = []
+    final = student.sample(den, x_T, sigmas, afs=afs, callback=lambda s: states.append(s["x"]))
+    return final, states[1:-1]
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 from .base import Metric
-from solvers.base import InputError
+from solvers.errors import InputError
 
 _REGISTRY: dict[str, str] = {
     "fd_exact": "bench.metrics.analytic:FDExact",

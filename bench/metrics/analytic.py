@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from bench.models.base import Cell, Model
-from solvers.base import InputError
+from solvers.errors import InputError
 
 from .base import FrechetMetric, MeanScore
 from .frechet import frechet_distance

@@ -23,7 +23,7 @@ import torch
 
 from bench import stats
 from bench.models.base import Cell, Model, Requirement
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 class Metric:

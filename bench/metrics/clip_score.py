@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from .text_image import PromptImageMetric, entry_requirement, require
-from solvers.base import InputError
+from solvers.errors import InputError
 
 BACKBONES = {
     # name: (OpenCLIP architecture, weights entry, force QuickGELU)

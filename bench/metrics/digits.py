@@ -21,7 +21,7 @@ from bench.models.base import Cell, Model, Requirement
 
 from .base import FrechetMetric
 from .frechet import feature_statistics, frechet_distance
-from solvers.base import InputError
+from solvers.errors import InputError
 
 SHAPE = (1, 16, 16)
 

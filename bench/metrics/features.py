@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from bench.models.base import Requirement
-from solvers.base import InputError
+from solvers.errors import InputError
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"

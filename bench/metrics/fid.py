@@ -24,7 +24,7 @@ from bench.stats import Estimate
 from .base import FrechetMetric
 from .features import InceptionFeatures, extractor_on, inception_requirement
 from .frechet import RunningStatistics, frechet_distance, load_statistics, save_statistics
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 def reference_requirement(model: Model, reference=None) -> Requirement:

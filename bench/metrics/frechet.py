@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 def _as_stats(mu, sigma, which: str) -> tuple[np.ndarray, np.ndarray]:

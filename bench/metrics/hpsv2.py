@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from .text_image import PromptImageMetric, entry_requirement, require
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 def load_hps(path, arch: str = "ViT-H-14", device: str = "cpu"):

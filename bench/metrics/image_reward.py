@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .text_image import PromptImageMetric, entry_requirement, require
-from solvers.base import InputError
+from solvers.errors import InputError
 
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072

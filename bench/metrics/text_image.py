@@ -19,7 +19,7 @@ from bench.models.base import Cell, Model, Requirement
 
 from .base import MeanScore
 from .features import to_uint8
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 def prompts_of(cell: Cell) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 from .base import Cell, Model, Requirement, noise
-from solvers.base import InputError
+from solvers.errors import InputError
 
 # name -> "module:factory"; the factory takes keyword options and returns a Model
 _REGISTRY: dict[str, str] = {

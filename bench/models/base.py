@@ -13,7 +13,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from solvers import schedules
-from solvers.base import Features, InputError
+from solvers.base import Features
+from solvers.errors import InputError
 
 
 TIMES = ("sigma", "flow")        # the time variables a grid may ask solvers to integrate in (solvers/flow.py)

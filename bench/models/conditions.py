@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from solvers.base import InputError
+from solvers.errors import InputError
 
 LABEL_SALT = 1 << 40
 PROMPT_SALT = 2 << 40

@@ -34,7 +34,7 @@ import torch
 
 from .base import Model, Requirement
 from solvers import schedules
-from solvers.base import InputError
+from solvers.errors import InputError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "digits"
 ENV = "FEWSTEP_DIGITS_DIR"

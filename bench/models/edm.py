@@ -15,7 +15,7 @@ import torch
 from bench import weights
 from . import conditions, devices
 from .base import Bottleneck, Model
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 class EDMModel(Model):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .base import Model
-from solvers.base import InputError
+from solvers.errors import InputError
 
 
 class GaussianMixture(Model):

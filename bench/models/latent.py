@@ -34,7 +34,7 @@ import contextlib
 
 from . import conditions, devices, loaded
 from .base import Bottleneck, Model, Requirement
-from solvers.base import InputError
+from solvers.errors import InputError
 
 LSUN_BETAS = {"beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}

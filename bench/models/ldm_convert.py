@@ -24,7 +24,7 @@ import types
 from pathlib import Path
 
 import torch
-from solvers.base import InputError
+from solvers.errors import InputError
 
 UNET_CONFIG = dict(sample_size=64, in_channels=3, out_channels=3, block_out_channels=(224, 448, 672, 896),
                    layers_per_block=2, attention_head_dim=32, norm_num_groups=32, norm_eps=1e-5,

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from solvers.base import InputError
+from solvers.errors import InputError
 
 RESOLUTION = 16
 HELD_OUT = 500

@@ -16,7 +16,7 @@ import pandas as pd
 from baselines import reported_results
 
 from . import tables
-from solvers.base import InputError
+from solvers.errors import InputError
 
 # project model name -> (paper dataset key, paper model) of the paper's tables (names of bench.models, plus aliases)
 PROJECT_MODELS = {

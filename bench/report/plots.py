@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 import matplotlib
-from solvers.base import InputError
+from solvers.errors import InputError
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

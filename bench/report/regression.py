@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from solvers.base import InputError
+from solvers.errors import InputError
 
 KEY = ["grid", "model", "label", "solver", "options", "nfe", "afs", "schedule", "metric"]
 BASELINE_COLUMNS = KEY + ["family", "value", "ci_low", "ci_high", "ci_method", "higher_is_better", "status",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import paper, plots, tables
-from solvers.base import InputError
+from solvers.errors import InputError
 
 FIG = "figures"
 

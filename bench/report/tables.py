@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 from bench import stats
-from solvers.base import InputError
+from solvers.errors import InputError
 
 MISSING = "–"
 GROUPS = {"handcrafted": "Handcrafted", "learned": "Learnable", "learnable": "Learnable", "floor": "Noise floor"}

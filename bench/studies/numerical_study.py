@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from solvers.base import InputError
+from solvers.errors import InputError
 
 # Classical Adams-Bashforth rows, oldest derivative first (as in solvers/ipndm.py).
 AB_ROWS = {
