@@ -88,6 +88,13 @@ def _load_spec(spec: str) -> type:
     return cls
 
 
+def code_hash(name: str) -> str:
+    """The hash of the code of a registered solver or a user's spec (solvers/source.py): stored results are keyed by
+    it, so editing a solver makes its cells new."""
+    from .source import code_hash as hash_of
+    return hash_of(solver_class(name))
+
+
 def get(name: str, **options) -> Solver:
     """Build a solver by name; unknown names and options raise ValueError listing what is accepted."""
     cls = solver_class(name)
@@ -135,5 +142,5 @@ def from_state(state: dict) -> Solver:
     return solver_class(kind).from_state(state)
 
 
-__all__ = ["get", "names", "learned_names", "is_spec", "state_of", "load", "from_state", "register", "solver_class", "schedules", "Solver", "Denoiser",
+__all__ = ["get", "code_hash", "names", "learned_names", "is_spec", "state_of", "load", "from_state", "register", "solver_class", "schedules", "Solver", "Denoiser",
            "NonFiniteError", "CountingDenoiser"]

@@ -99,16 +99,16 @@ class Solver:
         want = nfe // evals_per_call
         # calls() never decreases with n; where two grid sizes spend the same budget (UniPC: N = max_order and
         # N = max_order + 1, because the last step's corrector is dropped) take the larger one, which is the
-        # lineage's N = NFE + 1 (+ 1 with AFS).
-        found = None
-        for n in range(self.min_points + (1 if afs else 0), self.min_points + 2 * want + 4):
-            c = self.calls(n, afs, ends_at_zero)
-            if c == want:
-                found = n
-            elif c > want:
-                break
-        if found is not None:
-            return found
+        # lineage's N = NFE + 1 (+ 1 with AFS). A bisection finds the first n that spends more than `want`.
+        lo = self.min_points + (1 if afs else 0)
+        hi = self.min_points + 2 * want + 4                  # calls(hi) > want for every solver of this family
+        if self.calls(lo, afs, ends_at_zero) <= want:
+            first, last = lo, hi                             # calls(first) <= want < calls(last)
+            while last - first > 1:
+                mid = (first + last) // 2
+                first, last = (mid, last) if self.calls(mid, afs, ends_at_zero) <= want else (first, mid)
+            if self.calls(first, afs, ends_at_zero) == want:
+                return first
         reachable = [self.calls(n, afs, ends_at_zero) * evals_per_call
                      for n in range(self.min_points + (1 if afs else 0), self.min_points + 8)]
         raise InputError(f"{self.name} cannot spend exactly NFE={nfe} (afs={afs}"

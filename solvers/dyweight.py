@@ -215,6 +215,11 @@ class DyWeight(LearnedSolver):
                 t_hat = t[i + 1]
         return x
 
+    def artefacts(self) -> list:
+        """Its coefficient table (paper Fig. A.1): the weight rows, oldest first, and the time scales."""
+        from .artefacts import CoefficientTable
+        return [CoefficientTable(self.rows(), self.scales().detach().tolist(), bool(self.afs))]
+
     # ---- persistence -------------------------------------------------------------------------
     def state(self) -> dict:
         return {"solver": "dyweight", "format": 1, "num_points": self.grid_points, "afs": self.afs,

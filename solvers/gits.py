@@ -176,6 +176,11 @@ class GITS(LearnedSolver):
         self.metadata["indices"] = idx
         return self
 
+    def artefacts(self) -> list:
+        """Its searched grid."""
+        from .artefacts import TimeGrid
+        return [TimeGrid(list(self.timesteps))] if self.timesteps is not None else []
+
     # ---- persistence -------------------------------------------------------------------------
     def state(self) -> dict:
         return {"solver": self.name, "format": 1, "num_points": self.grid_points, "afs": self.afs,

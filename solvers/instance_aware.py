@@ -306,6 +306,12 @@ class InstanceAware(LearnedSolver):
         return {"timesteps": [t_max, *map(float, xi[inner]), t_min],
                 "model_times": [t_max, *map(float, s[inner]), t_min]}
 
+    def artefacts(self) -> list:
+        """The global part's grid and model times on the grid it was distilled for (its per-sample grids are
+        recorded by the harness through `grids`)."""
+        from .artefacts import TimeGrid
+        return [TimeGrid(**self.grid(self.sigmas[0], self.sigmas[-1]))] if self.sigmas else []
+
     # ---- persistence -------------------------------------------------------------------------
     def state(self) -> dict:
         # the global grid on the distilled range ("model_times" is the option's name here, so only the grid)

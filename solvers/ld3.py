@@ -149,6 +149,11 @@ class LD3(LearnedSolver):
                 "afs": self.afs, "base": self.base_name, "base_options": self.base_options,
                 "win_rate": self.win_rate, "mode": self.mode}
 
+    def artefacts(self) -> list:
+        """Its learned grid and model times on the grid it was distilled for."""
+        from .artefacts import TimeGrid
+        return [TimeGrid(**self.grid(self.sigmas[0], self.sigmas[-1]))] if self.sigmas else []
+
     def learns(self) -> dict[str, int]:
         """The interior time steps and model times (p1's first logit and the normalisation leave N - 2 free)."""
         free = self.grid_points - 2

@@ -23,6 +23,8 @@ backpropagation through `sample`), and subclasses `LearnedSolver`, which sets `l
                                                      setting), and why it needs a grid ending above 0
   grids(x_T, t_max, t_min) (optional)                its per-sample grids (B, N), recorded beside a distilled
                                                      solver for the report's figure; default None (one grid)
+  artefacts() (optional)                             what it shows in a report (solvers.artefacts: its coefficient
+                                                     table, its learned grid); stored beside its cells
   penalty(), begin_step(step, steps) (optional)      a regulariser of the latest `sample` run, per sample (added to
                                                      each sample's loss), and a hook before each optimiser step
                                                      (training phases); defaults: None, nothing
@@ -96,6 +98,10 @@ class LearnedSolver(Solver, torch.nn.Module):
         """The per-sample grids (B, N) it integrates the noises x_T on, for a solver that predicts one grid per
         sample; None (the default) for a solver with one grid for all."""
         return None
+
+    def artefacts(self) -> list:
+        """What the report shows of it (solvers.artefacts records); none by default."""
+        return []
 
     def learns(self) -> dict[str, int]:
         """Every learned quantity and its number of values (trainable Parameters)."""

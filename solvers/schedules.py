@@ -89,8 +89,31 @@ def flow_shift(n: int, shift: float = 3.0, t_max: float = 1.0, t_min: float = No
 KINDS = ("polynomial", "logsnr", "time_uniform", "discrete", "flow_shift")
 
 
+def options_of(kind: str) -> list[str]:
+    """The keyword options a schedule takes (beyond the point count and the sigma range)."""
+    import inspect
+    fn = {"polynomial": polynomial, "logsnr": logsnr, "time_uniform": time_uniform, "discrete": discrete,
+          "flow_shift": flow_shift}.get(kind)
+    if fn is None:
+        raise InputError(f"unknown schedule {kind!r}; accepted: {', '.join(KINDS)}")
+    return [p for p in inspect.signature(fn).parameters if p not in ("n", "sigma_min", "sigma_max")]
+
+
 def get(kind: str, n: int, sigma_min: float = None, sigma_max: float = None, **opts) -> torch.Tensor:
-    """Build a grid by name: one of KINDS (options as keywords, e.g. rho=7, sigma_fn=..., shift=3)."""
+    """Build a grid by name: one of KINDS (options as keywords, e.g. rho=7, sigma_fn=..., shift=3); an unknown
+    option or a value of the wrong type is one InputError naming what the schedule accepts."""
+    accepted = options_of(kind)
+    unknown = [k for k in opts if k not in accepted]
+    if unknown:
+        raise InputError(f"the {kind} schedule has no option {', '.join(map(repr, unknown))}; accepted: "
+                         f"{', '.join(accepted) or '(none)'}")
+    try:
+        return _build(kind, n, sigma_min, sigma_max, opts)
+    except TypeError as e:
+        raise InputError(f"the {kind} schedule's options {opts} are not of the right type ({e})") from None
+
+
+def _build(kind: str, n: int, sigma_min, sigma_max, opts: dict) -> torch.Tensor:
     if kind == "polynomial":
         return polynomial(n, sigma_min, sigma_max, **opts)
     if kind == "logsnr":
@@ -101,9 +124,7 @@ def get(kind: str, n: int, sigma_min: float = None, sigma_max: float = None, **o
         if "sigma_fn" not in opts:
             raise InputError("the discrete schedule needs sigma_fn, the model's sigma(tau) (a model adapter gives it)")
         return discrete(n, **opts)
-    if kind == "flow_shift":
-        return flow_shift(n, sigma_min=sigma_min, sigma_max=sigma_max, **opts)
-    raise InputError(f"unknown schedule {kind!r}; accepted: {', '.join(KINDS)}")
+    return flow_shift(n, sigma_min=sigma_min, sigma_max=sigma_max, **opts)
 
 
 def grid_for(solver, nfe: int, kind: str = "polynomial", sigma_min: float = 0.002, sigma_max: float = 80.0,
