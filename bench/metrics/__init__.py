@@ -35,4 +35,35 @@ def get(name: str, **options) -> Metric:
     return getattr(importlib.import_module(module), attr)(**options)
 
 
-__all__ = ["Metric", "get", "names", "register"]
+def build(name: str, options: dict, where: str = "") -> Metric:
+    """`get(name, **options)` with one-line errors naming the options the metric accepts."""
+    import inspect
+    if name not in _REGISTRY:
+        raise InputError(f"{where + ': ' if where else ''}unknown metric {name!r}; accepted: {', '.join(_REGISTRY)}")
+    module, attr = _REGISTRY[name].split(":")
+    factory = getattr(importlib.import_module(module), attr)
+    params = inspect.signature(factory).parameters
+    accepted = [p for p in params if p != "self"]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())   # a factory passing options on
+    unknown = [] if open_ended else [k for k in options if k not in accepted]
+    if unknown:
+        raise InputError(f"{where + ': ' if where else ''}metric {name!r} has no option "
+                         f"{', '.join(map(repr, unknown))}; accepted: {', '.join(accepted) or '(none)'}")
+    try:
+        return factory(**options)
+    except TypeError as err:
+        raise InputError(f"{where + ': ' if where else ''}metric {name!r} does not take options {options}: "
+                         f"{err}") from None
+
+
+def identity(name: str, options: dict) -> dict:
+    """What determines a metric's value besides the samples: its name and the options that change its value (all
+    but the metric class's `neutral_options`, such as its batch size and device)."""
+    if name not in _REGISTRY:
+        raise InputError(f"unknown metric {name!r}; accepted: {', '.join(_REGISTRY)}")
+    module, attr = _REGISTRY[name].split(":")
+    neutral = getattr(getattr(importlib.import_module(module), attr), "neutral_options", ())
+    return {"metric": name, "options": {k: v for k, v in sorted(options.items()) if k not in neutral}}
+
+
+__all__ = ["Metric", "build", "get", "identity", "names", "register"]

@@ -34,6 +34,8 @@ class Metric:
     device: str = "cpu"             # where its own networks run; the runner sets the cell model's device
     interval: str = "replicas"      # how its uncertainty is estimated (bench.stats): "replicas" or "bootstrap"
     has_floor: bool = False         # a distance to a reference distribution (it has a noise floor)
+    min_samples: int = 1            # the fewest samples of a cell it can score
+    neutral_options: tuple = ("batch_size", "device")   # options that do not change its value (not in result keys)
 
     def supports(self, model: Model) -> bool:
         """Whether this metric can score samples of `model` (e.g. exact-distribution metrics need an analytic model)."""
@@ -65,6 +67,11 @@ class Metric:
         """The cell's value and 95 % interval from the records of `sets` disjoint seed sets (bench.stats)."""
         return stats.replicas(lambda part: self.score_set(part, cell), records, sets)
 
+    def scores(self, records: torch.Tensor):
+        """One score per sample, in seed order, when the metric is a mean of them (stored for paired comparisons
+        and exports); None for a set statistic such as an FD."""
+        return None
+
     def compute(self, cell: Cell) -> float:
         if type(self).per_sample is Metric.per_sample:
             raise NotImplementedError(f"metric {self.name!r} defines neither per_sample/reduce nor compute")
@@ -78,6 +85,7 @@ class FrechetMetric(Metric):
     covariance."""
 
     has_floor = True
+    min_samples = 2
 
     def distance(self, mu, cov, cell: Cell) -> float:
         raise NotImplementedError
@@ -118,3 +126,6 @@ class MeanScore(Metric):
 
     def estimate(self, records: torch.Tensor, cell: Cell, sets: int = 1) -> stats.Estimate:
         return stats.bootstrap_mean(records[:, 0])
+
+    def scores(self, records: torch.Tensor):
+        return records[:, 0].double().numpy()

@@ -65,6 +65,8 @@ class Model:
     distill_lr: float | None = None         # the paper's DyWeight learning rate for it (None: bench.distill's default)
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
+    threads: int | None = None              # torch threads a run of it asks for (None: torch's default); the small
+                                            # embedded models ask for 1, the fastest on a shared machine
 
     # --- what the runner calls -----------------------------------------------------------
     def denoiser(self, cond: Any = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

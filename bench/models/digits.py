@@ -80,6 +80,7 @@ class Digits(Model):
 
     floor_sources = {"teacher": "Teacher (iPNDM, 35 steps)", "real": "Real digits (training split)"}
     teacher_steps = 35
+    threads = 1                                   # tiny problems: one torch thread is fastest beside other work
 
     def __init__(self, weights_dir: str | Path | None = None, centred: bool = False):
         if not isinstance(centred, bool):

@@ -33,6 +33,7 @@ class GaussianMixture(Model):
     dtype = torch.float64
     floor_sources = {"exact_ode": "Exact ODE solution", "data": "Exact data samples"}
     rtol = 1e-10                                  # of the reference ODE solution
+    threads = 1                                   # tiny problems: one torch thread is fastest beside other work
 
     def __init__(self, name: str, weights, means, covariances, description: str = "",
                  sigma_min: float = 0.002, sigma_max: float = 80.0, device: str | torch.device = "cpu"):
