@@ -67,9 +67,10 @@ def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list
                              "distil first and start from), not both")
         merged.pop("init_from", None)
     settings = Settings.from_options(merged, cls.structure)
-    nfe = len(grid) - 1 - int(afs)
+    settings.structure = dict(settings.structure or {})
+    # the structure fits this grid; the student itself counts the network evaluations it spends on it
+    nfe = student_nfe(cls.untrained(len(grid), afs, **settings.structure), grid, afs, target)
     settings.resolve(nfe, getattr(target, "distill_lr", None), getattr(target, "batch_hint", None))
-    cls.untrained(len(grid), afs, **settings.structure)         # the structure fits this grid
     teacher = Teacher(settings.teacher, settings.teacher_steps, settings.teacher_options, settings.teacher_afs,
                       settings.teacher_denoise, settings.teacher_schedule)
     teacher.check()
@@ -83,6 +84,12 @@ def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list
         raise InputError("this grid ends at sigma = 0, where D(x, 0) is no final denoise; set teacher_denoise = "
                          "false (a flow model's teacher ends at t = 0 itself)")
     return grid, settings, teacher
+
+
+def student_nfe(student, grid: list[float], afs: bool, target=None) -> int:
+    """Network evaluations per sample the student spends on `grid` (its own `calls`, times the target model's
+    evaluations per call): the NFE its NFE-dependent settings are resolved with and its metadata records."""
+    return student.calls(len(grid), afs, ends_at_zero=grid[-1] == 0) * int(getattr(target, "evals_per_call", 1))
 
 
 _STARTS: dict[str, dict] = {}          # init_from starts distilled in this process: key -> the start's options()
@@ -108,7 +115,6 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     return it trained."""
     t_start = time.perf_counter()
     grid, settings, teacher = validate(kind, sigmas, afs, target, **options)
-    nfe = len(grid) - 1 - int(afs)
     source = Source(target, grid[-1], grid[0], noise_shape, dtype)
     cls = solvers.solver_class(kind)
     cache = Cache(None if cache_dir is False else (cache_dir or default_cache_dir()))
@@ -117,7 +123,7 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
         settings.structure["init"] = _start(settings.init_from, target, grid, noise_shape, afs, seed, ident,
                                             dtype, dict(cache_dir=cache_dir, cache_id=cache_id, progress=progress))
     if getattr(cls, "trained_by", "gradient") == "search":            # e.g. GITS: a search over teacher states
-        return _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident, cache)
+        return _search(cls, source, grid, afs, settings, teacher, seed, t_start, ident, cache)
 
     seeds, eval_seeds = seed_lists(settings)
     train_set = endpoints(source, teacher, seeds, ident, cache, settings.teacher_batch_size)
@@ -132,6 +138,7 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
 
     torch.manual_seed(seed)
     student = cls.untrained(len(grid), afs, **settings.structure)
+    nfe = student_nfe(student, grid, afs, target)
     curves = train(student, source, grid, afs, settings, train_set, eval_set, path_set, seed=seed,
                    progress=progress)
     student.sigmas = grid
@@ -154,7 +161,7 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     return student
 
 
-def _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident, cache):
+def _search(cls, source, grid, afs, settings, teacher, seed, t_start, ident, cache):
     """A learned solver trained without gradients (`trained_by = "search"`): its `search` reads the teacher's whole
     trajectories on the search seeds (teacher.trajectories, from the shared teacher cache) and, with AFS, picks
     among candidates on them."""
@@ -162,6 +169,7 @@ def _search(cls, source, grid, afs, settings, teacher, nfe, seed, t_start, ident
     seeds = seed_lists(settings)[0]
     T, X, d, x_T, hit = trajectories(source, teacher, seeds, afs, ident, cache, settings.teacher_batch_size)
     student = cls.untrained(len(grid), afs, **settings.structure)
+    nfe = student_nfe(student, grid, afs, source.model)
     den, pick = None, seeds[:settings.teacher_batch_size]
     if afs:                                     # the AFS candidates are sampled on one batch of the search seeds
         den = source.denoiser(source.conditions(pick))

@@ -227,7 +227,8 @@ def optimizer(params, settings: Settings):
 
 def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eval_set, path_set=None,
           seed: int = 0, progress=None) -> dict:
-    """Optimise the student's Parameters in place; return the training curves.
+    """Optimise the student's Parameters in place; return the training curves. `progress(info)`, if given, is
+    called after every optimiser step with {"step", "steps", "loss", "eval" (the latest held-out error or None)}.
 
     A distance that reads images (losses.reads_images, e.g. "inception") gets decoded samples: the student's
     through the model's differentiable decoder, the teacher's without gradient (the reference decodes with
@@ -312,8 +313,9 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
         last = step == settings.steps - 1
         if evaluating and ((step + 1) % settings.eval_every == 0 or last):
             best = evaluated(step + 1)
-            if progress:
-                progress(f"step {step + 1}/{settings.steps} loss {total:.3e} eval {curves['eval_error'][-1]:.4f}")
+        if progress:
+            progress({"step": step + 1, "steps": settings.steps, "loss": total,
+                      "eval": curves["eval_error"][-1] if curves["eval_error"] else None})
     curves["train_seconds"] = time.perf_counter() - t0
     if best is not None:
         student.load_state_dict(best[2])
