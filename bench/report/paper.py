@@ -93,8 +93,10 @@ def tables_for(dataset: str, metric: str = "fid", paper_model: str | None = None
 
 
 def compare(measured: pd.DataFrame, model: str, metric: str, table: str | None = None) -> pd.DataFrame | None:
-    """Measured beside reported for one model: rows (group, method), columns (NFE, "measured"|"reported"|
-    "ratio"); ratio = measured / reported where both exist. None when the paper has no counterpart."""
+    """Measured beside reported for one model: rows (group, method), columns (NFE, "measured"|"reported"|"ratio");
+    ratio = measured / reported where both exist. Each measured row keeps its own label: two rows of one paper
+    method (distilled and released DyWeight, say) are two rows, each against the paper's number, never averaged.
+    None when the paper has no counterpart."""
     sel = measured[(measured.model == model) & (measured.metric == metric)]
     stored = next((k for k in sel["paper_key"] if k), "")
     key, pmetric = paper_key(model, stored), PAPER_METRIC.get(metric)
@@ -109,30 +111,40 @@ def compare(measured: pd.DataFrame, model: str, metric: str, table: str | None =
         table = max(candidates, key=lambda t: (len(want & set(reported_table(dataset, pmetric, t, pmodel).columns)),
                                                -candidates.index(t)))
     rep = reported_table(dataset, pmetric, table, pmodel)
-    sel = sel.assign(method=sel.paper_method)
-    sel = sel[(sel.method != "") & (sel.status == "ok")]
-    meas = sel.groupby(["method", "nfe"]).value.mean().unstack("nfe") if len(sel) else pd.DataFrame()
-    nfes = sorted(set(rep.columns) | set(meas.columns))
+    sel = sel[(sel.paper_method != "") & (sel.status == "ok")]
+    nfes = sorted(set(rep.columns) | set(sel.nfe.astype(int)))
     cols = pd.MultiIndex.from_product([nfes, ["measured", "reported", "ratio"]], names=["NFE", ""])
-    out = pd.DataFrame(np.nan, index=rep.index, columns=cols)
-    extra = [m for m in meas.index if m not in rep.index.get_level_values("method")]
-    if extra:  # measured methods the paper does not report in this table
-        groups = {m: tables.GROUPS[str(sel[sel.method == m].family.iloc[0])] for m in extra}
-        out = pd.concat([out, pd.DataFrame(np.nan, index=pd.MultiIndex.from_tuples(
-            [(groups[m], m) for m in extra], names=["group", "method"]), columns=cols)])
-    for (group, method) in out.index:
+    reported_of = {m: (g, m) for g, m in rep.index}
+    index, label_of = [], {}                             # (group, shown name) -> the measured label, if any
+    for (group, method) in rep.index:                    # the paper's rows in its order, each measured label below
+        labels = list(dict.fromkeys(sel[sel.paper_method == method].label))
+        for lbl in labels:
+            shown = (group, method if lbl == method else f"{lbl} ({method})")
+            index.append(shown)
+            label_of[shown] = lbl
+        if not labels:
+            index.append((group, method))
+    for lbl in dict.fromkeys(sel.label):                 # measured methods the paper does not report here
+        if lbl not in label_of.values():
+            shown = (tables.GROUPS[str(sel[sel.label == lbl].family.iloc[0])], lbl)
+            index.append(shown)
+            label_of[shown] = lbl
+    out = pd.DataFrame(np.nan, index=pd.MultiIndex.from_tuples(index, names=["group", "method"]), columns=cols)
+    for (group, shown) in out.index:
+        mine = sel[sel.label == label_of[(group, shown)]] if (group, shown) in label_of else sel.iloc[0:0]
+        method = mine.paper_method.iloc[0] if len(mine) else shown
         for n in nfes:
-            r = rep.loc[(group, method), n] if (group, method) in rep.index and n in rep.columns else np.nan
-            m = meas.loc[method, n] if method in meas.index and n in meas.columns else np.nan
-            out.loc[(group, method), (n, "reported")] = r
-            out.loc[(group, method), (n, "measured")] = m
-            out.loc[(group, method), (n, "ratio")] = m / r if np.isfinite(m) and np.isfinite(r) and r else np.nan
+            r = rep.loc[reported_of[method], n] if method in reported_of and n in rep.columns else np.nan
+            at = mine[mine.nfe == n]
+            m = float(at.value.iloc[0]) if len(at) == 1 else np.nan
+            out.loc[(group, shown), (n, "reported")] = r
+            out.loc[(group, shown), (n, "measured")] = m
+            out.loc[(group, shown), (n, "ratio")] = m / r if np.isfinite(m) and np.isfinite(r) and r else np.nan
     return out
 
 
-def compare_markdown(cmp: pd.DataFrame) -> str:
-    """The comparison as GitHub Markdown: "measured / reported (×ratio)" per NFE, "–" where missing."""
-    from tabulate import tabulate
+def compare_rows(cmp: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the comparison: "measured / reported (×ratio)" per NFE, "–" where missing."""
     nfes = list(dict.fromkeys(cmp.columns.get_level_values(0)))
     rows, last = [], None
     for (group, method), r in cmp.iterrows():
@@ -145,8 +157,21 @@ def compare_markdown(cmp: pd.DataFrame) -> str:
             cells.append(cell)
         rows.append([group if group != last else "", method] + cells)
         last = group
-    headers = ["", "Method"] + [f"NFE {n}: measured / reported" for n in nfes]
+    return ["", "Method"] + [f"NFE {n}: measured / reported" for n in nfes], rows
+
+
+def compare_markdown(cmp: pd.DataFrame) -> str:
+    """The comparison as GitHub Markdown."""
+    from tabulate import tabulate
+    headers, rows = compare_rows(cmp)
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def compare_doc(cmp: pd.DataFrame):
+    """The comparison as a report block."""
+    from .doc import table
+    headers, rows = compare_rows(cmp)
+    return table(headers, rows, align=["left", "left"] + ["right"] * (len(headers) - 2))
 
 
 def transfer_reported() -> pd.DataFrame:

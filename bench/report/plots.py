@@ -1,14 +1,16 @@
-"""The report's figures, each saved as PNG and PDF (matplotlib's Agg backend, seaborn styling):
+"""The report's figures, each saved as PNG and PDF (matplotlib's Agg backend, seaborn styling), drawn from stored
+results and artefacts only:
 
-- metric vs NFE per model, one line per solver;
-- DyWeight coefficients as heatmaps (paper Fig. A.1): rows = steps (the AFS step first), columns = the history
-  weights w_{n,i} (oldest first), their sum and the time scale s_n; for distilled and released coefficients;
+- metric vs NFE per model: one line per method in its fixed colour and marker (bench.report.style; learned methods
+  dashed), points of one NFE offset a little so coinciding ones stay visible, 95 % intervals as error bars clipped
+  at 0 for a metric that cannot be negative, each noise floor once as a grey band around a dotted line;
+- coefficient tables as heatmaps (paper Fig. A.1): rows = steps (the AFS step first), columns = the history
+  weights (oldest first), their sum and the time scale of the step's call; distilled and released;
 - the cross-model transfer matrix (paper Table A.1) as a heatmap;
-- distillation training curves (paper Fig. 5): loss and held-out error against the optimisation step;
-- learned time grids (the saved state's `timesteps`, and `model_times` where a solver decouples them), one row per
-  solver on a log-sigma axis;
-- per-sample time grids (a distilled solver's recorded `sample_grids`): one line per sample over the grid
-  index, coloured by the instance class it ends in, beside the global grid it deviates from;
+- distillation curves (paper Fig. 5): one panel per model, the loss smoothed (solid) over its raw values (faint),
+  and the held-out error at its checkpoints;
+- learned time grids, one row per solver on a log-sigma axis (hollow: the times its network sees);
+- per-sample time grids: one line per sample over the grid index, coloured by the instance class it ends in;
 - the numerical study (paper Figs. 3 and A.2): error vs complexity K and vs steps S.
 Every function returns the paths it wrote.
 """
@@ -18,6 +20,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+
 from solvers.errors import InputError
 
 matplotlib.use("Agg")
@@ -25,10 +28,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from . import tables  # noqa: E402
+from . import style, tables  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
+PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 
 
 def save(fig, base: Path) -> list[Path]:
@@ -44,40 +49,53 @@ def save(fig, base: Path) -> list[Path]:
     return out
 
 
+def plain_log_axis(ax, axis: str = "y") -> None:
+    """A log axis labelled with plain numbers (0.5, 2, 10), not powers of ten."""
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    a.set_major_formatter(PLAIN)
+    a.set_minor_formatter(NullFormatter())
+
+
 # ---- metric vs NFE ------------------------------------------------------------------------------
-def metric_vs_nfe(df: pd.DataFrame, model: str, metric: str, base: Path, grid: str | None = None) -> list[Path]:
-    """One line per solver (dashed for learned ones) with its 95 % intervals as error bars, each noise floor as a
-    grey band (its interval) around a dotted line; log scale when the values span more than a decade."""
-    t = tables.measured(df, model, metric, grid)
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+def metric_vs_nfe(t: tables.Measured, model: str, base: Path) -> list[Path]:
+    """One line per method with its 95 % intervals, each noise floor once as a band; log scale when the values span
+    more than a decade."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
     methods = [r for r in t.values.index if r[0] != tables.FLOOR]
-    palette = sns.color_palette("tab10", len(methods))
-    for color, row in zip(palette, methods):
+    vals = t.values.to_numpy(dtype=float)
+    nonneg = bool(np.nanmin(vals) >= 0) if np.isfinite(vals).any() else True
+    spacing = np.diff(sorted(t.values.columns)).min() if len(t.values.columns) > 1 else 1
+    for i, row in enumerate(methods):
         v = t.values.loc[row].astype(float)
         ok = np.isfinite(v)
+        if not ok.any():
+            continue
+        x = np.asarray(v[ok].index, dtype=float) + (i - (len(methods) - 1) / 2) * 0.025 * spacing
         lo, hi = t.low.loc[row].astype(float)[ok], t.high.loc[row].astype(float)[ok]
+        lo = lo.clip(lower=0) if nonneg else lo
         err = np.vstack([(v[ok] - lo).clip(lower=0).fillna(0), (hi - v[ok]).clip(lower=0).fillna(0)])
-        ax.errorbar(v[ok].index, v[ok].values, yerr=err, marker="o", markersize=3, capsize=2, color=color,
-                    label=row[1], linestyle="--" if row[0] == "Learnable" else "-")
+        ax.errorbar(x, v[ok].values, yerr=err, marker=style.marker(row[1]), markersize=4, capsize=2,
+                    color=style.color(row[1]), label=row[1], linestyle=style.linestyle(row[0]), linewidth=1.2)
     for shade, row in zip((0.55, 0.35, 0.75), [r for r in t.values.index if r[0] == tables.FLOOR]):
         v, (lo, hi) = float(t.values.loc[row].iloc[0]), t.interval(row, t.values.columns[0])
         if np.isfinite(v):
             ax.axhline(v, color=str(shade), linestyle=":", linewidth=1, label=f"floor: {row[1]}")
             if np.isfinite(lo) and np.isfinite(hi):
-                ax.axhspan(lo, hi, color=str(shade), alpha=0.2, linewidth=0)
-    vals = t.values.to_numpy(dtype=float)
-    vals = vals[np.isfinite(vals) & (vals > 0)]
-    if len(vals) and vals.max() / vals.min() > 10:
+                ax.axhspan(max(lo, 0) if nonneg else lo, hi, color=str(shade), alpha=0.2, linewidth=0)
+    pos = vals[np.isfinite(vals) & (vals > 0)]
+    if len(pos) and pos.max() / pos.min() > 10:
         ax.set_yscale("log")
+        plain_log_axis(ax)
     ax.set_xticks(list(t.values.columns))
     ax.set_xlabel("NFE")
-    ax.set_ylabel(t.label + (" (higher is better)" if t.higher else " (lower is better)"))
-    ax.set_title(f"{model}: {t.label} vs NFE (95 % intervals)")
+    ax.set_ylabel(t.label)
+    ax.set_title(f"{model} ({'higher' if t.higher else 'lower'} is better)", fontsize=9)
     ax.legend(fontsize=6, frameon=True, loc="upper left", bbox_to_anchor=(1.02, 1))      # beside the curves
     return save(fig, base)
 
 
-# ---- DyWeight coefficients (Fig. A.1) -----------------------------------------------------------
+# ---- coefficient tables (Fig. A.1) --------------------------------------------------------------
 def coefficient_matrix(rows: list[list[float]], time_scale: list[float], afs: bool) -> pd.DataFrame:
     """Steps x [w_{n-K+1}..w_n, sum w, s_n]: weights right-aligned (oldest first, empty before the history
     fills), the sum of each row (the implicit time shift) and the time scale of the step's network call (none
@@ -154,31 +172,6 @@ def released_panels(nfes=(3, 4)) -> list[tuple[str, pd.DataFrame]]:
     return panels
 
 
-def distilled_solvers(results_dir: Path) -> list[dict]:
-    """Every saved learned solver under <results_dir>/solvers/<grid>/<model>/<label>-nfe<N>.json, with its path
-    parts (`has_weight_rows`: it holds DyWeight's weight rows, what the coefficient heatmaps draw)."""
-    import json
-    out = []
-    root = Path(results_dir) / "solvers"
-    for p in sorted(root.glob("*/*/*.json")):
-        try:
-            st = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(st, dict) or not isinstance(st.get("solver"), str):
-            continue
-        grid, model = p.parent.parent.name, p.parent.name
-        out.append({"path": p, "grid": grid, "model": model, "name": p.stem, "state": st,
-                    "has_weight_rows": "weights_oldest_to_newest" in st})
-    return out
-
-
-def distilled_panels(solvers: list[dict]) -> list[tuple[str, pd.DataFrame]]:
-    return [(f"{s['model']} {s['name']}", coefficient_matrix(s["state"]["weights_oldest_to_newest"],
-                                                             s["state"]["time_scale"], bool(s["state"]["afs"])))
-            for s in solvers]
-
-
 # ---- transfer matrix (Table A.1) ----------------------------------------------------------------
 def transfer_heatmap(matrix: pd.DataFrame, base: Path, title: str, value_label: str = "FID") -> list[Path]:
     """Rows = evaluated on, columns = coefficients from (diagonal = native); annotated values."""
@@ -193,91 +186,103 @@ def transfer_heatmap(matrix: pd.DataFrame, base: Path, title: str, value_label: 
 
 
 # ---- training curves (Fig. 5) -------------------------------------------------------------------
-def training_curves(solvers: list[dict], base: Path, title: str) -> list[Path]:
-    """Loss (left) and held-out error (right) against the optimisation step, one line per distilled solver.
-    A run whose metadata lacks a curve (e.g. "loss" holding the loss's name, not its values) skips that panel."""
-    runs = [(f"{s['model']} {s['name']}", s["state"].get("metadata", {}).get("training") or {}) for s in solvers]
-    has_loss = lambda t: isinstance(t.get("loss"), list) and isinstance(t.get("step"), list)  # noqa: E731
-    has_eval = lambda t: isinstance(t.get("eval_error"), list) and len(t.get("eval_error")) > 0  # noqa: E731
-    runs = [(n, t) for n, t in runs if has_loss(t) or has_eval(t)]
+def smooth(values, weight: float = 0.9) -> np.ndarray:
+    """An exponential moving average with bias correction (the first values are not pulled towards 0)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** i))
+    return np.asarray(out)
+
+
+def training_curves(runs: list[tuple[str, str, object]], base: Path, title: str) -> list[Path]:
+    """`runs`: (model, row, TrainingRecord). Per model a panel of the loss (smoothed solid over raw faint) and, on
+    the right, the held-out error at its checkpoints; one colour per row."""
+    runs = [r for r in runs if r[2].loss or r[2].eval_error]
     if not runs:
-        raise InputError("no training curves recorded in the distilled solvers")
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    palette = sns.color_palette("tab10", len(runs))
-    for color, (name, t) in zip(palette, runs):
-        if has_loss(t):
-            a.plot(t["step"][:len(t["loss"])], t["loss"], color=color, label=name, linewidth=1)
-        if has_eval(t):
-            b.plot(t["eval_step"], t["eval_error"], color=color, marker="o", markersize=3, label=name)
-    for ax, y in ((a, "training loss"), (b, "held-out error vs teacher")):
-        ax.set_xlabel("optimisation step")
-        ax.set_ylabel(y)
-        if ax.lines:
-            ax.set_yscale("log")
-            ax.legend(fontsize=6)
-        else:
-            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+        raise InputError("no training curves recorded")
+    models = list(dict.fromkeys(m for m, _, _ in runs))
+    fig, axes = plt.subplots(len(models), 2, figsize=(9.5, 2.8 * len(models)), squeeze=False)
+    for (a, b), model in zip(axes, models):
+        for _, name, rec in [r for r in runs if r[0] == model]:
+            c = style.color(name.rsplit(" NFE", 1)[0])
+            if rec.loss:
+                steps = rec.step[:len(rec.loss)] or list(range(len(rec.loss)))
+                a.plot(steps, rec.loss, color=c, alpha=0.2, linewidth=0.6)
+                a.plot(steps, smooth(rec.loss), color=c, linewidth=1.2, label=name)
+            if rec.eval_error:
+                b.plot(rec.eval_step, rec.eval_error, color=c, marker="o", markersize=3, label=name)
+        for ax, y in ((a, "training loss"), (b, "held-out error vs teacher")):
+            ax.set_xlabel("optimisation step")
+            ax.set_ylabel(y, fontsize=8)
+            if ax.lines:
+                ax.set_yscale("log")
+                plain_log_axis(ax)
+            else:
+                ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+        a.set_title(model, fontsize=9, loc="left")
+        b.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=True)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, base)
 
 
-def learned_grids(solvers: list[dict], base: Path, title: str) -> list[Path]:
-    """One row per saved solver whose state records a learned grid (`timesteps`): its points on a log-sigma axis
-    (filled), and the times its network sees where they differ (`model_times`, hollow)."""
-    rows = [(f"{s['model']} {s['name']}", s["state"]) for s in solvers if isinstance(s["state"].get("timesteps"), list)]
+def learned_grids(rows: list[tuple[str, object]], base: Path, title: str) -> list[Path]:
+    """`rows`: (name, TimeGrid). One row per solver: its grid points on a log-sigma axis (filled) and the times its
+    network sees where they differ (hollow)."""
     if not rows:
-        raise InputError("no learned time grids recorded in the saved solvers")
+        raise InputError("no learned time grids recorded")
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.32 * len(rows)))
-    palette = sns.color_palette("tab10", len(rows))
-    for y, (color, (name, st)) in enumerate(zip(palette, rows)):
-        ax.plot(st["timesteps"], [y] * len(st["timesteps"]), "o", color=color, markersize=4)
-        model_times = st.get("model_times")
-        if isinstance(model_times, list) and model_times != st["timesteps"]:
-            ax.plot(model_times, [y + 0.25] * len(model_times), "o", mfc="none", color=color, markersize=4)
+    for y, (name, g) in enumerate(rows):
+        c = style.color(name.rsplit(" NFE", 1)[0])
+        ax.plot(g.timesteps, [y] * len(g.timesteps), "o", color=c, markersize=4)
+        if isinstance(g.model_times, list) and g.model_times != g.timesteps:
+            ax.plot(g.model_times, [y + 0.25] * len(g.model_times), "o", mfc="none", color=c, markersize=4)
     ax.set_xscale("log")
+    plain_log_axis(ax, "x")
     ax.set_yticks(range(len(rows)), [n for n, _ in rows], fontsize=6)
     ax.invert_xaxis()
-    ax.set_xlabel("sigma (filled: the solver's grid; hollow: the model's input times)")
+    ax.set_xlabel("sigma (filled: the solver's grid; hollow: the network's input times)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, base)
 
 
-def per_sample_grids(solvers: list[dict], base: Path, title: str) -> list[Path]:
-    """One panel per saved solver that recorded per-sample grids (metadata "sample_grids"): sigma_k (log axis)
-    against the grid index k, one thin line per sample, coloured by the component its sample ends in where the
-    model names one ("classes"), and the solver's global grid (`timesteps`) as a thick black dashed line."""
-    rows = [(f"{s['model']} {s['name']}", s["state"]) for s in solvers
-            if isinstance(s["state"].get("metadata", {}).get("sample_grids"), dict)]
+def per_sample_grids(rows: list[tuple[str, object]], base: Path, title: str) -> list[Path]:
+    """`rows`: (name, SampleGrids). One panel per solver: sigma_k (log axis) against the grid index k, one thin line
+    per sample, coloured by the component its sample ends in where recorded, and the global grid dashed black; one
+    legend for the figure."""
     if not rows:
-        raise InputError("no per-sample grids recorded in the saved solvers")
+        raise InputError("no per-sample grids recorded")
     cols = min(3, len(rows))
-    fig, axes = plt.subplots(math.ceil(len(rows) / cols), cols, figsize=(3.6 * cols, 3.0 * math.ceil(len(rows) / cols)),
-                             squeeze=False)
-    for ax, (name, st) in zip(axes.flat, rows):
-        rec = st["metadata"]["sample_grids"]
-        grids = np.asarray(rec["grids"], dtype=float)
-        classes = rec.get("classes") or [0] * len(grids)
-        palette = sns.color_palette("tab10", max(classes) + 1)
+    nrows = math.ceil(len(rows) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 3.1 * nrows), squeeze=False)
+    palette = sns.color_palette("tab10", 10)
+    classes_seen = set()
+    for ax, (name, rec) in zip(axes.flat, rows):
+        grids = np.asarray(rec.grids, dtype=float)
+        classes = rec.classes or [0] * len(grids)
+        classes_seen.update(classes if rec.classes else [])
         k = np.arange(grids.shape[1])
         for row, c in zip(grids, classes):
-            ax.plot(k, row, color=palette[c], alpha=0.25, linewidth=0.7)
-        if isinstance(st.get("timesteps"), list):
-            ax.plot(k, st["timesteps"], "k--o", linewidth=1.6, markersize=3, label="global grid")
-        if rec.get("classes"):
-            for c in sorted(set(classes)):
-                ax.plot([], [], color=palette[c], label=f"ends in component {c}")
+            ax.plot(k, row, color=palette[c % 10], alpha=0.25, linewidth=0.7)
+        if rec.global_grid:
+            ax.plot(k, rec.global_grid, "k--o", linewidth=1.4, markersize=3)
         ax.set_yscale("log")
+        plain_log_axis(ax)
         ax.set_xticks(k)
-        ax.set_xlabel("grid index k")
-        ax.set_ylabel("sigma_k")
-        ax.set_title(f"{name} ({len(grids)} samples)", fontsize=8)
-        ax.legend(fontsize=6)
+        ax.set_xlabel("grid index k", fontsize=7)
+        ax.set_ylabel("sigma_k", fontsize=7)
+        ax.set_title(name, fontsize=7)
     for ax in list(axes.flat)[len(rows):]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color="k", linestyle="--", marker="o", markersize=3, label="global grid")]
+    handles += [plt.Line2D([], [], color=palette[c % 10], label=f"ends in component {c}")
+                for c in sorted(classes_seen)]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=min(4, len(handles)), frameon=True,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(f"{title} ({len(rows[0][1].grids)} samples each)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return save(fig, base)
 
 
@@ -286,13 +291,14 @@ def _study_panel(ax, m: pd.DataFrame, x: str, fixed: str, value: int, teacher: p
     palette = sns.color_palette("viridis", 4)
     sel = m[m[fixed] == value]
     for o in sorted(sel.order.unique()):
-        for variant, style in (("standard", "--"), ("optimized", "-")):
+        for variant, ls in (("standard", "--"), ("optimized", "-")):
             s = sel[(sel.order == o) & (sel.variant == variant)].sort_values(x)
-            ax.plot(s[x], s.rel_error, linestyle=style, marker="o", markersize=3, color=palette[int(o) - 1],
+            ax.plot(s[x], s.rel_error, linestyle=ls, marker="o", markersize=3, color=palette[int(o) - 1],
                     label=f"AB-{o} {'optimised' if variant == 'optimized' else 'standard'}")
     if teacher is not None and x == "complexity":
         ax.plot(teacher.index, teacher.values, ":", color="red", label="Teacher (AB-4, many steps)")
     ax.set_yscale("log")
+    plain_log_axis(ax)
     ax.set_xlabel("complexity K (polynomial degree)" if x == "complexity" else "steps S")
     ax.set_ylabel("relative L2 error")
     ax.set_title(f"{'S' if fixed == 'steps' else 'K'} = {value}", fontsize=8)
@@ -317,24 +323,21 @@ def numerical_study_figures(df: pd.DataFrame, out_dir: Path, name: str) -> list[
     a.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     out += save(fig, Path(out_dir) / f"{name}_fig3")
-    n = len(Ss) + len(Ks)
     ncols = 4
     nrows = math.ceil(len(Ss) / ncols) + math.ceil(len(Ks) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
     flat = list(axes.flat)
-    k = 0
-    for S in Ss:
-        _study_panel(flat[k], few, "complexity", "steps", S, teacher); k += 1
-    k = math.ceil(len(Ss) / ncols) * ncols
-    first_k = k
-    for K in Ks:
-        _study_panel(flat[k], few, "steps", "complexity", K, None); k += 1
-    for i, ax in enumerate(flat):
+    for k, S in enumerate(Ss):
+        _study_panel(flat[k], few, "complexity", "steps", S, teacher)
+    first_k = math.ceil(len(Ss) / ncols) * ncols
+    for k, K in enumerate(Ks):
+        _study_panel(flat[first_k + k], few, "steps", "complexity", K, None)
+    for ax in flat:
         if not ax.lines:
             ax.axis("off")
     flat[0].legend(fontsize=5, ncol=2)
     flat[first_k].legend(fontsize=5, ncol=2)
-    fig.suptitle(f"Numerical study ({name}): {n} panels, mean over problems", fontsize=10)
+    fig.suptitle(f"Numerical study ({name}): {len(Ss) + len(Ks)} panels, mean over problems", fontsize=10)
     fig.tight_layout()
     out += save(fig, Path(out_dir) / f"{name}_figA2")
     return out

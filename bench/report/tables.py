@@ -1,7 +1,7 @@
 """Results tables in the paper's layout: methods as rows (grouped handcrafted / learnable), NFE as columns, the
 noise floors below them, "–" where a cell is missing.
 
-`measured` reads one model and metric from the tidy stored results (`bench.results.load`): values, the bounds of
+`measured` reads one model and metric from one run's stored results (bench.store.select): values, the bounds of
 their 95 % intervals, the metric's direction and label, all stored with each result. `ranks` marks only what the
 intervals support (bench.stats.separable): the best in bold and the second underlined when they stand apart,
 ties as ties; `on_floor` marks values not separable from a noise floor. `to_markdown` renders with tabulate
@@ -49,7 +49,12 @@ def pivot(df: pd.DataFrame, model: str, metric: str, grid: str | None = None, co
                      group=sel["family"].map(lambda f: GROUPS.get(str(f), str(f).capitalize())),
                      value=sel[column].where(sel["status"] == "ok"))
     order = list(dict.fromkeys(sel["method"]))
-    table = sel.pivot_table(index=["group", "method"], columns="nfe", values="value", aggfunc="mean",
+    twice = sel[sel.duplicated(["group", "method", "nfe"], keep=False)]
+    if len(twice):
+        r = twice.iloc[0]
+        raise InputError(f"{len(twice)} stored cells share one table cell ({model} / {r['method']} / NFE {r['nfe']} / "
+                         f"{metric}); a table shows one run's cells (bench.store.select), never a mix")
+    table = sel.pivot_table(index=["group", "method"], columns="nfe", values="value", aggfunc="first",
                             dropna=False)
     # every method that was run keeps its row even if all its cells failed
     full = pd.MultiIndex.from_frame(sel[["group", "method"]].drop_duplicates())
@@ -251,6 +256,24 @@ def to_markdown(table, higher: bool | None = None) -> str:
     rows = _cells(table, higher, lambda s: f"**{s}**", lambda s: f"<ins>{s}</ins>", lambda s: f"*{s}*",
                   lambda s: f"{s} °")
     return _github(rows, (table.values if isinstance(table, Measured) else table).columns)
+
+
+def to_doc(table, higher: bool | None = None):
+    """The table as a report block (bench.report.doc.Table): the Markdown cells of `to_markdown` and HTML cells with
+    the same marks (<b> best, <u> second, <i> tied, ° on the noise floor)."""
+    import html as _html
+
+    from .doc import Table
+    if higher is None:
+        higher = table.higher if isinstance(table, Measured) else False
+    nfes = (table.values if isinstance(table, Measured) else table).columns
+    md = _cells(table, higher, lambda s: f"**{s}**", lambda s: f"<ins>{s}</ins>", lambda s: f"*{s}*",
+                lambda s: f"{s} °")
+    marked = _cells(table, higher, lambda s: f"<b>{s}</b>", lambda s: f"<u>{s}</u>", lambda s: f"<i>{s}</i>",
+                    lambda s: f"{s}&nbsp;°")
+    html_rows = [[_html.escape(r[0]), _html.escape(r[1])] + r[2:] for r in marked]
+    return Table(["", "Method"] + [f"NFE {c}" for c in nfes], md, html_rows,
+                 ["left", "left"] + ["right"] * len(nfes))
 
 
 def _github(rows: list[list[str]], nfes) -> str:
