@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from bench import results
 from bench.cli import main
+from conftest import store_rows
 from bench.report import regression
 
 CELLS = [("iPNDM", "ipndm", "handcrafted", 3, 0.40), ("iPNDM", "ipndm", "handcrafted", 5, 0.10),
@@ -17,7 +17,7 @@ CELLS = [("iPNDM", "ipndm", "handcrafted", 3, 0.40), ("iPNDM", "ipndm", "handcra
 
 
 def rows(changes=None, metric="endpoint_error", drop=(), half=None):
-    """Synthetic results (schema of bench.results.load); changes[(label, nfe)] replaces a value (NaN = failed);
+    """Synthetic results (the store's Result columns); changes[(label, nfe)] replaces a value (NaN = failed);
     `half`: every value's 95 % interval is value ± half (None: no interval stored)."""
     changes = changes or {}
     out = []
@@ -39,9 +39,7 @@ def rows(changes=None, metric="endpoint_error", drop=(), half=None):
 
 
 def store(path, cell_rows):
-    with results.Store(path) as s:
-        for r in cell_rows:
-            s.write_cell([r])
+    store_rows(path, cell_rows)
     return path
 
 
@@ -153,3 +151,38 @@ def test_check_command_uses_intervals_from_the_store(tmp_path, capsys):
     assert check(tmp_path, base, rows({("DyWeight", 5): 0.029}, half=0.01)) == 0
     assert check(tmp_path, base, rows({("DyWeight", 5): 0.045}, half=0.01)) == 1
     assert "intervals" in capsys.readouterr().err
+
+
+def test_vacuous_checks_fail(tmp_path, baseline, capsys):
+    res = store(tmp_path / "res", rows())
+    empty = tmp_path / "empty.csv"
+    empty.write_text(",".join(regression.BASELINE_COLUMNS) + "\n")
+    assert main(["check", "--baseline", str(empty), "--results-dir", str(res)]) == 2      # no baseline cell
+    assert "holds no baseline cells" in capsys.readouterr().err
+    assert main(["check", "--baseline", str(baseline), "--results-dir", str(res), "--grid", "nope"]) == 2
+    assert "holds no grid 'nope'" in capsys.readouterr().err
+    blank = pd.read_csv(baseline)
+    blank.loc[0, "value"] = float("nan")                       # a blank baseline value: nothing to compare it to
+    blank.to_csv(tmp_path / "blank.csv", index=False)
+    assert main(["check", "--baseline", str(tmp_path / "blank.csv"), "--results-dir", str(res)]) == 1
+    assert "unusable" in capsys.readouterr().err
+    other = store(tmp_path / "other", [dict(r, grid="elsewhere") for r in rows()])    # nothing matches
+    assert main(["check", "--baseline", str(baseline), "--results-dir", str(other), "--allow-missing"]) == 1
+    assert "no baseline cell was compared" in capsys.readouterr().err
+
+
+def test_a_fresh_failed_cell_is_not_hidden_by_an_older_ok_one(tmp_path, baseline, capsys):
+    res = tmp_path / "res"
+    store(res, rows())                                              # an older run: every cell ok
+    failed = [dict(r, cell_key=r["cell_key"] + "-new") for r in rows({("iPNDM", 5): math.nan})]
+    store(res, failed)                                              # the latest run: iPNDM NFE 5 failed
+    assert main(["check", "--baseline", str(baseline), "--results-dir", str(res)]) == 1
+    assert "failed" in capsys.readouterr().err
+    assert main(["check", "--baseline", str(baseline), "--results-dir", str(res), "--run", "-2"]) == 0
+
+
+def test_new_cells_are_listed(tmp_path, baseline, capsys):
+    extra = rows() + [dict(rows()[0], label="Mine", solver="mine", cell_key="mine-3")]
+    assert check(tmp_path, baseline, extra) == 0
+    out = capsys.readouterr().out
+    assert "new cells" in out and "Mine" in out

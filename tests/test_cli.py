@@ -8,7 +8,7 @@ import torch
 
 import bench.models
 import solvers
-from bench import results
+from bench import store as results
 from bench.cli import main
 from bench.models.gmm import GaussianMixture, gmm2d
 
@@ -82,9 +82,9 @@ def test_dry_run_lists_cells_needs_and_cost_and_runs_nothing(tmp_path, capsys):
     g = grids.load("quick")
     assert main(["run", "--grid", "quick", "--dry-run", "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "gmm64" in out and "DPM-Solver++(3M) +AFS" in out and "distils gmm64" in out
+    assert "gmm64" in out and "DPM-Solver++(3M) +AFS" in out and "distils on gmm64" in out
     evaluations = sum(c.nfe * c.num_samples for c in g.cells)
-    distils = len({(c.model, c.nfe) for c in g.cells if c.entry.distill is not None})
+    distils = len({(c.model, c.nfe) for c in g.cells if c.row.kind == "distilled"})
     assert f"cost: {len(g.cells)} of {len(g.cells)} cells to run, {evaluations:,} network evaluations" in out
     assert distils == 10 and f"plus {distils} distillations" in out      # 2 mixtures x 4 NFEs + digits x 2
     assert not (tmp_path / results.DB_NAME).exists()
@@ -120,13 +120,13 @@ def test_quick_grid_runs_end_to_end_on_a_reduced_sample_count(tmp_path, capsys):
     assert len(df) == 2 * (56 + 2) + (42 + 4) + 8 and (df.status == "ok").all() and df.value.notna().all()
     every = {"Euler", "iPNDM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2", "UniPC-3", "DyWeight"}
     assert set(df[df.family != "floor"].label) == every
-    assert "gmm64 · endpoint_error" in out and "DyWeight +AFS" in out
+    assert "gmm64 · Endpoint error (rel. L2)" in out and "DyWeight" in out and "0 failed" in out
     assert len(list((tmp_path / "solvers" / "quick").glob("*/DyWeight-nfe*.json"))) == 10
     assert set(df[(df.model == "digits_centred") & (df.family != "floor")].label) == every
     ok = df[df.family != "floor"]                                   # every solved value carries its interval
     assert (ok.ci_low <= ok.value).all() and (ok.value <= ok.ci_high).all()
     assert main(args) == 0                                            # resumes: nothing left to do
-    assert "80 of 80 cells already stored" in capsys.readouterr().out
+    assert "80 of 80 cells already stored" in capsys.readouterr().err
     assert len(results.load(tmp_path)) == 170
 
 
@@ -152,11 +152,11 @@ def test_perf_rejects_a_non_positive_network_size(capsys):
 @pytest.mark.parametrize("error", [KeyError("fid"), ValueError("too many values to unpack"), TypeError("bad")])
 def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch, error):
     """Only input the user can fix (InputError, a missing file) becomes a one-line exit 2; a bug propagates."""
-    import bench.runner
+    import bench.run
 
     def broken(*args, **kwargs):
         raise error
-    monkeypatch.setattr(bench.runner, "run", broken)
+    monkeypatch.setattr(bench.run, "run", broken)
     with pytest.raises(type(error)):
         main(["run", "--grid", "quick", "--results-dir", str(tmp_path), "--no-progress"])
 

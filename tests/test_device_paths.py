@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import solvers
-from bench import fakedevice, grid as grids, results, runner
+from bench import fakedevice
+from bench import grid as grids
+from bench import run as runner
+from bench import store as results
 from bench.distill import distill
 from bench.models.gmm import gmm2d
 

@@ -23,7 +23,7 @@ import baselines  # noqa: E402
 import solvers  # noqa: E402
 from bench import plan  # noqa: E402
 from bench.distill import distill  # noqa: E402
-from bench.grid import SolverEntry  # noqa: E402
+from bench.grid import Handcrafted  # noqa: E402
 from bench.metrics.analytic import relative_l2  # noqa: E402
 from bench.models.flux import flow_times  # noqa: E402
 
@@ -115,7 +115,7 @@ def flux_model(tmp_path):
 def test_heun_on_a_grid_ending_at_zero_spends_its_labelled_nfe(tmp_path):
     pytest.importorskip("diffusers")
     m = flux_model(tmp_path)
-    p = plan.make(m, SolverEntry(name="heun", label="Heun", time="flow"), 5)
+    p = plan.make(m, Handcrafted(name="heun", label="Heun", time="flow"), 5)
     assert p.ends_at_zero and p.num_points == 4 and p.time == "flow" and p.sigmas[-1] == 0.0
     view = m.view(p.time)
     counting = solvers.CountingDenoiser(view.denoiser(m.conditions([0, 1])))
@@ -123,7 +123,7 @@ def test_heun_on_a_grid_ending_at_zero_spends_its_labelled_nfe(tmp_path):
         solvers.get("heun").sample(counting, view.noise([0, 1]), torch.tensor(p.sigmas, dtype=torch.float64))
     assert counting.calls == 5
     with pytest.raises(ValueError, match="exactly NFE=4 .*grid ending at 0"):
-        plan.make(m, SolverEntry(name="heun", label="Heun", time="flow"), 4)
+        plan.make(m, Handcrafted(name="heun", label="Heun", time="flow"), 4)
 
 
 FLUX_RECIPE = dict(teacher="euler", teacher_steps=4, teacher_denoise=False, loss="mse", history=2, init="euler",

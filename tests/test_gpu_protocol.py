@@ -16,7 +16,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import bench.metrics  # noqa: E402
-from bench import cli, grid, runner  # noqa: E402
+from bench import cli, grid  # noqa: E402
+from bench import run as runner  # noqa: E402
 from bench.metrics.base import Metric  # noqa: E402
 from bench.models import conditions  # noqa: E402
 
@@ -75,7 +76,7 @@ def test_host_memory_holds_one_batch_of_samples_whatever_the_cell_size(tmp_path,
     p = tmp_path / "g.toml"
     p.write_text(f'name = "g"\nnfe = [3]\nnum_samples = {num_samples}\nbatch_size = 16\n[[models]]\nname = "gmm64"\n'
                  'metrics = ["watch"]\n[[solvers]]\nname = "euler"\nlabel = "Euler"\n')
-    assert runner.run(grid.load(p), tmp_path / "res", progress=False, out=lambda *_: None) == 1
+    assert runner.run(grid.load(p), tmp_path / "res", progress=False, out=lambda *_: None).computed == 1
     assert len(BatchWatcher.refs) == num_samples // 16
     assert BatchWatcher.alive_max == 1                 # the batch being scored, never an earlier one
 

@@ -14,7 +14,8 @@ import torch
 
 import bench.models
 from bench import grid as grids
-from bench import results, runner
+from bench import run as runner
+from bench import store as results
 from bench.models.gmm import GaussianMixture, gmm2d
 from solvers.dyweight import DyWeight
 
@@ -50,20 +51,20 @@ def test_quick_grid_expands_to_its_cells():
     every = {"Euler", "iPNDM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2", "UniPC-3", "DyWeight"}
     for model, floors in (("gmm2d", {"exact_ode", "data"}), ("gmm64", {"exact_ode", "data"}),
                           ("digits_centred", {"teacher", "real"})):
-        solved = {c.entry.label for c in g.cells if c.model == model and c.entry.family != "floor"}
+        solved = {c.row.label for c in g.cells if c.model == model and c.row.family != "floor"}
         assert solved == every                           # every solver, both orders, DyWeight, on every model
-        assert {c.entry.floor for c in g.cells if c.model == model and c.entry.family == "floor"} == floors
+        assert {c.row.source for c in g.cells if c.model == model and c.row.family == "floor"} == floors
     # the uncentred digits reading: two rows to show the AFS artefact beside the centred one
-    assert {c.entry.label for c in g.cells if c.model == "digits"} == {"iPNDM", "DPM-Solver++(3M)"}
-    assert {c.nfe for c in g.cells if c.entry.family != "floor"} == {3, 5, 7, 9}
-    assert all(c.entry.afs for c in g.cells if c.entry.family != "floor")
+    assert {c.row.label for c in g.cells if c.model == "digits"} == {"iPNDM", "DPM-Solver++(3M)"}
+    assert {c.nfe for c in g.cells if c.row.family != "floor"} == {3, 5, 7, 9}
+    assert all(c.row.afs for c in g.cells if c.row.family != "floor")
     for c in g.cells:                                   # one evaluation per step, AFS saves one: N = NFE + 2
-        if c.entry.family != "floor":
+        if c.row.family != "floor":
             assert c.num_points == c.nfe + 2
     assert len({c.key for c in g.cells}) == len(g.cells)
     for c in g.cells:
         if c.model.startswith("gmm"):                   # the endpoint error first; floors score FD only
-            assert c.metrics == (["endpoint_error", "fd_exact"] if c.entry.family != "floor" else ["fd_exact"])
+            assert c.metrics == (["endpoint_error", "fd_exact"] if c.row.family != "floor" else ["fd_exact"])
 
 
 def test_cell_key_ignores_batch_size_and_label_but_not_seeds(tmp_path):
@@ -79,7 +80,7 @@ def test_cell_key_ignores_batch_size_and_label_but_not_seeds(tmp_path):
     (IPNDM + "colour = 1\n", "", "unknown key 'colour'"),
     (IPNDM + "options = { max_order = 9 }\n", "", "max_order must be"),
     ('[[solvers]]\nname = "heun"\nlabel = "Heun"\n', "", "heun cannot spend exactly NFE=3"),
-    ('[[solvers]]\nname = "dyweight"\nreleased = true\nafs = true\n', "", "has no released DyWeight coefficients"),
+    ('[[solvers]]\nname = "dyweight"\nreleased = true\nafs = true\n', "", "has no released coefficients"),
     ('[[solvers]]\nname = "ipndm"\ndistill = {}\n', "", "need a learned solver (one of dyweight, epd, gits, ld3, amed, instance_aware), got 'ipndm'"),
     (IPNDM + IPNDM, "", "label 'iPNDM' is used twice"),
 ])
@@ -97,7 +98,7 @@ def test_a_label_may_name_entries_for_disjoint_models(tmp_path):
     p = tmp_path / "t.toml"
     p.write_text(two + IPNDM + 'models = ["gmm2d"]\n' + IPNDM.replace("afs = true", "afs = false") + 'models = ["gmm64"]\n')
     g = grids.load(p)
-    assert [(c.model, c.entry.label, c.entry.afs) for c in g.cells] == [("gmm2d", "iPNDM", True),
+    assert [(c.model, c.row.label, c.row.afs) for c in g.cells] == [("gmm2d", "iPNDM", True),
                                                                          ("gmm64", "iPNDM", False)]
     p.write_text(two + IPNDM + 'models = ["gmm2d", "gmm64"]\n' + IPNDM + 'models = ["gmm64"]\n')
     with pytest.raises(ValueError, match="label 'iPNDM' is used twice for model.s. gmm64"):
@@ -128,7 +129,7 @@ def test_bad_models_metrics_and_files_are_rejected(tmp_path):
 def test_unreachable_budgets_can_be_skipped(tmp_path):
     heun = '[[solvers]]\nname = "heun"\nlabel = "Heun"\nskip_unreachable = true\n'
     g = grids.load(write_grid(tmp_path, IPNDM + heun, nfe="[3, 4]"))
-    assert [(c.entry.label, c.nfe) for c in g.cells] == [("iPNDM", 3), ("iPNDM", 4), ("Heun", 4)]
+    assert [(c.row.label, c.nfe) for c in g.cells] == [("iPNDM", 3), ("iPNDM", 4), ("Heun", 4)]
     assert [(s[1], s[2]) for s in g.skipped] == [("Heun", 3)]
 
 
@@ -157,7 +158,7 @@ def test_missing_weights_stop_the_run_before_any_work(tmp_path, monkeypatch):
 # ---- running ----------------------------------------------------------------------------------------------------
 def test_samples_do_not_depend_on_batch_size():
     g = grids.load("quick", {"num_samples": 23, "nfe": [5]})
-    c = next(c for c in g.cells if c.model == "gmm64" and c.entry.label == "UniPC-3")
+    c = next(c for c in g.cells if c.model == "gmm64" and c.row.label == "UniPC-3")
     b = runner.Builder(g, Path("."), runner.Dist())
     solver, problem = b.solver(c), b.problem(c)
 
@@ -172,7 +173,7 @@ def test_samples_do_not_depend_on_batch_size():
 def test_run_stores_every_cell_with_its_columns(tmp_path):
     g = grids.load(write_grid(tmp_path, IPNDM + EULER))
     lines = []
-    assert runner.run(g, tmp_path, progress=False, out=lines.append) == 4
+    assert runner.run(g, tmp_path, progress=False, out=lines.append).computed == 4
     df = results.load(tmp_path)
     assert len(df) == 4 * 2 and (df["status"] == "ok").all()
     for col in ("grid", "model", "solver", "label", "family", "options", "nfe", "afs", "schedule", "metric", "value",
@@ -182,10 +183,12 @@ def test_run_stores_every_cell_with_its_columns(tmp_path):
     row = df[(df.label == "iPNDM") & (df.nfe == 5) & (df.metric == "endpoint_error")].iloc[0]
     assert row.solver == "ipndm" and row.family == "handcrafted" and bool(row.afs) and row.seeds == "0-39"
     assert row.schedule == "polynomial" and row.num_samples == 40 and 0 < row.value < 1
-    assert "iPNDM +AFS" in lines[-2] and "endpoint_error" in lines[-2]     # the compact table
-    assert "4 cells in" in lines[-1]
+    table, closing = lines[-1].split("\n\n")[:-1], lines[-1].splitlines()
+    assert any("iPNDM" in t and "Endpoint error" in t for t in table)              # the compact table
+    assert "t: 4 cells, 4 computed in" in lines[-1] and "0 failed" in lines[-1]
+    assert closing[-1].startswith("Next: python -m bench report")
     # a second run finds everything stored and computes nothing
-    assert runner.run(g, tmp_path, progress=False, out=lines.append) == 0
+    assert runner.run(g, tmp_path, progress=False, out=lines.append).computed == 0
     assert len(results.load(tmp_path)) == 8
 
 
@@ -248,7 +251,8 @@ def fake_distill(monkeypatch):
         s.metadata["training"] = {"step": [0], "loss": [1.0]}
         return s
 
-    monkeypatch.setitem(sys.modules, "bench.distill", types.SimpleNamespace(distill=distill))
+    import bench.distill
+    monkeypatch.setattr(bench.distill, "distill", distill)
     return calls
 
 
@@ -260,7 +264,7 @@ def test_distilled_solvers_are_saved_and_reused(tmp_path, fake_distill):
     runner.run(g, tmp_path, progress=False, out=lambda s: None)
     assert [(c["model"], c["n"], c["seed"], c["options"]) for c in fake_distill] == \
         [("gmm2d", 5, 3, {"steps": 7}), ("gmm2d", 7, 3, {"steps": 7})]
-    assert fake_distill[0]["cache_dir"] == tmp_path / "cache"
+    assert fake_distill[0]["cache_dir"] == tmp_path / "cache" / "distill"
     path = tmp_path / "solvers" / "dg" / "gmm2d" / "DyWeight-nfe3.json"
     saved = json.loads(path.read_text())
     assert saved["metadata"]["training"]["loss"] == [1.0] and saved["time_scale"] == [0.99] * 3
@@ -291,11 +295,11 @@ def test_transfer_distils_on_the_source_model_only_once(tmp_path, fake_distill):
 
 def test_transfer_quick_grid_pairs_every_embedded_model():
     g = grids.load("transfer_quick")
-    learned = [c for c in g.cells if c.entry.distill_from]
-    sources = {c.entry.distill_from for c in learned}
+    learned = [c for c in g.cells if getattr(c.row, "distill_from", None)]
+    sources = {c.row.distill_from for c in learned}
     targets = {c.model for c in g.cells}
     assert {"gmm2d", "gmm64"} <= sources and sources == targets
-    assert {(c.entry.distill_from, c.model) for c in learned} == {(s, t) for s in sources for t in targets}
+    assert {(c.row.distill_from, c.model) for c in learned} == {(s, t) for s in sources for t in targets}
 
 
 def released_gmm():
@@ -329,7 +333,8 @@ def distill(kind, model, sigmas, afs=True, seed=0, cache_dir=None, **options):
         f.write(f"{os.environ.get('RANK', '0')} {model.name} {len(sigmas)}\\n")
     return DyWeight.from_options(num_points=len(sigmas), afs=afs)
 
-sys.modules["bench.distill"] = types.SimpleNamespace(distill=distill)
+import bench.distill
+bench.distill.distill = distill
 from bench.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
@@ -382,7 +387,8 @@ def broken():
     g = gmm2d()
     return BrokenOnRank1("broken", g.pi, g.mu, g.U @ g.lam.diag_embed() @ g.U.transpose(1, 2))
 
-sys.modules["bench.distill"] = types.SimpleNamespace(distill=distill)
+import bench.distill
+bench.distill.distill = distill
 bench.models.register("broken", "__main__:broken")
 from bench.cli import main
 raise SystemExit(main(sys.argv[1:]))
@@ -430,5 +436,5 @@ def test_other_grid_kinds_are_handed_to_their_study(tmp_path, monkeypatch):
     p = tmp_path / "s.toml"
     p.write_text('name = "s"\nkind = "numerical_study"\n[study]\nproblems = 2\n')
     g = grids.load(p)
-    assert runner.run(g, tmp_path, progress=False) == 0
+    assert runner.run(g, tmp_path, progress=False).computed == 0
     assert seen == [({"name": "s", "kind": "numerical_study", "study": {"problems": 2}}, tmp_path)]

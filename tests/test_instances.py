@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bench import grid as grid_mod
-from bench import results, runner
+from bench import run as runner
+from bench import store as results
 from bench.report import render, tables
 from solvers.errors import InputError
 
@@ -45,12 +46,12 @@ def test_instances_are_models_keyed_by_their_options_and_a_name_covers_them_all(
     means = [g.models[k].mean for k in g.models]
     assert not np.allclose(means[0], means[1])                         # different problems
     assert all(g.models[k].mu.shape[0] == 3 for k in g.models)        # the shared options apply to each
-    cells = [c for c in g.cells if c.entry.label == "Euler"]
+    cells = [c for c in g.cells if c.row.label == "Euler"]
     assert {c.model for c in cells} == set(g.models) and {c.instance_of for c in g.cells} == {"gmm64"}
     assert cells[0].model_options == {"components": 3, "seed": 1}
     assert len({c.key for c in g.cells}) == len(g.cells)
     one = _load(tmp_path, models='"gmm64@seed=2"')
-    assert {c.model for c in one.cells if c.entry.label == "Euler"} == {"gmm64@seed=2"}
+    assert {c.model for c in one.cells if c.row.label == "Euler"} == {"gmm64@seed=2"}
 
 
 @pytest.mark.parametrize("bad, message", [

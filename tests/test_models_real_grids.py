@@ -60,35 +60,35 @@ def test_paper_grid_expands(name, registered):
     # FLUX: DrawBench NFE 9; Table 1: EPD-Solver (K = 2, AFS) cannot spend NFE 3, 7 or 9 on five models
     assert len(g.cells) == total and len(g.skipped) == {"paper_flux": 1, "paper_table1": 15}.get(name, 0)
     for (model, label), nfes in spots.items():
-        assert sorted(c.nfe for c in g.cells if c.model == model and c.entry.label == label) == nfes
+        assert sorted(c.nfe for c in g.cells if c.model == model and c.row.label == label) == nfes
 
 
 def test_paper_grids_use_the_paper_settings(registered):
     g = grid.load("paper_table1")
     sd = [c for c in g.cells if c.model == "sd15"]
-    assert all(not c.entry.afs for c in sd)
+    assert all(not c.row.afs for c in sd)
     no_afs = {"LD3", "Instance-aware"}                              # LD3's protocol, and the row built on it
-    assert all(c.entry.afs != (c.entry.label in no_afs) for c in g.cells if c.model != "sd15")
-    assert {c.entry.label: c.entry.paper_method for c in g.cells} == {
+    assert all(c.row.afs != (c.row.label in no_afs) for c in g.cells if c.model != "sd15")
+    assert {c.row.label: c.row.paper_method for c in g.cells} == {
         **{k: k for k in ("iPNDM", "DPM-Solver++(3M)", "UniPC", "DyWeight", "iPNDM(2M)", "DPM-Solver++(2M)",
                           "UniPC(2M)", "EPD-Solver", "AMED-Solver", "LD3")}, "Instance-aware": None}   # not in Table 1
-    nfe8 = {c.entry.label: c.num_points for c in sd if c.nfe == 8}
+    nfe8 = {c.row.label: c.num_points for c in sd if c.nfe == 8}
     assert nfe8 == {"iPNDM(2M)": 5, "DPM-Solver++(2M)": 5, "UniPC(2M)": 5, "DyWeight": 5}   # 2 NFE per step
-    lsun = {c.entry.label: c.schedule for c in g.cells if c.model == "lsun_bedroom" and c.nfe == 5}
+    lsun = {c.row.label: c.schedule for c in g.cells if c.model == "lsun_bedroom" and c.nfe == 5}
     assert lsun == {"iPNDM": "polynomial", "DPM-Solver++(3M)": "logsnr", "UniPC": "logsnr", "DyWeight": "discrete",
                     "EPD-Solver": "time_uniform", "AMED-Solver": "time_uniform"}
-    dy = {c.model: c.entry.distill.get("history") for c in g.cells if c.entry.name == "dyweight"}
+    dy = {c.model: c.row.distill.get("history") for c in g.cells if c.row.name == "dyweight"}
     assert dy == {"cifar10": 3, "ffhq": 3, "afhqv2": 3, "imagenet64": 3, "lsun_bedroom": 3, "sd15": 2}
     flux = grid.load("paper_flux")
-    assert {c.schedule for c in flux.cells} == {"flow_shift"} and all(not c.entry.afs for c in flux.cells)
+    assert {c.schedule for c in flux.cells} == {"flow_shift"} and all(not c.row.afs for c in flux.cells)
     # the reference's protocol: flow time for the multistep solvers (exponential integrators are the same in both),
     # seeds 42 + i, CLIP ViT-B/16, FID on 30k, and dyweight_flux/train_example.yaml's recipe
-    assert {c.entry.label: c.plan.time for c in flux.cells if c.nfe == 5 and c.model == "flux"} == {
+    assert {c.row.label: c.plan.time for c in flux.cells if c.nfe == 5 and c.model == "flux"} == {
         "DPM-Solver++(2M)": "sigma", "iPNDM(2M)": "flow", "DyWeight": "flow", "DyWeight (released)": "flow"}
     assert all(c.seed_start == 42 for c in flux.cells)
     assert {m for c in flux.cells for m in c.metrics} == {"fid_30k", "clip_score_b16", "hpsv2", "image_reward"}
-    dy = next(c for c in flux.cells if c.entry.label == "DyWeight")
-    assert {k: dy.entry.distill[k] for k in ("history", "init", "divisor", "optimizer", "batch_size", "accumulate",
+    dy = next(c for c in flux.cells if c.row.label == "DyWeight")
+    assert {k: dy.row.distill[k] for k in ("history", "init", "divisor", "optimizer", "batch_size", "accumulate",
                                             "steps", "num_samples", "teacher_steps")} == {
         "history": 2, "init": "euler", "divisor": "scaled", "optimizer": "adamw", "batch_size": 1, "accumulate": 2,
         "steps": 2500, "num_samples": 5000, "teacher_steps": 28}

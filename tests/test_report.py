@@ -139,18 +139,23 @@ def test_transfer_reported_is_table_a1():
 
 
 def test_report_command_renders_markdown_latex_and_figures(tmp_path):
-    from bench import results
+    from bench import store as results
     from bench.cli import main
     from solvers.dyweight import DyWeight
 
+    from conftest import store_rows
+    from solvers import artefacts
+
     res, rep = tmp_path / "results", tmp_path / "reports"
-    with results.Store(res) as store:
-        for _, r in synthetic().iterrows():
-            store.write_cell([r.to_dict()])
+    df = synthetic()
+    df.loc[df.label == "DyWeight", "solver_key"] = "dw3"
+    store_rows(res, [r.to_dict() for _, r in df.iterrows()])
     s = DyWeight.from_options(num_points=5, afs=True)
-    s.metadata["training"] = {"step": [1, 2, 3], "loss": [1.0, 0.5, 0.2], "eval_step": [3], "eval_error": [0.3],
-                              "wall_time": 1.0}
-    s.save(res / "solvers" / "quick" / "gmm64" / "DyWeight-nfe3.json")
+    training = artefacts.TrainingRecord(parameters=15, steps=3, step=[0, 1, 2], loss=[1.0, 0.5, 0.2], eval_step=[3],
+                                        eval_error=[0.3], wall_time=1.0)
+    with results.Store(res) as store:                        # the distilled solver's artefacts, as a run stores them
+        store.write_artefacts([results.Artefact("dw3", a.kind, "quick", "gmm64", "DyWeight", 3, a.to_json(), "now")
+                               for a in s.artefacts() + [training]])
     assert main(["report", "--results-dir", str(res), "--reports-dir", str(rep)]) == 0
     md = (rep / "quick.md").read_text()
     assert "**0.30**" in md and "<ins>4.00</ins>" in md and "–" in md
@@ -181,7 +186,7 @@ def test_coefficient_matrix_fig_a1_layout():
 
 
 def test_transfer_matrix_from_distilled_on():
-    from bench.report.render import _has_transfer, transfer_measured
+    from bench.report.grid_report import _transfer, transfer_matrix
     rows = []
     for model in ("gmm2d", "gmm64"):
         rows.append(dict(model=model, solver="ipndm", label="iPNDM", family="handcrafted", distilled_on="",
@@ -191,9 +196,9 @@ def test_transfer_matrix_from_distilled_on():
                              distilled_on=src, metric="fd", nfe=3, value=0.1 if src == model else 0.5 + i,
                              status="ok"))
     df = pd.DataFrame(rows)
-    m = transfer_measured(df, "fd", 3)
+    m = transfer_matrix(df, "fd", 3)
     assert list(m.columns) == ["C.-gmm2d", "C.-gmm64", "iPNDM"] and list(m.index) == ["gmm2d", "gmm64"]
     assert m.loc["gmm2d", "C.-gmm2d"] == 0.1 and m.loc["gmm2d", "C.-gmm64"] == 1.5
     assert m.loc["gmm64", "C.-gmm2d"] == 0.5 and m.loc["gmm64", "iPNDM"] == 1.0
     native = df[df.distilled_on == df.model]
-    assert not _has_transfer(native) and transfer_measured(native, "fd", 3) is None
+    assert _transfer(native, "g", None) == []

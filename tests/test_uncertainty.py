@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from bench import grid as grid_mod
-from bench import metrics, models, results, runner, stats
+from bench import metrics, models, stats
+from bench import run as runner
+from bench import store as results
 from bench.metrics.frechet import feature_statistics, frechet_distance
 from bench.models.base import Cell
 from bench.report import tables
@@ -135,8 +137,8 @@ def test_replicas_multiply_the_seeds_and_enter_the_key(tmp_path):
 
 def test_floor_cells_score_only_distances_and_bad_floors_are_one_line_errors(tmp_path):
     g = _grid(tmp_path)
-    floors = [c for c in g.cells if c.entry.family == "floor"]
-    assert [c.entry.label for c in floors] == ["Exact ODE solution", "Exact data samples"]
+    floors = [c for c in g.cells if c.row.family == "floor"]
+    assert [c.row.label for c in floors] == ["Exact ODE solution", "Exact data samples"]
     assert all(c.metrics == ["fd_exact"] and c.nfe == 0 for c in floors)
     p = tmp_path / "bad.toml"
     p.write_text(GRID.format(replicas="").replace('["exact_ode", "data"]', '["teacher"]'))
@@ -205,39 +207,16 @@ def test_bold_only_where_earned_ties_as_ties_and_floor_marks():
     assert r"$^\circ$" in tables.to_latex(on)
 
 
-# ---- the store -----------------------------------------------------------------------------------------------
-def test_an_older_store_gains_direction_label_and_paper_key(tmp_path):
-    import sqlite3
-    db = tmp_path / results.DB_NAME
-    conn = sqlite3.connect(db)
-    new = {"ci_low", "ci_high", "ci_method", "replicas", "higher_is_better", "metric_label", "paper_key"}
-    old = {c: t for c, t in results.COLUMNS.items() if c not in new}
-    conn.execute(f"CREATE TABLE results ({', '.join(f'{c} {t}' for c, t in old.items())}, "
-                 "PRIMARY KEY (cell_key, metric))")
-    for model, metric, key in (("cifar10", "clip_score", "k1"), ("gmm2d", "fd_exact", "k2")):
-        conn.execute("INSERT INTO results (grid, model, metric, value, cell_key, nfe, num_samples, world_size, afs) "
-                     "VALUES ('g', ?, ?, 0.3, ?, 3, 10, 1, 1)", (model, metric, key))
-    conn.commit()
-    conn.close()
-    results.Store(tmp_path).close()
-    df = results.load(tmp_path).set_index("metric")
-    assert bool(df.loc["clip_score", "higher_is_better"]) and not df.loc["fd_exact", "higher_is_better"]
-    assert df.loc["fd_exact", "metric_label"] == "FD (exact moments)"
-    assert df.loc["clip_score", "paper_key"] == "cifar10" and df.loc["fd_exact", "paper_key"] == ""
-    assert math.isnan(df.loc["fd_exact", "ci_low"]) and df.loc["fd_exact", "replicas"] == 1
-
-
+# ---- the report reads the store alone --------------------------------------------------------------------------
 def test_report_renders_results_whose_model_and_metric_the_code_does_not_know(tmp_path):
     from bench.report import render
-    with results.Store(tmp_path / "res") as s:
+    from conftest import store_rows
+    store_rows(tmp_path / "res", [
+        dict(grid="g", model="elsewhere", solver=label, label=label, family=fam, options="{}", nfe=nfe, afs=False,
+             schedule="x", metric="my_score", value=v, ci_low=v - 0.05, ci_high=v + 0.05,
+             ci_method="jackknife:10", metric_label="My score", cell_key=f"{label}{nfe}")
         for label, fam, nfe, v in [("A", "handcrafted", 3, 1.0), ("A", "handcrafted", 5, 0.5),
-                                   ("B", "learned", 3, 0.4), ("B", "learned", 5, 0.45), ("ref", "floor", 0, 0.42)]:
-            s.write_cell([dict(grid="g", model="elsewhere", solver=label, label=label, family=fam, options="{}",
-                               nfe=nfe, afs=False, schedule="x", metric="my_score", value=v, status="ok",
-                               error="", ci_low=v - 0.05, ci_high=v + 0.05, ci_method="bootstrap:1000",
-                               replicas=1, higher_is_better=False, metric_label="My score", paper_key="",
-                               num_samples=10, seeds="0-9", cell_key=f"{label}{nfe}", wall_time=0.1, world_size=1,
-                               created_at="2026-12-03T00:00:00")])
+                                   ("B", "learned", 3, 0.4), ("B", "learned", 5, 0.45), ("ref", "floor", 0, 0.42)]])
     out = render.render(tmp_path / "res", tmp_path / "rep")
     text = out[0].read_text()
     assert "My score (lower is better)" in text and "Noise floor" in text

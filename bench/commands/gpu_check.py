@@ -133,7 +133,9 @@ def _sync(device: str) -> None:
 
 def main(args) -> int:
     from bench import grid as grids
-    from bench import results, runner, standins
+    from bench import run as runner
+    from bench import standins
+    from bench import store as results
     from bench.metrics.fid import write_reference
     from bench.models import devices
     unknown = [m for m in args.models if m not in MODELS]

@@ -17,7 +17,7 @@ def main(args) -> int:
     import bench.models
     import solvers
     from bench import grid as grids
-    from bench import runner
+    from bench import run as runner
 
     print("grids:")
     for name in grids.names():

@@ -274,7 +274,7 @@ def diffusers_comparison(den, x_T, nfe_list, repeats, out=print) -> list[dict]:
 
 def quick_wall_time(out=print) -> float:
     from bench import grid as grids
-    from bench import runner
+    from bench import run as runner
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         runner.run(grids.load("quick"), d, progress=True, out=lambda s: None)
