@@ -70,6 +70,19 @@ def bootstrap_mean(scores: torch.Tensor, resamples: int = BOOTSTRAP, seed: int =
     return Estimate(value, lo, hi, f"bootstrap:{resamples}")
 
 
+def bootstrap_median(values, resamples: int = BOOTSTRAP, seed: int = 0) -> Estimate:
+    """The median of `values` with its percentile bootstrap interval (timings, whose tails a mean would follow)."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    value = float(np.median(x))
+    if x.size < 2:
+        return Estimate(value, math.nan, math.nan, f"bootstrap-median:{resamples}")
+    rng = np.random.default_rng(seed)
+    medians = np.median(x[rng.integers(0, x.size, (resamples, x.size))], axis=1)
+    a = (1 - LEVEL) / 2
+    lo, hi = np.quantile(medians, [a, 1 - a])
+    return Estimate(value, float(lo), float(hi), f"bootstrap-median:{resamples}")
+
+
 def paired_ratio(scores: torch.Tensor, against: torch.Tensor, resamples: int = BOOTSTRAP, seed: int = 0) -> Estimate:
     """mean(scores) / mean(against) for paired per-sample scores (the same seeds, (N,) each) with the percentile
     bootstrap interval of that ratio, both means over one resample of the pairs: the interval of a comparison

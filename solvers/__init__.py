@@ -74,7 +74,14 @@ def _load_spec(spec: str) -> type:
             loader = importlib.util.spec_from_file_location(modname, path)
             module = importlib.util.module_from_spec(loader)
             sys.modules[modname] = module
-            loader.loader.exec_module(module)
+            sys.path.insert(0, str(path.parent))          # its own folder's modules import, as for a script
+            try:
+                loader.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[modname]
+                raise
+            finally:
+                sys.path.remove(str(path.parent))
         module = sys.modules[modname]
     else:
         try:

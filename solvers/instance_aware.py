@@ -40,8 +40,8 @@ The paper gives no code and its summary no equations, so every design choice her
                     gradients are withheld: LD3's objective on the same data), then the network alone learns,
                     starting from that global optimum. Default: 0.5 from the logSNR-uniform start, 0 (the network
                     alone, all steps) from an `init` schedule. The regulariser regularizer * mean_k (n_bk - n_k)^2
-                    (per-sample positions against the global ones; default weight 0.01, an option because `bench
-                    instance-bench --regularizer` shows its trade-off) is added to each sample's loss (`penalty`).
+                    (per-sample positions against the global ones; default weight 0.01, an option because it trades the
+                    per-sample spread against overfitting) is added to each sample's loss (`penalty`).
                     The run ends
                     with the parameters of its lowest held-out error (`keep_best`), so a network phase that does
                     not help the held-out pairs leaves the global optimum in place.
@@ -49,7 +49,7 @@ The paper gives no code and its summary no equations, so every design choice her
                     global schedule learns, for all the steps: the control "a global schedule from the same start,
                     data, teacher and steps", which tells the per-sample grids' gain from more training of one.
                     `init_from` such a fine-tune (its p1, p2 become the start) trains the network alone on top of
-                    that fine-tuned global schedule ("fine-tune + per-sample" in bench instance-bench).
+                    that fine-tuned global schedule ("Fine-tune + per-sample" in the instance_study grid).
 
 NFE: the base's calls on N points. Inference overhead: one network forward pass per batch of initial noises.
 """

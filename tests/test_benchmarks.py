@@ -6,7 +6,7 @@ result is checked. Measure with
     pytest tests/test_benchmarks.py --benchmark-enable --benchmark-columns=min,median,rounds
 
 The figures of record (solver time against one network call, the issue's <= 1.05 target, and diffusers' loops)
-come from `python -m bench perf`, which measures both in one run.
+come from the `perf` grid (bench/studies/perf.py), which measures both in one run.
 """
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import solvers
-from bench.commands.perf import _identity, _plan
+from bench.studies.perf import identity as _identity, plan as _plan
 from solvers import schedules
 
 
 @pytest.mark.parametrize("nfe", [5, 10])
 @pytest.mark.parametrize("name", solvers.names())
 def test_solver_own_time_per_run(benchmark, name, nfe):
-    plan = _plan(name, nfe)                          # the grid and AFS choice `bench perf` measures
+    plan = _plan(name, nfe)                          # the grid and AFS choice the perf study measures
     if plan is None:                                 # e.g. EPD (K=2): 1 + K evaluations per step
         assert name == "epd"
         pytest.skip(f"{name} cannot spend exactly NFE {nfe}, with or without AFS")

@@ -130,25 +130,6 @@ def test_quick_grid_runs_end_to_end_on_a_reduced_sample_count(tmp_path, capsys):
     assert len(results.load(tmp_path)) == 170
 
 
-def test_perf_command_prints_ratios_and_diffusers_computes_the_same_samples(capsys):
-    pytest.importorskip("diffusers")
-    assert main(["perf", "--nfe", "5", "--repeats", "1", "--batch", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "worst overhead:" in out and "diffusers/ours" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("dpm_solver_pp /", "unipc / "))]
-    assert len(rows) == 2 and all(float(r[-1]) < 1e-5 for r in rows)      # same grid, same updates
-    overheads = [line.split() for line in out.splitlines() if line.split()[:1] in (["euler"], ["unipc"])]
-    assert all(float(r[-1]) > 1.0 for r in overheads if len(r) >= 9)
-    gap = out.split("where the direct gap goes")[1].split("worst overhead:")[0].splitlines()[2:]
-    assert [r.split()[0] for r in gap] == list(solvers.names())           # one row per solver measured
-    assert all(float(v) > 0 for r in gap for v in r.split()[2:])          # times and ratios of both splits
-
-
-def test_perf_rejects_a_non_positive_network_size(capsys):
-    assert main(["perf", "--width", "0"]) == 2
-    assert "--width, --batch and --repeats must be positive integers" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("error", [KeyError("fid"), ValueError("too many values to unpack"), TypeError("bad")])
 def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch, error):
     """Only input the user can fix (InputError, a missing file) becomes a one-line exit 2; a bug propagates."""

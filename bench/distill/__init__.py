@@ -14,7 +14,8 @@ cache dir, False = no disk cache), cache_id (an explicit model identity for cach
 Teacher trajectories are computed once per (model identity, teacher, sigma range, seeds, dtype) and reused by
 every student NFE and ablation (teacher.py explains the cache key and the model identity).
 
-Defaults (paper Appendix D.2 where it gives them; the rest measured on gmm64 with `python -m bench distill-bench`):
+Defaults (paper Appendix D.2 where it gives them; the rest chosen on gmm64 with the `distill_study` grid, which runs
+every ablation below against the best handcrafted solver):
 teacher iPNDM, 35 steps, no AFS, final D(x, sigma_min); 4096 teacher pairs (seeds from 1e9, held out from the
 evaluation seeds 0..) plus 256 held-out pairs (seeds from 2e9) for the eval curve; K = 3, Adams-Bashforth init,
 time shifting and scaling on; endpoint MSE; Adam (0.9, 0.999, 1e-8), batch 16, 1000 steps, lr = the model's

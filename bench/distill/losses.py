@@ -25,7 +25,7 @@ def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 def relative_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """||student - teacher|| / ||teacher|| per sample: the analytic models' endpoint-error metric as a distance
-    (bench.metrics.analytic.relative_l2; an ablation of the distance, `python -m bench distill-bench`)."""
+    (bench.metrics.analytic.relative_l2; an ablation of the distance in the `distill_study` grid)."""
     from bench.metrics.analytic import relative_l2 as formula
     return formula(student, teacher)
 

@@ -45,7 +45,9 @@ def from_dict(raw: dict, path: Path | None = None, overrides: dict | None = None
     kind = raw.get("kind", SAMPLING)
     grid = Grid(name=name, description=str(raw.get("description", "")), kind=kind, raw=raw, path=path)
     if kind != SAMPLING:
-        study_module(kind)                                   # must exist; the study validates its own table
+        module = study_module(kind)                          # must exist; the study checks its own table now
+        if hasattr(module, "validate"):
+            module.validate(raw)
         return grid
     from .expand import expand
     expand(grid)

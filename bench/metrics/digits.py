@@ -8,7 +8,7 @@ fd_pixels  the same distance in pixel space (16x16 = 256 dims).
 
 Both use bench.metrics.frechet (float64, eigenvalue-based trace of the square root). Estimates from a few hundred
 samples carry a positive bias: real-vs-real (the 1,297 training digits vs the held-out 500) is the floor to read
-them against; `python -m bench digits-check` prints it.
+them against; the `digits_check` and `quick` grids score it as a floor row (`floors = ["real"]`).
 """
 from __future__ import annotations
 

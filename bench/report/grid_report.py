@@ -173,7 +173,8 @@ def _interval_note(sel: pd.DataFrame) -> str:
         return "Intervals: not stored for these results (an older store); ranked by value, as the paper ranks its tables."
     what = {"bootstrap": "percentile bootstrap of the mean over samples ({} resamples)",
             "jackknife": "delete-a-group jackknife over {} groups of samples (normal interval)",
-            "replicas": "Student-t interval over {} disjoint seed sets"}
+            "replicas": "Student-t interval over {} disjoint seed sets",
+            "bootstrap-median": "percentile bootstrap of the median over repeats ({} resamples)"}
     parts = [what.get(k.split(":")[0], k + " {}").format(k.split(":")[1] if ":" in k else "") for k in found]
     return "Intervals (95 %): " + "; ".join(parts) + "."
 

@@ -221,7 +221,7 @@ def training_curves(runs: list[tuple[str, str, object]], base: Path, title: str)
             else:
                 ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
         a.set_title(model, fontsize=9, loc="left")
-        b.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=True)
+        (b if b.lines else a).legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=True)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, base)

@@ -17,15 +17,14 @@ on CPUs, one per rank.
 """
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-import bench
 from bench.grid import Grid, GridCell
+from bench.provenance import code_version
 from bench.store import Artefact, Store, now
 from bench.store.layout import Layout
 
@@ -33,20 +32,6 @@ from . import dist as dist_mod
 from .build import Builder
 from .progress import Progress
 from .sample import cell_results, run_cell
-
-
-def code_version() -> str:
-    """`git describe` of the source tree when it is a git checkout, else the package version."""
-    root = Path(bench.__file__).resolve().parent.parent
-    if (root / ".git").exists():
-        try:
-            out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=root, capture_output=True,
-                                 text=True, timeout=10)
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return bench.__version__
 
 
 @dataclass

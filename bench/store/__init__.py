@@ -298,6 +298,19 @@ def scores(results_dir, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], t
     return out
 
 
+def write_study(results_dir, grid: str, config: dict, rows: list[Result], command: str = "") -> str:
+    """Store the rows a non-sampling study measured as one run of its grid (so `bench report`, `bench check` and
+    `bench export` read them like any run); returns the run id."""
+    from bench.provenance import code_version
+    with Store(results_dir) as s:
+        run_id = s.begin_run(grid, config, command, code_version(), 1, 1, [(r.cell_key, r.metric_key) for r in rows])
+        for r in rows:
+            r.run_id = run_id
+        s.write_cell(rows, replace=True)
+        s.finish_run(run_id, "finished", len({r.cell_key for r in rows}), 0, 0.0)
+    return run_id
+
+
 def seeds_text(seeds) -> str:
     seeds = [int(s) for s in seeds]
     if seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
@@ -317,4 +330,4 @@ def score_row(cell_key: str, metric_key: str, seeds, values) -> Score:
 
 
 __all__ = ["Store", "Layout", "load", "runs", "run_cells", "scores", "artefacts", "safe_filename", "DB_NAME",
-           "Result", "Run", "RunCell", "Score", "Artefact", "score_row", "now"]
+           "Result", "Run", "RunCell", "Score", "Artefact", "score_row", "now", "write_study"]

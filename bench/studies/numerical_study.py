@@ -194,6 +194,11 @@ def settings(grid: dict) -> dict:
     return cfg
 
 
+def validate(grid: dict) -> None:
+    """Check the grid's study table before any work (bench.grid calls it when the grid is read)."""
+    settings(grid)
+
+
 def _start(order: int, exact_start) -> int:
     return order if exact_start == "order" else int(exact_start)
 
