@@ -14,6 +14,7 @@ import csv
 import json
 from functools import lru_cache
 from pathlib import Path
+
 from solvers.errors import InputError
 
 DATA = Path(__file__).parent / "data"

@@ -13,7 +13,6 @@ import os
 import pkgutil
 import sys
 
-
 from solvers.errors import InputError
 
 UsageError = InputError          # a problem with the user's input: printed as one line, exit code 2

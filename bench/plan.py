@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import solvers
 from solvers import flow
 from solvers.errors import InputError
 

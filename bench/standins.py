@@ -53,6 +53,7 @@ def _clip_text(hidden: int, projection: int | None = None):
 def sd_components(seed: int = 0, size: str = "tiny") -> dict:
     """SD v1.5's architecture (UNet2DCondition with cross-attention, KL VAE, CLIP text encoder), scaled down."""
     import diffusers
+
     from bench.models.latent import SD_BETAS
     w = _width(size)
     torch.manual_seed(seed)

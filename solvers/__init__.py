@@ -125,10 +125,12 @@ def learned_names() -> list[str]:
     return [n for n in _REGISTRY if solver_class(n).learned]
 
 
-def load(path) -> Solver:
-    """Load a saved learned solver of any kind (the file records its kind and grid)."""
+def load(path, spec: str | None = None) -> Solver:
+    """Load a saved learned solver of any registered kind (the file records its kind and grid). A file of a user's
+    solver names that solver's code ("file.py:Class"): it is data, so that code is imported only when the caller
+    names the same spec here (`solvers.load(path, spec="my.py:Mine")`)."""
     from .learned import read_state
-    return from_state(read_state(path))
+    return from_state(read_state(path), spec)
 
 
 def state_of(solver: Solver) -> dict:
@@ -138,16 +140,22 @@ def state_of(solver: Solver) -> dict:
     return {**st, "spec": spec} if spec else st
 
 
-def from_state(state: dict) -> Solver:
-    """Rebuild a learned solver from its `state()` (what `save` writes), whatever its kind."""
+def from_state(state: dict, spec: str | None = None) -> Solver:
+    """Rebuild a learned solver from its `state()` (what `save` writes), whatever its registered kind; a state that
+    names a user's solver (`spec`) is rebuilt only when the caller passes the same `spec` (see `load`)."""
     kind = state.get("solver") if isinstance(state, dict) else None
-    if isinstance(state, dict) and is_spec(state.get("spec")):
-        kind = state["spec"]
+    named = state.get("spec") if isinstance(state, dict) else None
+    if is_spec(named):
+        if spec != named:
+            raise InputError(f"this saved solver names code to import ({named!r}); load it with spec={named!r} if you "
+                             "trust that file")
+        kind = named
     if not (kind in _REGISTRY or is_spec(kind)) or not solver_class(kind).learned:
         raise InputError(f"not a saved learned solver (solver={kind!r}); learned solvers: "
                          f"{', '.join(learned_names())}")
     return solver_class(kind).from_state(state)
 
 
-__all__ = ["get", "code_hash", "names", "learned_names", "is_spec", "state_of", "load", "from_state", "register", "solver_class", "schedules", "Solver", "Denoiser",
+__all__ = ["get", "code_hash", "names", "learned_names", "is_spec", "state_of", "load", "from_state", "register",
+           "solver_class", "schedules", "Solver", "Denoiser",
            "NonFiniteError", "CountingDenoiser"]

@@ -15,8 +15,8 @@ sample's row by its own. The same code serves floats (the 1-D path, unchanged) a
 helpers `is_zero`, `sqrt` and `log` below. A (B, N) grid whose rows are all equal takes the 1-D path. Rows must
 agree on whether they end at 0.
 
-The equations follow docs/solver-conventions.md (the EDM lineage behind the DyWeight paper's numbers), whose grids end at
-sigma_min. One deliberate extension: a grid may end at 0 (flow models). No solver then evaluates the network at 0:
+The equations follow docs/solver-conventions.md (the EDM lineage behind the DyWeight paper's numbers), whose grids end
+at sigma_min. One deliberate extension: a grid may end at 0 (flow models). No solver then evaluates the network at 0:
 a step onto 0 is first order (Heun: its Euler predictor; DPM-Solver++ / UniPC: x = M_i, without corrector), and
 `calls(..., ends_at_zero=True)` / `num_points(..., ends_at_zero=True)` / `schedules.grid_for` count that.
 """

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .base import Solver, afs_pair, combine, is_zero, log, reached
-from .thresholding import dynamic_threshold
 from .errors import InputError
+from .thresholding import dynamic_threshold
 
 
 class DPMSolverPP(Solver):

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 
 from .base import afs_pair, combine, reached
-from .ipndm import AB_COEFFS
 from .errors import InputError
+from .ipndm import AB_COEFFS
 from .learned import LearnedSolver
 
 INITS = ("adams_bashforth", "euler", "uniform")

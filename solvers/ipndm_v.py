@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-
 import torch
 
 from .base import Columns

@@ -123,10 +123,16 @@ class LearnedSolver(Solver, torch.nn.Module):
         return cls.from_state(read_state(path))
 
     def save(self, path) -> None:
-        """JSON with float64 values written exactly (repr round-trips), plus the grid and training settings."""
+        """JSON with float64 values written exactly (repr round-trips), plus the grid and training settings; written
+        to a temporary file moved into place, so a kill never leaves half a file."""
+        import os
+
         from . import state_of
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(state_of(self), indent=1))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state_of(self), indent=1))
+        os.replace(tmp, path)
 
 
 def read_state(path) -> dict:

@@ -8,6 +8,7 @@ import math
 from typing import Callable
 
 import torch
+
 from .errors import InputError
 
 

@@ -24,8 +24,8 @@ import functools
 import torch
 
 from .base import Solver, afs_pair, combine, is_zero, reached
-from .thresholding import dynamic_threshold
 from .errors import InputError
+from .thresholding import dynamic_threshold
 
 
 class UniPC(Solver):

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import solvers
-from bench.studies.perf import identity as _identity, plan as _plan
+from bench.studies.perf import identity as _identity
+from bench.studies.perf import plan as _plan
 from solvers import schedules
 
 

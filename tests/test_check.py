@@ -7,9 +7,9 @@ import math
 
 import pandas as pd
 import pytest
+from conftest import store_rows
 
 from bench.cli import main
-from conftest import store_rows
 from bench.report import regression
 
 CELLS = [("iPNDM", "ipndm", "handcrafted", 3, 0.40), ("iPNDM", "ipndm", "handcrafted", 5, 0.10),

@@ -1,8 +1,6 @@
 """bench.distill: training works, is deterministic, round-trips, caches its teacher, and every switch matters."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -79,7 +77,8 @@ def test_save_load_round_trip_is_bit_exact(gmm, grid, tmp_path):
     assert t.metadata["training"]["distance"] == "mse" and "wall_time" in t.metadata["training"]
     x_T = gmm.noise(range(8))
     with torch.no_grad():
-        assert torch.equal(s.sample(gmm.denoiser(), x_T, grid, afs=True), t.sample(gmm.denoiser(), x_T, t.sigmas, afs=True))
+        assert torch.equal(s.sample(gmm.denoiser(), x_T, grid, afs=True),
+                           t.sample(gmm.denoiser(), x_T, t.sigmas, afs=True))
 
 
 def test_teacher_cache_is_reused_and_invalidated(gmm, grid, tmp_path):
@@ -87,8 +86,8 @@ def test_teacher_cache_is_reused_and_invalidated(gmm, grid, tmp_path):
     per_set = SMALL["teacher_steps"] + 1
     student_calls = None
 
-    def run(denoiser=gmm.denoiser(), sig=grid, **extra):
-        counter = solvers.CountingDenoiser(denoiser)
+    def run(denoiser=None, sig=grid, **extra):
+        counter = solvers.CountingDenoiser(denoiser or gmm.denoiser())
         s = distill("dyweight", counter, sig, noise_shape=(2,), dtype=torch.float64, seed=0, cache_dir=tmp_path,
                     **{**SMALL, **extra})
         return counter.calls, s.metadata["training"]
@@ -248,7 +247,8 @@ def test_bad_options_fail_clearly(gmm, grid, opts, match):
 
 
 def test_bad_target_and_kind_fail_clearly(gmm, grid):
-    with pytest.raises(ValueError, match="unknown learned solver 's4s'; accepted: dyweight, epd, gits, ld3, amed, instance_aware"):
+    with pytest.raises(ValueError, match="unknown learned solver 's4s'; accepted: dyweight, epd, gits, ld3, amed, "
+                                         "instance_aware"):
         distill("s4s", gmm, grid)
     with pytest.raises(ValueError, match="needs noise_shape"):
         distill("dyweight", gmm.denoiser(), grid, cache_dir=False)

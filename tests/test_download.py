@@ -123,7 +123,7 @@ def test_paths_resolve_env_then_config_then_root(tmp_path, registry, monkeypatch
     (tmp_path / "paths.toml").write_text("[paths\n")
     monkeypatch.delenv("FEWSTEP_EDM_CIFAR10")
     with pytest.raises(ValueError, match="cannot read the paths config"):
-        e.path
+        _ = e.path
     (tmp_path / "paths.toml").write_text("")
     msg = weights.requirement("sd-v1.5").missing_message()
     assert "stable-diffusion-v1-5" in msg and "FEWSTEP_SD15" in msg and "download sd-v1.5" in msg

@@ -15,13 +15,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from test_models_real_grids import registered  # noqa: E402,F401  (the metric stand-ins fixture)
+
 import bench.metrics  # noqa: E402
 from bench import cli, grid  # noqa: E402
 from bench import run as runner  # noqa: E402
 from bench.metrics.base import Metric  # noqa: E402
 from bench.models import conditions  # noqa: E402
-
-from test_models_real_grids import registered  # noqa: E402,F401  (the metric stand-ins fixture)
 
 
 def test_released_sd_samples_on_the_networks_own_range(registered):  # noqa: F811

@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -81,7 +80,8 @@ def test_cell_key_ignores_batch_size_and_label_but_not_seeds(tmp_path):
     (IPNDM + "options = { max_order = 9 }\n", "", "max_order must be"),
     ('[[solvers]]\nname = "heun"\nlabel = "Heun"\n', "", "heun cannot spend exactly NFE=3"),
     ('[[solvers]]\nname = "dyweight"\nreleased = true\nafs = true\n', "", "has no released coefficients"),
-    ('[[solvers]]\nname = "ipndm"\ndistill = {}\n', "", "need a learned solver (one of dyweight, epd, gits, ld3, amed, instance_aware), got 'ipndm'"),
+    ('[[solvers]]\nname = "ipndm"\ndistill = {}\n', "",
+     "need a learned solver (one of dyweight, epd, gits, ld3, amed, instance_aware), got 'ipndm'"),
     (IPNDM + IPNDM, "", "label 'iPNDM' is used twice"),
 ])
 def test_bad_solver_entries_are_rejected_naming_what_is_accepted(tmp_path, solvers_toml, extra, needle):
@@ -96,7 +96,8 @@ def test_a_label_may_name_entries_for_disjoint_models(tmp_path):
     two = BASE.format(name="t", nfe="[3]", num_samples=8, batch_size=8, model="gmm2d") + \
         '[[models]]\nname = "gmm64"\nmetrics = ["fd_exact"]\n'
     p = tmp_path / "t.toml"
-    p.write_text(two + IPNDM + 'models = ["gmm2d"]\n' + IPNDM.replace("afs = true", "afs = false") + 'models = ["gmm64"]\n')
+    p.write_text(two + IPNDM + 'models = ["gmm2d"]\n' + IPNDM.replace("afs = true", "afs = false")
+                 + 'models = ["gmm64"]\n')
     g = grids.load(p)
     assert [(c.model, c.row.label, c.row.afs) for c in g.cells] == [("gmm2d", "iPNDM", True),
                                                                          ("gmm64", "iPNDM", False)]

@@ -166,7 +166,9 @@ def test_a_users_solvers_from_their_files_join_any_grid(tmp_path, monkeypatch, r
     assert set(df[df.label == "Two-step"].solver) == {"two_step.py:TwoStep"} and bool(df.afs.all())
     saved = sorted((tmp_path / "res" / "solvers" / "g" / "gmm2d").glob("*.json"))
     assert [p.name for p in saved] == ["ScaledEuler-nfe3.json", "ScaledEuler-nfe5.json"]
-    back = solvers.load(saved[0])
+    with pytest.raises(ValueError, match="names code to import"):
+        solvers.load(saved[0])                                     # a results file never imports code by itself
+    back = solvers.load(saved[0], spec="scaled_euler.py:ScaledEuler")
     assert type(back).__name__ == "ScaledEuler" and back.metadata["training"]["steps"] == 5
     assert cli.main(["run", "--grid", "g.toml", "--solver", "missing.py:X", "--dry-run"]) == 2
     assert cli.main(["run", "--grid", "g.toml", "--solver", "two_step.py:TwoStep", "--distill", "--dry-run"]) == 2

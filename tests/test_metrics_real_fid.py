@@ -17,8 +17,14 @@ import scipy.linalg
 import torch
 
 from bench.metrics import frechet
-from bench.metrics.features import (InceptionFeatures, inception_feature_mse, inception_mse, latent_mse,
-                                    load_detector, to_uint8)
+from bench.metrics.features import (
+    InceptionFeatures,
+    inception_feature_mse,
+    inception_mse,
+    latent_mse,
+    load_detector,
+    to_uint8,
+)
 from bench.metrics.fid import FID, write_reference
 from bench.models.base import Cell, Model
 

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 pytest.importorskip("PIL")
 
-from bench.metrics.image_reward import (IMAGE_MEAN, IMAGE_STD, REWARD_MEAN, REWARD_STD,  # noqa: E402
-                                        ImageReward)
+from bench.metrics.image_reward import IMAGE_MEAN, IMAGE_STD, REWARD_MEAN, REWARD_STD, ImageReward  # noqa: E402
 from bench.metrics.text_image import pil_images  # noqa: E402
 from bench.models.base import Cell, Model  # noqa: E402
 
@@ -94,7 +93,8 @@ def reference_reward(s, pixels, ids, mask):
         b = f"{v}blocks.{i}."
         h = F.layer_norm(x, (VW,), s[b + "norm1.weight"], s[b + "norm1.bias"], eps=1e-6)
         B, N, D = h.shape
-        qkv = F.linear(h, s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"]).view(B, N, 3, 2, D // 2).permute(2, 0, 3, 1, 4)
+        qkv = F.linear(h, s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"])
+        qkv = qkv.view(B, N, 3, 2, D // 2).permute(2, 0, 3, 1, 4)
         a = ((qkv[0] @ qkv[1].transpose(-1, -2)) * (D // 2) ** -0.5).softmax(-1) @ qkv[2]
         x = x + F.linear(a.transpose(1, 2).reshape(B, N, D), s[b + "attn.proj.weight"], s[b + "attn.proj.bias"])
         h = F.layer_norm(x, (VW,), s[b + "norm2.weight"], s[b + "norm2.bias"], eps=1e-6)
@@ -174,7 +174,8 @@ def test_tokenizer_is_local_and_pads_to_35(files):
     out = tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
     torch.testing.assert_close(out.input_ids, ids)
     torch.testing.assert_close(out.attention_mask, mask)
-    assert tokenizer.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [len(SPECIAL) + len(WORDS), len(SPECIAL) + len(WORDS) + 1]
+    first = len(SPECIAL) + len(WORDS)
+    assert tokenizer.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [first, first + 1]
 
 
 def test_larger_images_are_resized_and_cropped(files):

@@ -114,7 +114,7 @@ def _ldm_forward(sd, x, t):
                    s["time_embed.2.weight"], s["time_embed.2.bias"])
     h = cv(x, "input_blocks.0.0", padding=1)
     hs, k, ds = [h], 1, 1
-    for level, mult in enumerate(MULT):
+    for level, _mult in enumerate(MULT):
         for _ in range(NRB):
             h = res(h, f"input_blocks.{k}.0", emb)
             if ds in ATTN_DS:
@@ -127,7 +127,7 @@ def _ldm_forward(sd, x, t):
             ds, k = ds * 2, k + 1
     h = res(attn(res(h, "middle_block.0", emb), "middle_block.1"), "middle_block.2", emb)
     k = 0
-    for level, mult in reversed(list(enumerate(MULT))):
+    for level, _mult in reversed(list(enumerate(MULT))):
         for i in range(NRB + 1):
             h = res(torch.cat([h, hs.pop()], dim=1), f"output_blocks.{k}.0", emb)
             sub = 1
@@ -187,7 +187,8 @@ def _names(cfg):
         for a, b in (("block_1", "resnets.0"), ("block_2", "resnets.1")):
             res(f"{part}.mid.{a}", f"{part}.mid_block.{b}", 1, 1)
         for x, y in (("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")):
-            m.update({f"{part}.mid.attn_1.{x}.{p}": f"{part}.mid_block.attentions.0.{y}.{p}" for p in ("weight", "bias")})
+            m.update({f"{part}.mid.attn_1.{x}.{p}": f"{part}.mid_block.attentions.0.{y}.{p}"
+                      for p in ("weight", "bias")})
     cin = ch[-1]
     for level in reversed(range(L)):                  # ldm builds decoder.up[level] from the lowest resolution
         k = L - 1 - level

@@ -2,11 +2,11 @@
 quick grid at a tiny size (the optimised solver beats the standard one)."""
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import tomllib
 import torch
 
 from bench.studies import numerical_study as ns
@@ -20,7 +20,8 @@ def test_drift_is_consistent_with_the_exact_solution():
     fd = (p.y(t + eps) - p.y(t - eps)) / (2 * eps)
     assert torch.allclose(p.f(t, p.y(t)), fd, rtol=1e-6, atol=1e-6)      # y_gt solves y' = f(t, y)
     y = p.y(t) + 1.0
-    assert torch.allclose(p.f(t, y) - p.dy(t), (p.A @ torch.ones(3, 6, 1, dtype=torch.float64)).squeeze(-1))   # coupling term A(y - y_gt)
+    coupling = (p.A @ torch.ones(3, 6, 1, dtype=torch.float64)).squeeze(-1)       # the term A(y - y_gt)
+    assert torch.allclose(p.f(t, y) - p.dy(t), coupling)
 
 
 def test_problem_draws_do_not_depend_on_the_batch():
@@ -76,7 +77,8 @@ def test_quick_grid_at_a_tiny_size_optimised_beats_standard(tmp_path):
     df = pd.read_csv(out)
     assert set(df.variant) == {"standard", "optimized", "teacher"}
     assert len(df) == 2 * 2 * 4 * 2 * 4 + 2 * 4                       # K x S x orders x variants x problems + teacher
-    m = ns.summary(df[df.variant != "teacher"]).pivot_table(index=["complexity", "steps", "order"], columns="variant", values="rel_error")
+    m = ns.summary(df[df.variant != "teacher"]).pivot_table(index=["complexity", "steps", "order"], columns="variant",
+                                                            values="rel_error")
     assert (m.optimized < m.standard).all()
     obs = {o["number"]: o for o in ns.observations(df)}
     assert set(obs) == {1, 2, 3, 4} and obs[3]["verdict"] == "holds"

@@ -38,7 +38,7 @@ def synthetic(values=VALUES, grid="quick", model="gmm64", metric="endpoint_error
 
 
 def _row(md: str, method: str) -> list[str]:
-    line = next(l for l in md.splitlines() if f"| {method} " in l)
+    line = next(ln for ln in md.splitlines() if f"| {method} " in ln)
     return [c.strip() for c in line.strip().strip("|").split("|")][2:]
 
 
@@ -77,10 +77,10 @@ def test_latex_is_balanced_with_booktabs_rules():
     assert tex.count(r"\underline{") == 4 and r"\underline{4.00}" in tex
     assert tex.count("{") == tex.count("}")
     assert r"gmm64\_test" in tex                                 # caption text escaped
-    rows = [l for l in tex.splitlines() if l.endswith(r"\\")]
-    widths = {l.count("&") + 1 + sum(int(n) - 1 for n in re.findall(r"\\multicolumn\{(\d+)\}", l)) for l in rows}
+    rows = [ln for ln in tex.splitlines() if ln.endswith(r"\\")]
+    widths = {ln.count("&") + 1 + sum(int(n) - 1 for n in re.findall(r"\\multicolumn\{(\d+)\}", ln)) for ln in rows}
     assert widths == {6}                                        # 2 index columns + 4 NFE columns on every row
-    line = next(l for l in rows if "DPM-Solver" in l)
+    line = next(ln for ln in rows if "DPM-Solver" in ln)
     assert "–" in line
 
 
@@ -139,12 +139,12 @@ def test_transfer_reported_is_table_a1():
 
 
 def test_report_command_renders_markdown_latex_and_figures(tmp_path):
+    from conftest import store_rows
+
     from bench import store as results
     from bench.cli import main
-    from solvers.dyweight import DyWeight
-
-    from conftest import store_rows
     from solvers import artefacts
+    from solvers.dyweight import DyWeight
 
     res, rep = tmp_path / "results", tmp_path / "reports"
     df = synthetic()

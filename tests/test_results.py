@@ -14,12 +14,12 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from conftest import result, store_rows
 
 from bench import store as results
 from bench.cli import main
 from bench.store import Result
 from bench.store.select import select
-from conftest import result, store_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = [f.name for f in fields(Result)]
@@ -181,7 +181,8 @@ def test_a_format_1_store_is_migrated_into_one_run_per_grid(tmp_path):
     conn = sqlite3.connect(tmp_path / results.DB_NAME)
     with conn:
         conn.execute(f"CREATE TABLE results ({', '.join(FORMAT1)}, PRIMARY KEY (cell_key, metric))")
-        for key, n, v, t in (("k1", 32, 1.5, "2026-01-01"), ("k2", 64, 1.4, "2026-01-02"), ("k3", 32, 9.0, "2026-01-01")):
+        for key, n, v, t in (("k1", 32, 1.5, "2026-01-01"), ("k2", 64, 1.4, "2026-01-02"),
+                             ("k3", 32, 9.0, "2026-01-01")):
             r = dict(grid="g", model="m", solver="euler", label="Euler", family="handcrafted", options="{}",
                      nfe=3 if key != "k3" else 5, afs=1, schedule="polynomial", metric="fid", value=v, status="ok",
                      error="", num_samples=n, seeds="0-9", distilled_on="", code_version="v", config_hash="h",

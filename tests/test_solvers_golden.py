@@ -7,6 +7,7 @@ integrals, UniPC's b_k from the closed form k! (e^hh - sum_{j<=k} hh^j / j!) / h
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -207,7 +208,7 @@ CASES = [  # (id, solver name, options, reference(D, x, t, afs))
      lambda D, x, t, a: ref_dpmpp(D, x, t, 2, a, thresh=True)),
 ] + [
     (f"unipc{o}-{v}", "unipc", {"order": o, "variant": v},
-     (lambda o, v: lambda D, x, t, a: ref_unipc(D, x, t, o, v, a))(o, v))
+     functools.partial(lambda o, v, D, x, t, a: ref_unipc(D, x, t, o, v, a), o, v))
     for o in (1, 2, 3) for v in ("bh1", "bh2")
 ] + [
     ("unipc3-thr", "unipc", {"order": 3, "dynamic_thresholding": True},

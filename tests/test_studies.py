@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import cli, stats
+from bench import cli, stats, store
 from bench import grid as grids
-from bench import store
 
 
 def test_paired_ratio():
@@ -57,7 +56,8 @@ distill = { base = "unipc", base_options = { order = 3, variant = "bh1" }, teach
 name = "instance_aware"
 label = "Instance-aware"
 afs = true
-distill = { teacher_steps = 8, num_samples = 32, eval_samples = 8, steps = 8, init_from = { solver = "gits", base = "unipc", base_options = { order = 3, variant = "bh1" }, teacher_steps = 8, num_samples = 16 } }
+distill = { teacher_steps = 8, num_samples = 32, eval_samples = 8, steps = 8, init_from = { solver = "gits", \
+base = "unipc", base_options = { order = 3, variant = "bh1" }, teacher_steps = 8, num_samples = 16 } }
 """
 
 

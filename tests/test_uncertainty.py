@@ -2,7 +2,6 @@
 cells, honest rankings in the tables, and the mean-centred digits model that AFS needs."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -209,8 +208,9 @@ def test_bold_only_where_earned_ties_as_ties_and_floor_marks():
 
 # ---- the report reads the store alone --------------------------------------------------------------------------
 def test_report_renders_results_whose_model_and_metric_the_code_does_not_know(tmp_path):
-    from bench.report import render
     from conftest import store_rows
+
+    from bench.report import render
     store_rows(tmp_path / "res", [
         dict(grid="g", model="elsewhere", solver=label, label=label, family=fam, options="{}", nfe=nfe, afs=False,
              schedule="x", metric="my_score", value=v, ci_low=v - 0.05, ci_high=v + 0.05,

@@ -16,8 +16,8 @@ def add_arguments(parser) -> None:
                         help="where to write the reports (default: <results-dir>/reports; the shipped reference "
                              "reports under reports/ are rewritten only when named here)")
     parser.add_argument("--grid", action="append", help="only these grids (default: every grid with a stored run)")
-    parser.add_argument("--run", help="show this run instead of each grid's latest: a run id or a unique prefix of one, "
-                                      "or -2 for each grid's previous run")
+    parser.add_argument("--run", help="show this run instead of each grid's latest: a run id or a unique prefix "
+                                      "of one, or -2 for each grid's previous run")
     parser.add_argument("--where", action="append", metavar="FIELD=VALUE",
                         help="show each grid's latest run whose cells all have this value, e.g. num_samples=32")
 

@@ -11,8 +11,10 @@ HELP = "run a grid (models × solvers × NFEs × metrics); rerunning resumes whe
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--grid", required=True, help="a shipped grid name (see `python -m bench list`) or a .toml path")
-    parser.add_argument("--results-dir", default="results", type=Path, help="where results are stored (default: results)")
+    parser.add_argument("--grid", required=True,
+                        help="a shipped grid name (see `python -m bench list`) or a .toml path")
+    parser.add_argument("--results-dir", default="results", type=Path,
+                        help="where results are stored (default: results)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the cells, the files they need and their cost in network evaluations; run nothing")
     parser.add_argument("--num-samples", type=int, help="override the grid's samples per cell (e.g. a fast check)")

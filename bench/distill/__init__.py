@@ -41,11 +41,11 @@ import time
 import torch
 
 import solvers
+from solvers.errors import InputError
 
 from . import losses
 from .teacher import Cache, Source, Teacher, default_cache_dir, endpoints, identity, path_states
 from .train import Settings, seed_lists, train
-from solvers.errors import InputError
 
 
 def validate(kind: str, sigmas, afs: bool, target=None, **options) -> tuple[list[float], Settings, Teacher]:

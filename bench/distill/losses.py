@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
 from solvers.errors import InputError
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -29,9 +29,9 @@ from typing import Any, Sequence
 import torch
 
 import solvers
+from bench.models.base import Model
+from bench.models.base import noise as draw_noise
 from solvers import schedules
-
-from bench.models.base import Model, noise as draw_noise
 from solvers.errors import InputError
 
 CACHE_FORMAT = 1
@@ -277,7 +277,8 @@ def refine(sigmas: Sequence[float], substeps: int, rho: float = 7.0) -> list[flo
     for a, b in zip(sigmas, sigmas[1:]):
         a, b = float(a), float(b)
         for k in range(1, substeps + 1):
-            out.append(b if k == substeps else (a ** (1 / rho) + k / substeps * (b ** (1 / rho) - a ** (1 / rho))) ** rho)
+            inner = a ** (1 / rho) + k / substeps * (b ** (1 / rho) - a ** (1 / rho))
+            out.append(b if k == substeps else inner ** rho)
     return out
 
 
@@ -294,7 +295,8 @@ def path_states(source: Source, teacher: Teacher, sigmas: Sequence[float], subst
     """
     import time
     fine = refine(sigmas, substeps)
-    parts = {"what": "path", "one_pass": True, "model": ident, "teacher": asdict(teacher), "student_grid": _grid_values(sigmas),
+    parts = {"what": "path", "one_pass": True, "model": ident, "teacher": asdict(teacher),
+             "student_grid": _grid_values(sigmas),
              "substeps": substeps, "seeds": _seed_spec(seeds), "shape": list(source.shape),
              "dtype": str(source.dtype)}
     key = cache_key(parts)

@@ -13,7 +13,8 @@ same x_T, and descends
     path (Eq. A.15):    L = mean_b [ sum_{j=1}^{N-2} mse(x_stu_j, x_tea(t_j)) + dist(x_stu_{N-1}, x_tea(x_T)) ]
 
 where x_stu_j is the student state after step j (nominally at grid point t_j) and x_tea(t_j) the teacher's state
-there (teacher.path_states); the student's states come from its sampling callback. The relative endpoint error against the teacher on held-out seeds is recorded at
+there (teacher.path_states); the student's states come from its sampling callback. The relative endpoint error
+against the teacher on held-out seeds is recorded at
 a few checkpoints (the "eval" curve); `keep_best = true` ends with the parameters of the checkpoint where it was
 lowest (a validation choice, recorded as "kept_step").
 
@@ -35,10 +36,10 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from bench.metrics.analytic import relative_l2
+from solvers.errors import InputError
 
 from . import losses
 from .teacher import take
-from solvers.errors import InputError
 
 SUPERVISIONS = ("endpoint", "path")
 OPTIMIZERS = ("adam", "adamw")
@@ -110,7 +111,8 @@ class Settings:
 
     def resolve(self, nfe: int, model_lr: float | None = None, batch_hint: int | None = None) -> "Settings":
         """Check every value; fill the defaults (the student's own structure options are checked by its class,
-        `untrained`). model_lr = the paper's learning rate for the model being distilled (Model.distill_lr), else the NFE-dependent default;
+        `untrained`). model_lr = the paper's learning rate for the model being distilled (Model.distill_lr), else
+        the NFE-dependent default;
         batch_hint = the model's batch size for teacher and evaluation runs (Model.batch_hint)."""
         if self.supervision not in SUPERVISIONS:
             raise InputError(f"unknown supervision {self.supervision!r}; accepted: {', '.join(SUPERVISIONS)}")

@@ -76,7 +76,8 @@ def set_path(raw: dict, path: str, value: Any) -> None:
             tables = t.get(name)
             if not isinstance(tables, list):
                 raise InputError(f"override {path!r}: {name!r} is not a list of tables")
-            found = [x for x in tables if isinstance(x, dict) and (sel == "*" or sel in (x.get("label"), x.get("name")))]
+            found = [x for x in tables
+                     if isinstance(x, dict) and (sel == "*" or sel in (x.get("label"), x.get("name")))]
             if not found:
                 have = [x.get("label", x.get("name")) for x in tables if isinstance(x, dict)]
                 raise InputError(f"override {path!r}: no {name} entry {sel!r}; accepted: {', '.join(map(str, have))}")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Metric
 from solvers.errors import InputError
+
+from .base import Metric
 
 _REGISTRY: dict[str, str] = {
     "fd_exact": "bench.metrics.analytic:FDExact",

@@ -17,8 +17,9 @@ from typing import Sequence
 
 import torch
 
-from .text_image import PromptImageMetric, entry_requirement, require
 from solvers.errors import InputError
+
+from .text_image import PromptImageMetric, entry_requirement, require
 
 BACKBONES = {
     # name: (OpenCLIP architecture, weights entry, force QuickGELU)

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from bench.models.base import Cell, Model, Requirement
+from solvers.errors import InputError
 
 from .base import FrechetMetric
 from .frechet import feature_statistics, frechet_distance
-from solvers.errors import InputError
 
 SHAPE = (1, 16, 16)
 

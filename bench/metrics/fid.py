@@ -20,11 +20,11 @@ import torch
 
 from bench.models.base import Cell, Model, Requirement
 from bench.stats import Estimate
+from solvers.errors import InputError
 
 from .base import FrechetMetric
 from .features import InceptionFeatures, extractor_on, inception_requirement
 from .frechet import RunningStatistics, frechet_distance, load_statistics, save_statistics
-from solvers.errors import InputError
 
 
 def reference_requirement(model: Model, reference=None) -> Requirement:

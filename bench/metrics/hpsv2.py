@@ -17,8 +17,9 @@ from typing import Sequence
 
 import torch
 
-from .text_image import PromptImageMetric, entry_requirement, require
 from solvers.errors import InputError
+
+from .text_image import PromptImageMetric, entry_requirement, require
 
 
 def load_hps(path, arch: str = "ViT-H-14", device: str = "cpu"):
@@ -66,5 +67,6 @@ class HPSv21(PromptImageMetric):
         model, _, tokenizer = self.scorer()
         pixels = torch.stack([hps_preprocess(im, model.visual.image_size) for im in images]).to(self.device)
         img = torch.nn.functional.normalize(model.encode_image(pixels).double(), dim=-1)
-        txt = torch.nn.functional.normalize(model.encode_text(tokenizer(list(prompts)).to(self.device)).double(), dim=-1)
+        tokens = tokenizer(list(prompts)).to(self.device)
+        txt = torch.nn.functional.normalize(model.encode_text(tokens).double(), dim=-1)
         return (img * txt).sum(dim=-1)

@@ -22,8 +22,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .text_image import PromptImageMetric, entry_requirement, require
 from solvers.errors import InputError
+
+from .text_image import PromptImageMetric, entry_requirement, require
 
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
@@ -153,7 +154,8 @@ class ImageReward(PromptImageMetric):
         self.vocab = vocab              # bert-base-uncased vocab.txt
 
     def requirements(self, model):
-        return [entry_requirement("imagereward", self.weights), entry_requirement("bert-base-uncased-vocab", self.vocab)]
+        return [entry_requirement("imagereward", self.weights),
+                entry_requirement("bert-base-uncased-vocab", self.vocab)]
 
     def load(self):
         ckpt, vocab = (require(r).path for r in self.requirements(None))

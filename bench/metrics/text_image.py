@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from bench.models.base import Cell, Model, Requirement
+from solvers.errors import InputError
 
 from .base import MeanScore
 from .features import to_uint8
-from solvers.errors import InputError
 
 
 def prompts_of(cell: Cell) -> list[str]:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Cell, Model, Requirement, noise
 from solvers.errors import InputError
+
+from .base import Cell, Model, Requirement, noise
 
 # name -> "module:factory"; the factory takes keyword options and returns a Model
 _REGISTRY: dict[str, str] = {

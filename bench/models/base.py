@@ -16,7 +16,6 @@ from solvers import schedules
 from solvers.base import Features
 from solvers.errors import InputError
 
-
 TIMES = ("sigma", "flow")        # the time variables a grid may ask solvers to integrate in (solvers/flow.py)
 
 
@@ -173,20 +172,25 @@ class Model:
 
     def cached_reference(self, key: str, cache_dir, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """A reference tensor keyed by `key`: from memory, else from `cache_dir`/reference/<name>-<key>.pt, else
-        `compute()`, kept in memory and written to disk atomically (a killed run never leaves half a file)."""
+        `compute()`, kept in memory and written to disk atomically (a unique temporary file moved into place, so a
+        killed run never leaves half a file and concurrent writers never collide). A cached file that does not load
+        (truncated, foreign) is recomputed and overwritten."""
         memory = self.__dict__.setdefault("_references", {})
         if key in memory:
             return memory[key]
         path = Path(cache_dir) / "reference" / f"{self.name}-{key}.pt" if cache_dir else None
+        ref = None
         if path is not None and path.exists():
-            ref = torch.load(path)
-        else:
+            try:
+                ref = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:                      # truncated or foreign: recompute below
+                ref = None
+            if not isinstance(ref, torch.Tensor):
+                ref = None
+        if ref is None:
             ref = compute()
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.save(ref, tmp)
-                tmp.replace(path)
+                atomic_save(ref, path)
         memory[key] = ref
         return ref
 
@@ -235,6 +239,24 @@ class Bottleneck(Features):
         h = h.detach()[-batch:].float().mean(1, keepdim=True)
         self.latest = torch.nn.functional.adaptive_avg_pool2d(h, self.SIZE).flatten(1)
         return out
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save through a temporary file unique to this process, moved into place (os.replace); temporaries of
+    killed writers older than an hour are removed."""
+    import os
+    import time
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
+        except OSError:
+            pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(obj):x}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def weights_path(env: str, default: str) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+
 from solvers.errors import InputError
 
 LABEL_SALT = 1 << 40

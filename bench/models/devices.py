@@ -6,6 +6,7 @@ Sampling state, grids and the EDM-form arithmetic stay float32/float64 whatever 
 from __future__ import annotations
 
 import torch
+
 from solvers.errors import InputError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}

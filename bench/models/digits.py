@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
-from .base import Model, Requirement
 from solvers import schedules
 from solvers.errors import InputError
+
+from .base import Model, Requirement
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "digits"
 ENV = "FEWSTEP_DIGITS_DIR"

@@ -13,9 +13,10 @@ from typing import Sequence
 import torch
 
 from bench import weights
+from solvers.errors import InputError
+
 from . import conditions, devices
 from .base import Bottleneck, Model
-from solvers.errors import InputError
 
 
 class EDMModel(Model):

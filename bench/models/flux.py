@@ -42,11 +42,12 @@ import torch
 
 from bench import weights
 from solvers import schedules
+from solvers.errors import InputError
+
 from . import conditions, devices, loaded
 from .base import Model, Requirement
 from .flow import FlowView
 from .latent import PROMPT_SETS
-from solvers.errors import InputError
 
 SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 

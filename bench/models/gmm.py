@@ -25,8 +25,9 @@ import math
 import numpy as np
 import torch
 
-from .base import Model
 from solvers.errors import InputError
+
+from .base import Model
 
 
 class GaussianMixture(Model):

@@ -22,6 +22,7 @@ networks loaded from a path are shared with every model reading the same files a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -30,11 +31,10 @@ import torch
 
 from bench import weights
 from solvers import schedules
-import contextlib
+from solvers.errors import InputError
 
 from . import conditions, devices, loaded
 from .base import Bottleneck, Model, Requirement
-from solvers.errors import InputError
 
 LSUN_BETAS = {"beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -297,7 +297,8 @@ class StableDiffusion(DiscreteEpsModel):
 
 # prompt set -> (weights entry of the prompt file, default way seeds pick prompts); see conditions.prompts_for_seeds
 PROMPT_SETS = {
-    "coco30k": ("coco-30k-captions", "index"),         # SD's reference: MS-COCO_val2014_30k_captions.csv, seed s = row s
+    # SD's reference: MS-COCO_val2014_30k_captions.csv, seed s takes row s
+    "coco30k": ("coco-30k-captions", "index"),
     "coco": ("coco-captions-val2014", "random"),        # the first caption of every val2014 image, shuffled
     "coco30k_seed2024": ("coco-captions-val2014", "index"),   # FLUX's reference 30k subset (conditions.py)
     "drawbench": ("drawbench-prompts", "cycle"),        # the DrawBench sheet, in its order

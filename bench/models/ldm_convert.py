@@ -24,6 +24,7 @@ import types
 from pathlib import Path
 
 import torch
+
 from solvers.errors import InputError
 
 UNET_CONFIG = dict(sample_size=64, in_channels=3, out_channels=3, block_out_channels=(224, 448, 672, 896),

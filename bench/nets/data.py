@@ -9,6 +9,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+
 from solvers.errors import InputError
 
 RESOLUTION = 16

@@ -84,7 +84,8 @@ def _provenance(g: GridData) -> list[str]:
         return ", ".join(vals) if vals else "–"
     n_ok = int((rows.status == "ok").sum())
     return [f"run `{r['run_id']}` ({r['status']}), started {r['started_at']}" +
-            (f", ended {r['finished_at']}" if r['finished_at'] else "") + (f": `{r['command']}`" if r['command'] else ""),
+            (f", ended {r['finished_at']}" if r['finished_at'] else "")
+            + (f": `{r['command']}`" if r['command'] else ""),
             f"cells × metrics shown: {len(rows)} ({n_ok} ok, {len(rows) - n_ok} failed)",
             f"samples per cell: {one('num_samples')}; seeds: {one('seeds')}",
             f"code version: {one('code_version')}; solver code: {one('code_hash')}; torch {one('torch_version')}; "
@@ -170,7 +171,8 @@ def _interval_note(sel: pd.DataFrame) -> str:
     """How the table's intervals were estimated, from the stored `ci_method`s (bench.stats)."""
     found = sorted({m for m in sel.ci_method if m})
     if not found:
-        return "Intervals: not stored for these results (an older store); ranked by value, as the paper ranks its tables."
+        return ("Intervals: not stored for these results (an older store); ranked by value, as the paper ranks its "
+                "tables.")
     what = {"bootstrap": "percentile bootstrap of the mean over samples ({} resamples)",
             "jackknife": "delete-a-group jackknife over {} groups of samples (normal interval)",
             "replicas": "Student-t interval over {} disjoint seed sets",
@@ -250,8 +252,8 @@ def _learned(g: GridData, figs: Path) -> list:
     grids = [(f"{m} {lbl} NFE {n}", a) for m, lbl, n, a in g.of(kinds.TimeGrid)]
     if grids:
         out += [Heading(2, "Learned time grids"),
-                Figure(plots.learned_grids(grids, figs / f"{g.name}_learned_grids", f"learned time grids ({g.name})")[0],
-                       "learned time grids")]
+                Figure(plots.learned_grids(grids, figs / f"{g.name}_learned_grids",
+                                           f"learned time grids ({g.name})")[0], "learned time grids")]
     spread = [(f"{m} {lbl} NFE {n}", a) for m, lbl, n, a in g.of(kinds.SampleGrids)]
     if spread:
         out += [Heading(2, "Per-sample time grids"),

@@ -3,8 +3,8 @@ measured-vs-reported comparison shown beside every measured table that has a pub
 
 Mapping: a project model is matched to a paper (dataset, model) through PROJECT_MODELS or, failing that, the
 paper key stored with its results (its `released_key`); a measured row is matched to a paper method by the
-`paper_method` its grid entry declares (stored with each result), never by its solver's name. Methods the project does not run (AMED-Plugin,
-EPD-Plugin, DLMS, S4S-Alt) appear in the reported tables only.
+`paper_method` its grid entry declares (stored with each result), never by its solver's name. Methods the project
+does not run (AMED-Plugin, EPD-Plugin, DLMS, S4S-Alt) appear in the reported tables only.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from baselines import reported_results
+from solvers.errors import InputError
 
 from . import tables
-from solvers.errors import InputError
 
 # project model name -> (paper dataset key, paper model) of the paper's tables (names of bench.models, plus aliases)
 PROJECT_MODELS = {

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
+
 from bench import stats
 from solvers.errors import InputError
 

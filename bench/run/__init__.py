@@ -10,8 +10,17 @@ from .build import Builder
 from .dist import Dist, RankFailed
 from .dist import init as init_distributed
 from .dryrun import dry_run, model_line
-from .runner import (Summary, build_metrics, check_requirements, choose_threads, code_version, pending,
-                     release_others, requirements, run)
+from .runner import (
+                     Summary,
+                     build_metrics,
+                     check_requirements,
+                     choose_threads,
+                     code_version,
+                     pending,
+                     release_others,
+                     requirements,
+                     run,
+)
 from .sample import BudgetError, run_cell, sample_batches
 
 __all__ = ["Builder", "run", "dry_run", "pending", "requirements", "check_requirements", "code_version", "Summary",

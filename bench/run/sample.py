@@ -92,7 +92,7 @@ def run_cell(c: GridCell, problem, solver, metrics: dict, dist: Dist, cache_dir,
         dist.sync(None if unexpected is None else f"{type(unexpected).__name__}: {unexpected}".splitlines()[0])
     except dist_mod.RankFailed:
         if unexpected is not None:
-            raise unexpected                          # this rank's own error keeps its traceback
+            raise unexpected from None                # this rank's own error keeps its traceback
         raise
     parts = dist.gather((failure, errors, {m: torch.cat(r) if r else None for m, r in records.items()}))
     if not dist.main:

@@ -17,7 +17,7 @@ def table(grid, results_dir: Path, run_id: str) -> str:
         return f"no results stored for grid {grid.name}"
     order = list(dict.fromkeys(c.row.label for c in grid.cells))
     blocks = []
-    for (model, metric), part in rows.groupby(["model", "metric"], sort=False):
+    for (model, _), part in rows.groupby(["model", "metric"], sort=False):
         nfes = sorted(set(part[part["family"] != "floor"]["nfe"]))
         floors = part[part["family"] == "floor"]
         body = []

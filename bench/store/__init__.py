@@ -50,7 +50,7 @@ class Store:
                 _upgrade(self.conn)
         except sqlite3.DatabaseError as e:
             raise InputError(_db_error(self.layout.db, e)) from None
-        except PermissionError as e:
+        except OSError as e:
             raise InputError(f"cannot write the results directory {self.layout.root}: {e.strerror}; choose another "
                              "with --results-dir") from None
 

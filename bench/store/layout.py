@@ -44,7 +44,8 @@ class Layout:
         return self.root / DB_NAME
 
     def solver(self, grid: str, model: str, label: str, nfe: int) -> Path:
-        return self.root / "solvers" / safe_filename(grid) / safe_filename(model) / f"{safe_filename(label)}-nfe{nfe}.json"
+        name = f"{safe_filename(label)}-nfe{nfe}.json"
+        return self.root / "solvers" / safe_filename(grid) / safe_filename(model) / name
 
     @property
     def distill_cache(self) -> Path:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
 from solvers.errors import InputError
 
 # Classical Adams-Bashforth rows, oldest derivative first (as in solvers/ipndm.py).
@@ -219,19 +220,19 @@ def study(cfg: dict, name: str = "numerical_study", progress=print) -> pd.DataFr
             err = relative_error(integrate(problems, ab_weights(To, TS, ts), TS, ts), problems)
         rows += [(name, K, TS, To, "teacher", p, float(e), math.nan, math.nan, 0) for p, e in enumerate(err)]
         for S in cfg["steps"]:
-            for O in cfg["orders"]:
-                start = _start(O, cfg["exact_start"])
+            for order in cfg["orders"]:
+                start = _start(order, cfg["exact_start"])
                 with torch.no_grad():
-                    err = relative_error(integrate(problems, ab_weights(O, S, start), S, start), problems)
-                rows += [(name, K, S, O, "standard", p, float(e), math.nan, math.nan, 0) for p, e in enumerate(err)]
-                W, first, last = optimise(problems, O, S, start, cfg["iterations"], cfg["lr"])
+                    err = relative_error(integrate(problems, ab_weights(order, S, start), S, start), problems)
+                rows += [(name, K, S, order, "standard", p, float(e), math.nan, math.nan, 0) for p, e in enumerate(err)]
+                W, first, last = optimise(problems, order, S, start, cfg["iterations"], cfg["lr"])
                 with torch.no_grad():
                     err = relative_error(integrate(problems, W, S, start), problems)
-                rows += [(name, K, S, O, "optimized", p, float(e), float(a), float(b), cfg["iterations"])
+                rows += [(name, K, S, order, "optimized", p, float(e), float(a), float(b), cfg["iterations"])
                          for p, (e, a, b) in enumerate(zip(err, first, last))]
                 done += 1
                 if progress:
-                    progress(f"[{name}] K={K:>2} S={S:>2} AB-{O}: {done}/{total} configurations, "
+                    progress(f"[{name}] K={K:>2} S={S:>2} AB-{order}: {done}/{total} configurations, "
                              f"{time.time() - t0:.0f} s")
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -294,10 +295,12 @@ def observations(df: pd.DataFrame) -> list[dict]:
     up_k = tot_k = up_s = tot_s = 0
     for _, g in std.groupby(["steps", "order"]):
         e = g.sort_values("complexity").rel_error.to_numpy()
-        up_k += int((e[1:] > e[:-1]).sum()); tot_k += len(e) - 1
+        up_k += int((e[1:] > e[:-1]).sum())
+        tot_k += len(e) - 1
     for _, g in std.groupby(["complexity", "order"]):
         e = g.sort_values("steps").rel_error.to_numpy()
-        up_s += int((e[:-1] > e[1:]).sum()); tot_s += len(e) - 1
+        up_s += int((e[:-1] > e[1:]).sum())
+        tot_s += len(e) - 1
     tot = tot_k + tot_s
     frac = (up_k + up_s) / tot if tot else math.nan
     out.append({"number": 2, "claim": "error grows with complexity K and with fewer steps S",

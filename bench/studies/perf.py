@@ -24,6 +24,7 @@ Every run of the grid measures anew (a timing is of its moment: its cells are ke
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -42,9 +43,11 @@ SIGMA_DATA = 0.5
 DEFAULTS = {"nfe": [5, 10], "repeats": 51, "batch": 8, "width": 32, "threads": 1, "diffusers": True,
             "per_sample": True, "quick_threads": False}
 LABELS = {"overhead": "sample / (NFE × network call)", "implied": "1 + solver time per call / network call",
-          "network_in_sample": "network call in sample() / alone", "solver_between": "solver work between calls / alone",
+          "network_in_sample": "network call in sample() / alone",
+          "solver_between": "solver work between calls / alone",
           "per_sample_path": "(B, N) grid / 1-D grid", "diffusers": "diffusers' loop / ours",
-          "diffusers_difference": "max relative output difference vs diffusers", "wall_time": "quick grid wall time (s)"}
+          "diffusers_difference": "max relative output difference vs diffusers",
+          "wall_time": "quick grid wall time (s)"}
 
 
 class ConvDenoiser(torch.nn.Module):
@@ -228,9 +231,10 @@ def _diffusers(den, x_T, nfe: int, repeats: int, out) -> list[dict]:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             a, b = ours.sample(den, x_T, t), _diffusers_loop(kind, den, x_T, t)
-            mine, theirs = times([lambda: ours.sample(den, x_T, t), lambda: _diffusers_loop(kind, den, x_T, t)],
-                                 repeats)
-        rows += [dict(solver=kind, nfe=nfe, afs=False, metric="diffusers", values=[y / x for x, y in zip(mine, theirs)]),
+            mine, theirs = times([functools.partial(ours.sample, den, x_T, t),
+                                  functools.partial(_diffusers_loop, kind, den, x_T, t)], repeats)
+        rows += [dict(solver=kind, nfe=nfe, afs=False, metric="diffusers",
+                      values=[y / x for x, y in zip(mine, theirs)]),
                  dict(solver=kind, nfe=nfe, afs=False, metric="diffusers_difference",
                       value=float((a - b).abs().max() / a.abs().max()))]
     return rows
