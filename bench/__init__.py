@@ -12,7 +12,7 @@ In a notebook, `bench.evaluate` runs one solver on one model through the same pa
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .provenance import VERSION as __version__  # noqa: F401
 
 
 def evaluate(solver, model: str, nfe, metrics=("endpoint_error",), *, num_samples: int = 1000, seed_start: int = 0,

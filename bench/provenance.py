@@ -5,12 +5,13 @@ import functools
 import subprocess
 from pathlib import Path
 
+VERSION = "0.1.0"
+
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """`git describe --always --dirty --tags` of the source tree when it is a git checkout, else the version."""
-    import bench
-    root = Path(bench.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     if (root / ".git").exists():
         try:
             out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=root, capture_output=True,
@@ -19,4 +20,4 @@ def code_version() -> str:
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
-    return bench.__version__
+    return VERSION

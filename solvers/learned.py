@@ -127,7 +127,6 @@ class LearnedSolver(Solver, torch.nn.Module):
         to a temporary file moved into place, so a kill never leaves half a file."""
         import os
 
-        from . import state_of
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -146,3 +145,11 @@ def read_state(path) -> dict:
     if not isinstance(st, dict) or not isinstance(st.get("solver"), str):
         raise InputError(f"{path} is not a saved solver (no 'solver' kind recorded)")
     return st
+
+
+def state_of(solver: Solver) -> dict:
+    """A learned solver's `state()`, with the spec of a user's class loaded from its file (solvers.registry
+    `solver_class` records it as `spec`), so the file can name the code it needs."""
+    st = solver.state()
+    spec = getattr(type(solver), "spec", None)
+    return {**st, "spec": spec} if spec else st

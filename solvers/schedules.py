@@ -136,7 +136,7 @@ def grid_for(solver, nfe: int, kind: str = "polynomial", sigma_min: float = 0.00
     A grid that ends at 0 (flow_shift with t_min=0) saves Heun its last correction; the size accounts for that.
     """
     if isinstance(solver, str):
-        from . import solver_class
+        from .registry import solver_class
         solver = solver_class(solver).budget_probe()
     ends_at_zero = float(get(kind, 3, sigma_min, sigma_max, **opts)[-1]) == 0.0
     n = solver.num_points(nfe, afs=afs, evals_per_call=evals_per_call, ends_at_zero=ends_at_zero)

@@ -58,7 +58,7 @@ def needs_weights():
 ])
 def test_bad_input_is_one_line_with_a_nonzero_exit_and_keeps_stored_results(stored, capsys, monkeypatch, grid_text,
                                                                            args, needle):
-    monkeypatch.setitem(bench.models._REGISTRY, "needs_weights", "test_cli:needs_weights")
+    monkeypatch.setitem(bench.models.REGISTRY.targets, "needs_weights", "test_cli:needs_weights")
     res = stored / "res"
     before = results.load(res)
     capsys.readouterr()

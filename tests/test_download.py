@@ -31,7 +31,7 @@ def server(tmp_path):
 
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
-    monkeypatch.setattr(weights, "_ENTRIES", dict(weights._ENTRIES))
+    monkeypatch.setattr(weights.REGISTRY, "targets", dict(weights.REGISTRY.targets))
     monkeypatch.setenv("FEWSTEP_WEIGHTS", str(tmp_path / "weights"))
     monkeypatch.setenv("FEWSTEP_CONFIG", str(tmp_path / "paths.toml"))
     return tmp_path / "weights"

@@ -181,7 +181,7 @@ def test_an_image_distance_on_a_latent_model_compares_decoded_images(tmp_path, m
         return (student - teacher).pow(2).flatten(1).mean(1)
 
     image_mse.reads_images = True
-    monkeypatch.setattr(losses, "_REGISTRY", dict(losses._REGISTRY))
+    monkeypatch.setattr(losses.REGISTRY, "targets", dict(losses.REGISTRY.targets))
     losses.register("image_mse", image_mse)
     assert losses.reads_images(losses.get("inception")[1]) and not losses.reads_images(losses.get("mse")[1])
     m = latent.StableDiffusion(components=tiny_sd_components(), prompts_path=prompts_file(tmp_path))

@@ -70,7 +70,7 @@ def test_host_memory_holds_one_batch_of_samples_whatever_the_cell_size(tmp_path,
     mod = types.ModuleType("_batch_watcher")
     mod.BatchWatcher = BatchWatcher
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    monkeypatch.setattr(bench.metrics, "_REGISTRY", dict(bench.metrics._REGISTRY))
+    monkeypatch.setattr(bench.metrics.REGISTRY, "targets", dict(bench.metrics.REGISTRY.targets))
     bench.metrics.register("watch", "_batch_watcher:BatchWatcher")
     BatchWatcher.refs, BatchWatcher.alive_max = [], 0
     p = tmp_path / "g.toml"

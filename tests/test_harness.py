@@ -146,7 +146,7 @@ def missing_weights_model():
 
 
 def test_missing_weights_stop_the_run_before_any_work(tmp_path, monkeypatch):
-    monkeypatch.setitem(bench.models._REGISTRY, "needs_weights", "test_harness:missing_weights_model")
+    monkeypatch.setitem(bench.models.REGISTRY.targets, "needs_weights", "test_harness:missing_weights_model")
     g = grids.load(write_grid(tmp_path, IPNDM, model="needs_weights"))
     with pytest.raises(FileNotFoundError, match="tiny-weights.pt at /nonexistent/tiny-weights.pt; set TINY_PATH"):
         runner.run(g, tmp_path / "res", progress=False, out=lambda s: None)
@@ -224,7 +224,7 @@ def nan_model():
 
 
 def test_a_cell_with_nonfinite_samples_is_stored_as_failed_and_the_run_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setitem(bench.models._REGISTRY, "nan_gmm", "test_harness:nan_model")
+    monkeypatch.setitem(bench.models.REGISTRY.targets, "nan_gmm", "test_harness:nan_model")
     no_afs = IPNDM.replace("afs = true", "afs = false")
     g = grids.load(write_grid(tmp_path, no_afs + EULER.replace("Euler", "Euler AFS") + "afs = true\n",
                               model="nan_gmm", nfe="[4]", num_samples=200))
@@ -310,7 +310,7 @@ def released_gmm():
 
 
 def test_released_coefficients_use_the_checkpoint_grid(tmp_path, monkeypatch):
-    monkeypatch.setitem(bench.models._REGISTRY, "gmm_rel", "test_harness:released_gmm")
+    monkeypatch.setitem(bench.models.REGISTRY.targets, "gmm_rel", "test_harness:released_gmm")
     rel = '[[solvers]]\nname = "dyweight"\nlabel = "DyWeight (released)"\nafs = true\nreleased = true\n'
     g = grids.load(write_grid(tmp_path, rel, model="gmm_rel", nfe="[3, 5]", num_samples=8))
     assert [c.num_points for c in g.cells] == [5, 7]

@@ -65,7 +65,7 @@ def registered(monkeypatch):
     mod = types.ModuleType("_user_learned")
     mod.ScaledEuler = ScaledEuler
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    monkeypatch.setattr(solvers, "_REGISTRY", dict(solvers._REGISTRY))
+    monkeypatch.setattr(solvers.REGISTRY, "targets", dict(solvers.REGISTRY.targets))
     solvers.register("scaled_euler", "_user_learned:ScaledEuler")
     return ScaledEuler
 
@@ -168,7 +168,7 @@ def test_a_users_solvers_from_their_files_join_any_grid(tmp_path, monkeypatch, r
     assert [p.name for p in saved] == ["ScaledEuler-nfe3.json", "ScaledEuler-nfe5.json"]
     with pytest.raises(ValueError, match="names code to import"):
         solvers.load(saved[0])                                     # a results file never imports code by itself
-    back = solvers.load(saved[0], spec="scaled_euler.py:ScaledEuler")
+    back = solvers.load(saved[0], spec="scaled.py:ScaledEuler")
     assert type(back).__name__ == "ScaledEuler" and back.metadata["training"]["steps"] == 5
     assert cli.main(["run", "--grid", "g.toml", "--solver", "missing.py:X", "--dry-run"]) == 2
     assert cli.main(["run", "--grid", "g.toml", "--solver", "two_step.py:TwoStep", "--distill", "--dry-run"]) == 2

@@ -39,7 +39,7 @@ class _StandIn(Metric):
 
 @pytest.fixture
 def registered(monkeypatch):
-    monkeypatch.setattr(bench.metrics, "_REGISTRY", dict(bench.metrics._REGISTRY))
+    monkeypatch.setattr(bench.metrics.REGISTRY, "targets", dict(bench.metrics.REGISTRY.targets))
     import sys
     import types
     mod = types.ModuleType("_paper_grid_stand_ins")
@@ -48,7 +48,7 @@ def registered(monkeypatch):
     for name in ("fid", "clip_score", "hpsv2", "image_reward"):
         if name not in bench.metrics.names():
             bench.metrics.register(name, f"{mod.__name__}:StandIn")
-    monkeypatch.setattr(losses, "_REGISTRY", dict(losses._REGISTRY))
+    monkeypatch.setattr(losses.REGISTRY, "targets", dict(losses.REGISTRY.targets))
     if "inception" not in losses.names():
         losses.register("inception", losses.mse)
 

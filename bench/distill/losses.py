@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from solvers.errors import InputError
+from solvers.registry import Registry
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,7 +49,7 @@ def reads_images(distance) -> bool:
     return bool(getattr(distance, "reads_images", False))
 
 
-_REGISTRY: dict[str, Distance] = {"mse": mse, "relative_l2": relative_l2, "inception": inception}
+REGISTRY = Registry("loss", {"mse": mse, "relative_l2": relative_l2, "inception": inception})
 
 
 def register(name: str, distance: Distance) -> None:
@@ -56,20 +57,20 @@ def register(name: str, distance: Distance) -> None:
     one that compares decoded images)."""
     if not callable(distance):
         raise InputError(f"distance {name!r} must be callable as distance(student, teacher) -> per-sample tensor")
-    _REGISTRY[name] = distance
+    REGISTRY.register(name, distance)
 
 
 def names() -> list[str]:
-    return list(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get(loss) -> tuple[str, Distance]:
     """(name, distance) for a registered name or a callable (named after its __name__)."""
     if callable(loss):
         return getattr(loss, "__name__", type(loss).__name__), loss
-    if isinstance(loss, str) and loss in _REGISTRY:
-        return loss, _REGISTRY[loss]
-    raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(_REGISTRY)} or a callable "
+    if isinstance(loss, str) and loss in REGISTRY:
+        return loss, REGISTRY.load(loss)
+    raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(REGISTRY.names())} or a callable "
                      "distance(student, teacher) -> per-sample tensor")
 
 

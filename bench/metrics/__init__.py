@@ -1,13 +1,12 @@
 """Metric registry: name -> metric. A metric maps a `bench.models.Cell` (all samples of a cell) to one number."""
 from __future__ import annotations
 
-import importlib
-
 from solvers.errors import InputError
+from solvers.registry import Registry
 
 from .base import Metric
 
-_REGISTRY: dict[str, str] = {
+REGISTRY = Registry("metric", {
     "fd_exact": "bench.metrics.analytic:FDExact",
     "endpoint_error": "bench.metrics.analytic:EndpointError",
     "fd_digits": "bench.metrics.digits:FDDigits",
@@ -18,31 +17,27 @@ _REGISTRY: dict[str, str] = {
     "clip_score_b16": "bench.metrics.clip_score:clip_score_b16",
     "hpsv2": "bench.metrics.hpsv2:HPSv21",
     "image_reward": "bench.metrics.image_reward:ImageReward",
-}
+})
 
 
 def register(name: str, target: str) -> None:
-    _REGISTRY[name] = target
+    REGISTRY.register(name, target)
 
 
 def names() -> list[str]:
-    return list(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get(name: str, **options) -> Metric:
-    if name not in _REGISTRY:
-        raise InputError(f"unknown metric {name!r}; accepted: {', '.join(_REGISTRY)}")
-    module, attr = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), attr)(**options)
+    return REGISTRY.load(name)(**options)
 
 
 def build(name: str, options: dict, where: str = "") -> Metric:
     """`get(name, **options)` with one-line errors naming the options the metric accepts."""
     import inspect
-    if name not in _REGISTRY:
-        raise InputError(f"{where + ': ' if where else ''}unknown metric {name!r}; accepted: {', '.join(_REGISTRY)}")
-    module, attr = _REGISTRY[name].split(":")
-    factory = getattr(importlib.import_module(module), attr)
+    if name not in REGISTRY:
+        raise InputError(f"{where + ': ' if where else ''}{REGISTRY.unknown(name)}")
+    factory = REGISTRY.load(name)
     params = inspect.signature(factory).parameters
     accepted = [p for p in params if p != "self"]
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())   # a factory passing options on
@@ -60,10 +55,7 @@ def build(name: str, options: dict, where: str = "") -> Metric:
 def identity(name: str, options: dict) -> dict:
     """What determines a metric's value besides the samples: its name and the options that change its value (all
     but the metric class's `neutral_options`, such as its batch size and device)."""
-    if name not in _REGISTRY:
-        raise InputError(f"unknown metric {name!r}; accepted: {', '.join(_REGISTRY)}")
-    module, attr = _REGISTRY[name].split(":")
-    neutral = getattr(getattr(importlib.import_module(module), attr), "neutral_options", ())
+    neutral = getattr(REGISTRY.load(name), "neutral_options", ())
     return {"metric": name, "options": {k: v for k, v in sorted(options.items()) if k not in neutral}}
 
 

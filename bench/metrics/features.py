@@ -39,7 +39,6 @@ def inception_requirement(path=None) -> Requirement:
         return Requirement(name=Path(path).name, path=Path(path), url=INCEPTION_URL,
                            description=f"TF-Inception TorchScript feature network {Path(path).name}")
     from bench import weights
-    from bench.metrics import files  # noqa: F401  (registers the metric entries)
     return weights.requirement("inception-2015-12-05")
 
 

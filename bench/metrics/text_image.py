@@ -45,12 +45,11 @@ def pil_images(samples: torch.Tensor) -> list:
 
 
 def entry_requirement(entry: str, path=None) -> Requirement:
-    """An explicit local path, else the weights registry entry (registered by bench.metrics.files)."""
+    """An explicit local path, else the weights registry entry (bench.weights)."""
     if path is not None:
         from pathlib import Path
         return Requirement(name=Path(path).name, path=Path(path), description=f"{entry} file {Path(path).name}")
     from bench import weights
-    from bench.metrics import files  # noqa: F401
     return weights.requirement(entry)
 
 

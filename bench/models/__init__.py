@@ -1,14 +1,12 @@
 """Model registry: name -> adapter. Heavy adapters are imported only when asked for."""
 from __future__ import annotations
 
-import importlib
-
-from solvers.errors import InputError
+from solvers.registry import Registry
 
 from .base import Cell, Model, Requirement, noise
 
 # name -> "module:factory"; the factory takes keyword options and returns a Model
-_REGISTRY: dict[str, str] = {
+REGISTRY = Registry("model", {
     "gmm2d": "bench.models.gmm:gmm2d",
     "gmm64": "bench.models.gmm:gmm64",
     "gmm_scales": "bench.models.gmm:gmm_scales",
@@ -28,22 +26,19 @@ _REGISTRY: dict[str, str] = {
     "standin_lsun": "bench.standins:lsun",
     "standin_sd": "bench.standins:sd",
     "standin_flux": "bench.standins:flux",
-}
+})
 
 
 def register(name: str, target: str) -> None:
-    _REGISTRY[name] = target
+    REGISTRY.register(name, target)
 
 
 def names() -> list[str]:
-    return list(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get(name: str, **options) -> Model:
-    if name not in _REGISTRY:
-        raise InputError(f"unknown model {name!r}; accepted: {', '.join(_REGISTRY)}")
-    module, attr = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), attr)(**options)
+    return REGISTRY.load(name)(**options)
 
 
 __all__ = ["Model", "Cell", "Requirement", "noise", "get", "names", "register"]
