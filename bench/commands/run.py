@@ -35,6 +35,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-samples", type=Path, metavar="DIR",
                         help="also save every cell's samples: one PNG per seed for images (EDM's layout, for other "
                              "FID tools), an .npz per cell otherwise")
+    parser.add_argument("--device-memory", metavar="SIZE",
+                        help="with --dry-run: plan every distillation for a device of this memory (e.g. 80GiB; "
+                             "default: the CUDA device's)")
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="with --dry-run: plan for this many data-parallel processes (torchrun's nproc)")
     parser.add_argument("--retry-failed", action="store_true", help="recompute cells stored as failed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -65,7 +70,11 @@ def main(args) -> int:
         raise InputError("--distill applies to --solver rows; name one with --solver FILE.py:CLASS")
     grid = grids.load(args.grid, overrides(args), [(spec, args.distill) for spec in args.solver])
     if args.dry_run:
-        return runner.dry_run(grid, args.results_dir)
+        from bench.distill.memory import parse_size
+        size = parse_size(args.device_memory) if args.device_memory else None
+        if args.ranks < 1:
+            raise InputError(f"--ranks must be a positive integer, got {args.ranks}")
+        return runner.dry_run(grid, args.results_dir, device_memory=size, ranks=args.ranks)
     summary = runner.run(grid, args.results_dir, progress=not args.no_progress, retry_failed=args.retry_failed,
                          threads=args.threads, save_samples=args.save_samples,
                          command="python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))

@@ -34,6 +34,7 @@ it is, in place of the solver's default `init_from`; giving both is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -110,10 +111,16 @@ def _start(init_from: dict, target, grid, noise_shape, afs, seed, ident, dtype, 
 
 
 def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed: int = 0, *, cache_dir=None,
-            cache_id: str | None = None, dtype: torch.dtype | None = None, progress=None,
-            **options) -> solvers.Solver:
+            cache_id: str | None = None, dtype: torch.dtype | None = None, progress=None, memory=None,
+            group=None, **options) -> solvers.Solver:
     """Distil the registered learned solver `kind` (solvers.learned_names()) for the grid `sigmas` from a teacher;
-    return it trained."""
+    return it trained.
+
+    memory: a bench.distill.memory.MemoryPlan (micro-batches, checkpointed calls); "auto" plans one from a probe of
+    the model on its CUDA device (nothing is planned elsewhere); None trains each batch in one backward pass.
+    group: data-parallel ranks (bench.run.dist.Dist: rank, world, all_gather, all_reduce_sum): the teacher pairs
+    are made in shards and gathered, every rank takes its share of each batch, the gradients are summed; every
+    rank ends with the same solver."""
     t_start = time.perf_counter()
     grid, settings, teacher = validate(kind, sigmas, afs, target, **options)
     source = Source(target, grid[-1], grid[0], noise_shape, dtype)
@@ -122,15 +129,16 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     ident = identity(source, cache_id)
     if settings.init_from is not None:             # the start: another learned solver, distilled on this grid
         settings.structure["init"] = _start(settings.init_from, target, grid, noise_shape, afs, seed, ident,
-                                            dtype, dict(cache_dir=cache_dir, cache_id=cache_id, progress=progress))
+                                            dtype, dict(cache_dir=cache_dir, cache_id=cache_id, progress=progress,
+                                                        memory=memory, group=group))
     if getattr(cls, "trained_by", "gradient") == "search":            # e.g. GITS: a search over teacher states
         return _search(cls, source, grid, afs, settings, teacher, seed, t_start, ident, cache)
 
     seeds, eval_seeds = seed_lists(settings)
-    train_set = endpoints(source, teacher, seeds, ident, cache, settings.teacher_batch_size)
+    train_set = _pairs(source, teacher, seeds, ident, cache, settings.teacher_batch_size, group)
     eval_set = None
     if settings.eval_samples:
-        eval_set = endpoints(source, teacher, eval_seeds, ident, cache, settings.teacher_batch_size)
+        eval_set = _pairs(source, teacher, eval_seeds, ident, cache, settings.teacher_batch_size, group)
     path_set = None
     if settings.supervision == "path" and len(grid) > 2:
         path_set = path_states(source, teacher, grid, settings.path_substeps, seeds, ident, cache,
@@ -140,8 +148,12 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
     torch.manual_seed(seed)
     student = cls.untrained(len(grid), afs, **settings.structure)
     nfe = student_nfe(student, grid, afs, target)
+    if memory == "auto":
+        memory = auto_plan(student, source, grid, afs, settings, group)
     curves = train(student, source, grid, afs, settings, train_set, eval_set, path_set, seed=seed,
-                   progress=progress)
+                   progress=progress, memory=memory, group=group)
+    if memory is not None:
+        curves["memory"] = memory.describe()
     student.sigmas = grid
     # the training's cost in denoiser calls, the unit every method shares: the teacher's endpoint runs (cached runs
     # count what they cost once; path supervision's sub-stepped teacher runs are not included) and the student's
@@ -160,6 +172,55 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
                      "model_identity": ident, "seed": seed, "afs": afs, "nfe": nfe, **settings.record()},
     })
     return student
+
+
+def _pairs(source, teacher, seeds, ident, cache, batch: int, group):
+    """The teacher's pairs for `seeds`; with data-parallel ranks, each rank makes a contiguous shard (cached as
+    such) and every rank gathers all of them, in seed order."""
+    from .teacher import TeacherSet
+    world = group.world if group is not None else 1
+    if world == 1:
+        return endpoints(source, teacher, seeds, ident, cache, batch)
+    per = -(-len(seeds) // world)
+    mine = endpoints(source, teacher, list(seeds)[group.rank * per:(group.rank + 1) * per], ident, cache, batch)
+    parts = group.all_gather((mine.x_T.cpu(), mine.targets.cpu(), mine.cache_hit, mine.seconds))
+    return TeacherSet(list(seeds), torch.cat([p[0] for p in parts]).to(source.device),
+                      torch.cat([p[1] for p in parts]).to(source.device), mine.key,
+                      all(p[2] for p in parts), max(p[3] for p in parts))
+
+
+def auto_plan(student, source, grid, afs, settings, group=None):
+    """A memory plan from a probe of the model on its CUDA device (bench.distill.memory); None elsewhere."""
+    from . import memory
+    model = source.model
+    budget = memory.budget_of(getattr(model, "device", "cpu")) if model is not None else None
+    if budget is None:
+        return None
+    seeds = [settings.seed_start]
+    den = source.denoiser(source.conditions(seeds))
+    x = source.noise(seeds)
+    sigma = torch.full((1,), float(grid[1]), dtype=x.dtype, device=x.device)
+    nets = [p for m in getattr(model, "networks", lambda: [])() for p in m.parameters()]
+    from bench.models import devices
+    with devices.full_precision() if settings.student_precision == "float32" else contextlib.nullcontext():
+        per_call = memory.probe_call(den, x, sigma, nets)
+        extra = _loss_bytes(source, x, settings, nets)
+    calls = student.calls(len(grid), afs, ends_at_zero=grid[-1] == 0)
+    return memory.plan(settings.batch_size * settings.accumulate, calls, per_call, budget,
+                       group.world if group is not None else 1, extra,
+                       checkpoint=True if settings.checkpoint else None, where=f"distilling on {source.name}: ")
+
+
+def _loss_bytes(source, x, settings, nets) -> int:
+    """Activation bytes per sample of the loss (a decoder and an image distance's network), 0 for a plain MSE."""
+    from . import memory
+    name, distance = losses.get(settings.loss)
+    if not losses.reads_images(distance):
+        return 0
+    y = x.detach().clone().requires_grad_(True)
+    target = source.decode(x.detach()).detach()
+    n, _ = memory.saved_bytes(lambda: distance(source.decode(y), target), exclude=nets)
+    return n
 
 
 def _search(cls, source, grid, afs, settings, teacher, seed, t_start, ident, cache):

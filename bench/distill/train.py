@@ -86,6 +86,8 @@ class Settings:
     lr_final: float = 0.01                # the cosine ends at lr_final * lr
     grad_clip: float = 1.0
     checkpoint: bool = False              # recompute each student network call in backward (activation memory)
+    student_precision: str = "float32"    # the student's calls without autocast ("model": the model's precision)
+    tf32: bool = False                    # TF32 matmuls while training (the reference turns them off)
     eval_every: int | None = None
     keep_best: bool = False               # end with the parameters of the lowest held-out error (validation)
     init_from: dict | None = None         # {"solver": <learned name>, ...its options}: distilled first on the same
@@ -138,7 +140,9 @@ class Settings:
             raise InputError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.lr_final, (int, float)) and 0 <= self.lr_final <= 1):
             raise InputError(f"lr_final must be a fraction in [0, 1], got {self.lr_final!r}")
-        for name in ("teacher_afs", "teacher_denoise", "checkpoint", "keep_best"):
+        if self.student_precision not in ("float32", "model"):
+            raise InputError(f"student_precision must be \"float32\" or \"model\", got {self.student_precision!r}")
+        for name in ("teacher_afs", "teacher_denoise", "checkpoint", "keep_best", "tf32"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         losses.get(self.loss)
@@ -228,9 +232,12 @@ def optimizer(params, settings: Settings):
 
 
 def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eval_set, path_set=None,
-          seed: int = 0, progress=None) -> dict:
+          seed: int = 0, progress=None, memory=None, group=None) -> dict:
     """Optimise the student's Parameters in place; return the training curves. `progress(info)`, if given, is
     called after every optimiser step with {"step", "steps", "loss", "eval" (the latest held-out error or None)}.
+    `memory` (bench.distill.memory.MemoryPlan) splits each batch into micro-batches and may checkpoint the network
+    calls; `group` (rank, world, all_reduce_sum) trains data-parallel: every rank takes its share of each batch
+    and the gradients are summed, so the update is the single process's.
 
     A distance that reads images (losses.reads_images, e.g. "inception") gets decoded samples: the student's
     through the model's differentiable decoder, the teacher's without gradient (the reference decodes with
@@ -252,6 +259,17 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
     eval_batch = settings.teacher_batch_size
 
     ball = _Ball(train_set.x_T, sigmas, settings) if settings.relaxed_ball else None
+    world, rank = (group.world, group.rank) if group is not None else (1, 0)
+    micro = memory.micro if memory is not None else None
+    checkpoint = settings.checkpoint or bool(memory is not None and memory.checkpoint)
+    if world > 1 and (ball is not None or settings.batch_size % world):
+        raise InputError("data-parallel distillation needs a batch_size that splits over the ranks and no "
+                         "relaxed_ball (its per-sample moves live on one process)")
+
+    def precision():
+        """The student's calls in full precision (the reference autocasts only its teacher) and TF32 off, unless
+        the settings ask otherwise."""
+        return _StudentPrecision(settings)
 
     def sample_loss(den, idx, x_T):
         final, mids = _student_states(student, den, x_T, sigmas, afs, path_set is not None)
@@ -269,20 +287,49 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
             loss = loss + sum(losses.mse(m, tea[:, j]) for j, m in enumerate(mids))
         return loss
 
-    def batch_loss():
+    def next_batch():
+        """The indices of the next batch of training pairs (the same on every rank: one generator)."""
         nonlocal order, pos
         if pos + settings.batch_size > n:                        # a new epoch: reshuffle
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + settings.batch_size]
         pos += settings.batch_size
+        return idx
+
+    def losses_of(idx):
+        """Per-sample losses of the pairs `idx`, and the relaxed ball's move for them (None without the ball)."""
         den = source.denoiser(take(conds, idx))
-        if settings.checkpoint:
+        if checkpoint:
             den = _checkpointed(den)
         if ball is None:
-            return sample_loss(den, idx, train_set.x_T[idx]).mean(), None
+            return sample_loss(den, idx, train_set.x_T[idx]), None
         z = ball.start(idx)
         loss = sample_loss(den, idx, ball.x_T(idx, z))
-        return loss.mean(), lambda: ball.move(idx, z, loss.detach(), lambda x: sample_loss(den, idx, x))
+        return loss, lambda: ball.move(idx, z, loss.detach(), lambda x: sample_loss(den, idx, x))
+
+    def accumulate_batch(idx) -> float:
+        """Backpropagate the batch's mean loss / accumulate; returns that value. One backward pass for the whole
+        batch on one process (the plain path); else this rank's share of the batch in micro-batches, each
+        weighted by its share of the batch, so that the summed gradient (over micro-batches and ranks) is the
+        batch's."""
+        if world == 1 and (micro is None or micro >= len(idx)):
+            loss, move = losses_of(idx)
+            loss = loss.mean()
+            (loss / settings.accumulate).backward()
+            if move is not None:
+                move()
+            return float(loss.detach()) / settings.accumulate
+        share = len(idx) // world
+        mine = idx[rank * share:(rank + 1) * share]
+        total = 0.0
+        for lo in range(0, share, micro or share):
+            per, move = losses_of(mine[lo:lo + (micro or share)])
+            part = per.sum() / (len(idx) * settings.accumulate)
+            part.backward()
+            total += float(part.detach())
+            if move is not None:
+                move()
+        return total
 
     best = None                                                  # (held-out error, step, parameters)
 
@@ -298,13 +345,11 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
     for step in range(settings.steps):
         student.begin_step(step, settings.steps)
         opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(settings.accumulate):
-            loss, move = batch_loss()
-            (loss / settings.accumulate).backward()
-            total += float(loss.detach()) / settings.accumulate
-            if move is not None:
-                move()
+        with precision():
+            total = sum(accumulate_batch(next_batch()) for _ in range(settings.accumulate))
+        if world > 1:                                            # data-parallel: the batch's summed gradient
+            total = group.all_reduce_sum([p.grad for p in params if p.grad is not None] +
+                                         [torch.tensor([total], dtype=torch.float64)])[-1].item()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         curves["lr"].append(opt.param_groups[0]["lr"])
@@ -325,6 +370,30 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
     if ball is not None:
         curves.update(ball.record())
     return curves
+
+
+class _StudentPrecision:
+    """The student's network calls in the model's full precision (no autocast: bench.models.devices) and TF32
+    matmuls and convolutions off during training, as the reference's training loop (settings `student_precision`,
+    `tf32`)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def __enter__(self):
+        from bench.models import devices
+        self.full = devices.full_precision() if self.settings.student_precision == "float32" else None
+        if self.full is not None:
+            self.full.__enter__()
+        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        if not self.settings.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        return self
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+        if self.full is not None:
+            self.full.__exit__(*exc)
 
 
 class _Ball:

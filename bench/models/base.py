@@ -87,6 +87,9 @@ class Model:
     # --- loaded networks ----------------------------------------------------------------------
     batch_hint: int = 500                   # a batch size that fits for teacher and evaluation runs
     nominal_parameters: dict = {}           # network -> parameter count, for the memory estimate
+    # A distillation's memory before anything is loaded (bench.distill.memory; a run measures both on the device):
+    activation_bytes: int = 0               # saved activations of one network call for one sample, float32 training
+    loss_bytes: int = 0                     # saved activations per sample of an image distance (decoder + Inception)
 
     def weights_key(self):
         """What identifies the networks this model loads from disk (shared with models reading the same files;
@@ -102,6 +105,10 @@ class Model:
 
     def drop_networks(self) -> None:
         """Forget references to loaded networks (called by bench.models.loaded.release)."""
+
+    def networks(self) -> list:
+        """The loaded torch modules of the model (their parameters are not activations); none by default."""
+        return []
 
     def weights_bytes(self) -> int:
         """Memory of the networks' weights in the model's precision, from `nominal_parameters`."""

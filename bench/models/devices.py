@@ -25,3 +25,23 @@ def dtype(value) -> torch.dtype:
     if value in DTYPES:
         return DTYPES[value]
     raise InputError(f"unknown torch_dtype {value!r}; accepted: {', '.join(DTYPES)}")
+
+
+_FULL_PRECISION = [0]
+
+
+class full_precision:
+    """Within this context a model's network calls run in its full precision, without autocast (a distillation's
+    student calls, as the reference trains its student in float32 while its teacher runs under autocast)."""
+
+    def __enter__(self):
+        _FULL_PRECISION[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        _FULL_PRECISION[0] -= 1
+
+
+def autocast_allowed() -> bool:
+    """False inside `full_precision()`."""
+    return _FULL_PRECISION[0] == 0

@@ -75,6 +75,9 @@ class EDMModel(Model):
             self._net = net.eval().requires_grad_(False).to(self.device)
         return self._net
 
+    def networks(self) -> list:
+        return [self._net] if self._net is not None else []
+
     def _check_shape(self, net, where: str) -> None:
         got = (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
         if got != self.shape or int(getattr(net, "label_dim", 0)) != self.label_dim:
@@ -121,21 +124,29 @@ def bottleneck_module(net: torch.nn.Module, conditional: bool) -> torch.nn.Modul
     return getattr(getattr(net, "unet", None), "mid_block", None)
 
 
-def _factory(name, weights_name, shape, label_dim, released_key, description, distill_lr, parameters):
+MiB = 2 ** 20
+INCEPTION_LOSS_BYTES = 256 * MiB    # TF-Inception's saved activations per 299x299 image (an estimate; runs probe it)
+
+
+def _factory(name, weights_name, shape, label_dim, released_key, description, distill_lr, parameters, activation):
     def make(**options) -> EDMModel:
         options.setdefault("distill_lr", distill_lr)
         options.setdefault("parameters", parameters)
-        return EDMModel(name, weights_name, shape, label_dim, released_key, description, **options)
+        m = EDMModel(name, weights_name, shape, label_dim, released_key, description, **options)
+        m.activation_bytes, m.loss_bytes = int(activation * MiB), INCEPTION_LOSS_BYTES
+        return m
     make.__doc__ = description
     return make
 
 
-# The last two arguments: the DyWeight learning rate of the lineage for the dataset (docs/solver-conventions.md,
-# "Training") and the network's parameter count (EDM's DDPM++ at 32 and 64 px, ADM at 64 px; the memory estimate).
+# The last three arguments: the DyWeight learning rate of the lineage for the dataset (docs/solver-conventions.md,
+# "Training"), the network's parameter count (EDM's DDPM++ at 32 and 64 px, ADM at 64 px) and the activations one
+# network call saves per sample in float32 training, in MiB (measured on the real architectures with random
+# weights through a saved-tensor hook): the memory estimates of `--dry-run`.
 cifar10 = _factory("cifar10", "edm-cifar10", (3, 32, 32), 0, "cifar10", "EDM CIFAR-10 32x32 (unconditional, VP)", 3e-2,
-                   55.7e6)
-ffhq = _factory("ffhq", "edm-ffhq", (3, 64, 64), 0, "ffhq", "EDM FFHQ 64x64 (unconditional, VP)", 1e-2, 61.8e6)
+                   55.7e6, 113)
+ffhq = _factory("ffhq", "edm-ffhq", (3, 64, 64), 0, "ffhq", "EDM FFHQ 64x64 (unconditional, VP)", 1e-2, 61.8e6, 292)
 afhqv2 = _factory("afhqv2", "edm-afhqv2", (3, 64, 64), 0, "afhqv2", "EDM AFHQv2 64x64 (unconditional, VP)", 1e-2,
-                  61.8e6)
+                  61.8e6, 292)
 imagenet64 = _factory("imagenet64", "edm-imagenet64", (3, 64, 64), 1000, "imagenet64",
-                      "EDM ImageNet 64x64 (class-conditional, ADM)", 5e-3, 295.9e6)
+                      "EDM ImageNet 64x64 (class-conditional, ADM)", 5e-3, 295.9e6, 645)

@@ -119,8 +119,9 @@ class DiscreteEpsModel(loaded.LoadedNetworks, Model):
         self._hold(components)
 
     def precision(self):
-        """Mixed precision for network calls (fp16 autocast on CUDA by default; nothing elsewhere)."""
-        if self.autocast is None or torch.device(self.device).type != "cuda":
+        """Mixed precision for network calls (fp16 autocast on CUDA by default; nothing elsewhere, nor inside
+        devices.full_precision(), where a distillation's student runs)."""
+        if self.autocast is None or torch.device(self.device).type != "cuda" or not devices.autocast_allowed():
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=devices.dtype(self.autocast))
 
@@ -140,6 +141,10 @@ class LSUNBedroomLDM(DiscreteEpsModel):
     NETWORKS = ("unet", "vqvae")
     nominal_parameters = {"unet": 274e6, "vqvae": 55e6}
     batch_hint = 32
+    # saved activations per sample: one UNet call (measured on the architecture with random weights), the VQ
+    # decoder at 256x256 and TF-Inception of the image loss (estimates); a run probes both on its device
+    activation_bytes = 343 * 2 ** 20
+    loss_bytes = (768 + 256) * 2 ** 20
 
     def __init__(self, path: str | Path | None = None, components: dict | None = None, device: str | None = None,
                  torch_dtype: torch.dtype | str = torch.float32, autocast: str | None = "float16"):
@@ -194,6 +199,7 @@ class StableDiffusion(DiscreteEpsModel):
     NETWORKS = ("unet", "vae", "text_encoder", "tokenizer")
     nominal_parameters = {"unet": 860e6, "vae": 84e6, "text_encoder": 123e6}
     batch_hint = 16
+    activation_bytes = 2 * 1476 * 2 ** 20   # one guided call (two UNet evaluations) per prompt, measured as above
     name = "sd15"
     description = "Stable Diffusion v1.5, 512x512 (latents 4x64x64), classifier-free guidance 7.5"
     shape = (4, 64, 64)

@@ -63,6 +63,9 @@ class LoadedNetworks:
         mods = [getattr(self, n) for n in self.NETWORKS if isinstance(getattr(self, n, None), torch.nn.Module)]
         return int(sum(p.numel() * p.element_size() for m in mods for p in m.parameters()))
 
+    def networks(self) -> list:
+        return [m for m in (getattr(self, n, None) for n in self.NETWORKS) if isinstance(m, torch.nn.Module)]
+
     def load(self) -> None:
         """Read the networks once (shared with every model of the same weights key); put them on the device."""
         if getattr(self, self.NETWORKS[0]) is None:

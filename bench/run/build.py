@@ -24,7 +24,7 @@ import torch
 from bench.grid import GridCell, canonical_hash
 from bench.store.layout import Layout
 
-from .dist import Dist
+from .dist import Dist, RankFailed
 
 SAMPLE_GRIDS = 256      # per-sample grids recorded beside a distilled solver that predicts them (report figure)
 
@@ -57,30 +57,52 @@ class Builder:
                                "sigmas": list(c.plan.source_sigmas), "time": c.plan.time})
 
     def distilled(self, c: GridCell):
-        """The distilled solver of a cell (module docstring)."""
+        """The distilled solver of a cell (module docstring). Every rank learns from rank 0 whether a saved one
+        serves; if not, the ranks distil it together (data-parallel, when the method trains by gradients without
+        per-sample state) or rank 0 alone while the others wait in `Dist.sync`, without a timeout. Bad input ends
+        every rank; running out of device memory fails this cell alone (CellFailed) and the run goes on."""
         import solvers
-        row, source_name = c.row, c.distill_source
-        path = self.layout.solver(self.grid.name, source_name, row.label, c.nfe)
+        row = c.row
+        path = self.layout.solver(self.grid.name, c.distill_source, row.label, c.nfe)
         if path in self._learned:
             return self._learned[path]
         digest = self.settings_digest(c)
-        error, state = None, None
+        saved = None
         if self.dist.main:
-            solver = load_matching(path, digest, row.name)
-            if solver is None:
-                solver, error = self._distil(c, digest)
-                if error is None:
-                    save(solver, path)
-            state = solvers.state_of(solver) if error is None else None
-        self.dist.sync(error)                          # the other ranks wait here, without a timeout
-        state = self.dist.broadcast(state)
-        if not self.dist.main:
-            solver = solvers.solver_class(row.name).from_state(state)
+            found = load_matching(path, digest, row.name)
+            saved = solvers.state_of(found) if found is not None else None
+        saved = self.dist.broadcast(saved)
+        if saved is not None:
+            solver = solvers.solver_class(row.name).from_state(saved)
+        else:
+            solver = self._distilled_together(c, digest, path)
         self._learned[path] = solver
         self.made.append((c, solver))
         return solver
 
-    def _distil(self, c: GridCell, digest: str):
+    def _distilled_together(self, c: GridCell, digest: str, path: Path):
+        import solvers
+        together = self.dist.world > 1 and data_parallel(c, self.dist.world)
+        solver, outcome = None, ("ok", "")
+        if together or self.dist.main:
+            solver, outcome = self._distil(c, digest, self.dist if together else None)
+        self.dist.sync()                               # the other ranks wait here, without a timeout
+        outcomes = [(kind, f"rank {r}: {msg}" if self.dist.world > 1 else msg)
+                    for r, (kind, msg) in enumerate(self.dist.all_gather(outcome))]
+        for kind, error in (("input", RankFailed), ("oom", CellFailed)):
+            bad = next((msg for k, msg in outcomes if k == kind), None)
+            if bad is not None:
+                raise error(bad)
+        if not together:
+            state = self.dist.broadcast(solvers.state_of(solver) if self.dist.main else None)
+            if not self.dist.main:
+                solver = solvers.solver_class(c.row.name).from_state(state)
+        if self.dist.main:
+            save(solver, path)
+        return solver
+
+    def _distil(self, c: GridCell, digest: str, group):
+        """(solver, ("ok", "")), or (None, ("input" | "oom", message))."""
         from bench.distill import distill
         from bench.grid.expand import distill_options
         row, source_name = c.row, c.distill_source
@@ -88,26 +110,49 @@ class Builder:
         options = distill_options(row.distill, row.label)
         seed = row.distill.get("seed", 0)
         what = f"{row.label} for {source_name} at NFE {c.nfe}"
-        bar = self.progress.distillation(what, c) if self.progress is not None else None
-        if bar is None:
-            self.log(f"distilling {what} ...")
+        bar = self.progress.distillation(what, c) if self.progress is not None and self.dist.main else None
+        if bar is None and self.dist.main:
+            self.log(f"distilling {what}" + (f" on {self.dist.world} ranks" if group is not None else "") + " ...")
+        extra = {"progress": bar} if bar else {}
+        if group is not None:
+            extra["group"] = group
+        if torch.device(getattr(source, "device", "cpu")).type == "cuda":
+            extra["memory"] = "auto"
         t0 = time.perf_counter()
         try:
             solver = distill(row.name, source, list(c.plan.source_sigmas), afs=row.afs, seed=seed,
-                             cache_dir=self.layout.distill_cache, **({"progress": bar} if bar else {}), **options)
+                             cache_dir=self.layout.distill_cache, **extra, **options)
+        except torch.cuda.OutOfMemoryError as err:
+            torch.cuda.empty_cache()
+            return None, ("oom", f"distilling {what} ran out of device memory: {str(err).splitlines()[0]}")
         except (ValueError, FileNotFoundError) as err:     # bad input: reported to every rank
-            return None, f"distilling {what} failed: {err}".splitlines()[0]
+            return None, ("input", f"distilling {what} failed: {err}".splitlines()[0])
         finally:
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - t0
         self.distill_seconds += seconds
         solver.metadata["harness"] = {"settings_hash": digest, "grid": self.grid.name, "model": source_name,
-                                      "label": row.label, "nfe": c.nfe, "distill_seconds": seconds}
+                                      "label": row.label, "nfe": c.nfe, "distill_seconds": seconds,
+                                      "ranks": group.world if group is not None else 1}
         record = sample_grids(solver, source, c.plan.source_sigmas, row.afs, list(c.seeds)[:SAMPLE_GRIDS])
         if record is not None:
             solver.metadata["sample_grids"] = record
-        return solver, None
+        return solver, ("ok", "")
+
+
+class CellFailed(RuntimeError):
+    """A cell that cannot be computed on this device (its distillation ran out of memory); stored as failed."""
+
+
+def data_parallel(c: GridCell, world: int) -> bool:
+    """Whether `world` ranks can distil this cell's solver together: a gradient-trained method without per-sample
+    state (LD3's relaxed ball) whose batch splits over the ranks."""
+    import solvers
+    s = c.distill_settings or {}
+    cls = solvers.solver_class(c.row.name)
+    return (getattr(cls, "trained_by", "gradient") == "gradient" and not s.get("relaxed_ball")
+            and int(s.get("batch_size") or 1) % world == 0)
 
 
 def sample_grids(solver, source, sigmas, afs: bool, seeds) -> dict | None:

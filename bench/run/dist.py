@@ -92,6 +92,28 @@ class Dist:
         torch.distributed.gather_object(obj, out, dst=0)
         return out
 
+    def all_gather(self, obj) -> list:
+        """Every rank's `obj` on every rank, in rank order."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def all_reduce_sum(self, tensors: list) -> list:
+        """Sum each tensor over the ranks, in place (one flat float64 reduction on the backend's device); returns
+        the tensors. A data-parallel distillation sums its gradients with it."""
+        if self.world == 1 or not tensors:
+            return tensors
+        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+        flat = torch.cat([t.detach().reshape(-1).to(device=device, dtype=torch.float64) for t in tensors])
+        torch.distributed.all_reduce(flat)
+        pos = 0
+        for t in tensors:
+            t.copy_(flat[pos:pos + t.numel()].reshape(t.shape).to(t.dtype))
+            pos += t.numel()
+        return tensors
+
     def shard(self, seeds: range) -> range:
         """This rank's contiguous block of seeds (concatenating the blocks in rank order gives `seeds`)."""
         per = -(-len(seeds) // self.world)

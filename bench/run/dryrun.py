@@ -14,8 +14,10 @@ from bench.store.layout import Layout
 from .runner import requirements
 
 
-def dry_run(grid: Grid, results_dir: Path, out=print) -> int:
-    """Print the plan of every cell and its status; 1 if files are missing."""
+def dry_run(grid: Grid, results_dir: Path, out=print, device_memory: int | None = None, ranks: int = 1) -> int:
+    """Print the plan of every cell and its status, and the memory plan of every distillation (on `device_memory`
+    bytes per device, else the CUDA device's; `ranks` data-parallel processes); 1 if files are missing or a
+    distillation cannot fit."""
     layout = Layout.of(results_dir)
     if grid.kind != "sampling":
         out(f"grid {grid.name} (kind {grid.kind}): hands its settings to bench.studies.{grid.kind}.run; writes "
@@ -56,9 +58,42 @@ def dry_run(grid: Grid, results_dir: Path, out=print) -> int:
         + (f", plus {len(distils)} distillations (teacher + training, see bench.distill)" if distils else ""))
     for who, r in missing:
         out(f"missing ({who}): {r.missing_message()}")
+    unfit = memory_plans(grid, out, device_memory, ranks)
     if stored is not None:
         stored.close()
-    return 1 if missing else 0
+    return 1 if missing or unfit else 0
+
+
+def memory_plans(grid: Grid, out, device_memory: int | None, ranks: int) -> int:
+    """One line per distilled solver: its micro-batching, checkpointing and estimated peak on the device
+    (bench.distill.memory, from the model's declared activation memory), or why it cannot fit; the count of those
+    that cannot."""
+    from bench.distill import losses, memory
+    from solvers.errors import InputError
+    unfit, seen = 0, set()
+    for c in grid.cells:
+        if c.row.kind != "distilled" or (c.distill_source, c.row.label, c.nfe) in seen:
+            continue
+        seen.add((c.distill_source, c.row.label, c.nfe))
+        model = grid.models[c.distill_source]
+        budget = device_memory
+        if budget is None and torch.cuda.is_available() and torch.device(model.device).type == "cuda":
+            budget = torch.cuda.get_device_properties(torch.device(model.device)).total_memory
+        what = f"memory: {c.distill_source} / {c.row.label} at NFE {c.nfe}: "
+        if budget is None or not model.activation_bytes:
+            continue                                   # a CPU model: nothing to plan
+        s = c.distill_settings or {}
+        images = losses.reads_images(losses.get(s.get("distance", "mse"))[1]) if s.get("distance") in \
+            losses.names() else False
+        try:
+            plan = memory.plan(int(s.get("batch_size", 16)) * int(s.get("accumulate", 1)), c.plan.calls,
+                               model.activation_bytes, budget - model.weights_bytes(), ranks,
+                               model.loss_bytes if images else 0, checkpoint=True if s.get("checkpoint") else None)
+            out(what + plan.describe())
+        except InputError as err:
+            unfit += 1
+            out(what + f"DOES NOT FIT: {err}")
+    return unfit
 
 
 def model_line(model) -> str:

@@ -29,7 +29,7 @@ from bench.store import Artefact, Store, now
 from bench.store.layout import Layout
 
 from . import dist as dist_mod
-from .build import Builder
+from .build import Builder, CellFailed
 from .progress import Progress
 from .sample import cell_results, run_cell
 
@@ -148,10 +148,14 @@ def _one_cell(c, grid, builder, metrics, dist, store, prov, retry_failed, layout
     model = grid.models[c.model]
     release_others(grid, c)
     made = len(builder.made)
-    solver = builder.solver(c)
-    saver = _saver(save_samples, layout, c, model, dist) if save_samples else None
     t0 = time.perf_counter()
-    values = run_cell(c, builder.problem(c), solver, metrics[c.model], dist, layout.cache, saver)
+    try:
+        solver = builder.solver(c)
+    except CellFailed as err:                        # e.g. its distillation ran out of device memory
+        values = {m: (None, str(err), None) for m in c.metrics}
+    else:
+        saver = _saver(save_samples, layout, c, model, dist) if save_samples else None
+        values = run_cell(c, builder.problem(c), solver, metrics[c.model], dist, layout.cache, saver)
     wall = time.perf_counter() - t0
     if not dist.main:
         return

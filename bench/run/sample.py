@@ -86,6 +86,10 @@ def run_cell(c: GridCell, problem, solver, metrics: dict, dist: Dist, cache_dir,
                 break                                 # every metric failed: sampling further is wasted
     except (NonFiniteError, BudgetError) as e:
         failure = str(e)
+    except torch.cuda.OutOfMemoryError as e:         # this cell fails; the run goes on to the next
+        torch.cuda.empty_cache()
+        failure = (f"ran out of device memory sampling batches of {c.batch_size} (lower the grid's batch_size): "
+                   f"{str(e).splitlines()[0]}")
     except Exception as e:                          # a bug or a broken model: every rank ends with its message
         unexpected = e
     try:
