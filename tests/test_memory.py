@@ -124,3 +124,63 @@ def test_running_out_of_device_memory_fails_that_cell_and_the_run_goes_on(tmp_pa
     assert df.loc[3, "status"] == "failed" and "ran out of device memory" in df.loc[3, "error"]
     assert df.loc[4, "status"] == "ok"
     assert "FAILED gmm2d / DyWeight +AFS / NFE 3" in capsys.readouterr().out
+
+
+# ---- everything a grid needs is checked before the first cell -------------------------------------------------------
+def _fid_grid(tmp_path, inception, reference) -> Path:
+    text = f"""
+name = "pre"
+nfe = [3]
+num_samples = 8
+batch_size = 8
+[[models]]
+name = "standin_edm"
+metrics = ["fid"]
+metric_options = {{ fid = {{ inception = "{inception}", reference = "{reference}", num_samples = 8 }} }}
+[[solvers]]
+name = "ipndm"
+afs = true
+"""
+    (tmp_path / "pre.toml").write_text(text)
+    return tmp_path / "pre.toml"
+
+
+def test_a_broken_inception_or_reference_file_fails_before_any_sampling(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    from bench import standins
+    from bench.metrics.fid import write_reference
+    inception = standins.write_inception(tmp_path / "inception.pt")
+    good = write_reference(torch.rand(16, 3, 32, 32) * 2 - 1, tmp_path / "ref.npz", inception=inception)
+    (tmp_path / "garbage.pt").write_bytes(b"not a torchscript file")
+    (tmp_path / "garbage.npz").write_bytes(b"PK not a zip")
+    import numpy as np
+    np.savez(tmp_path / "wrong.npz", mu=np.zeros(3), sigma=np.eye(3))
+    for inc, ref, needle in ((tmp_path / "garbage.pt", good, "does not run"),
+                             (inception, tmp_path / "garbage.npz", "is not readable reference statistics"),
+                             (inception, tmp_path / "wrong.npz", "reference statistics of dimension")):
+        res = tmp_path / f"r-{needle[:8].replace(' ', '_')}"
+        assert main(["run", "--grid", str(_fid_grid(tmp_path, inc, ref)), "--results-dir", str(res),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+        assert store.load(res).empty                                     # nothing was sampled
+    assert main(["run", "--grid", str(_fid_grid(tmp_path, inception, good)), "--results-dir",
+                 str(tmp_path / "ok"), "--no-progress"]) == 0
+
+
+def needs_a_package():
+    m = gmm2d()
+    m.packages = (("no_such_package_xyz", "models"),)
+    return m
+
+
+def test_a_missing_package_fails_before_any_sampling_naming_its_extra(tmp_path, monkeypatch, capsys):
+    import bench.models
+    monkeypatch.setitem(bench.models.REGISTRY.targets, "needs_pkg", "test_memory:needs_a_package")
+    (tmp_path / "p.toml").write_text('name = "p"\nnfe = [3]\nnum_samples = 8\n[[models]]\nname = "needs_pkg"\n'
+                                     'metrics = ["endpoint_error"]\n[[solvers]]\nname = "euler"\n')
+    assert main(["run", "--grid", str(tmp_path / "p.toml"), "--results-dir", str(tmp_path / "r"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the Python package(s) no_such_package_xyz: pip install -e '.[models]'" in err
+    assert store.load(tmp_path / "r").empty

@@ -45,6 +45,13 @@ class Metric:
         """Local files needed (Inception weights, reference statistics), checked before any work starts."""
         return []
 
+    #: the Python packages it needs, as (import name, the extra of this project that installs it)
+    packages: tuple = ()
+
+    def preflight(self, model: Model) -> None:
+        """Load its networks and files now and score a batch, before the first cell, so a broken file fails the run
+        before any sampling; nothing for a metric without files."""
+
     def per_sample(self, batch: Cell) -> torch.Tensor:
         """(B, k) float records of a batch (on the CPU): what `reduce` needs of each sample. Default (a metric that
         defines only `compute`): the decoded samples, flattened."""
@@ -67,7 +74,7 @@ class Metric:
         """The cell's value and 95 % interval from the records of `sets` disjoint seed sets (bench.stats)."""
         return stats.replicas(lambda part: self.score_set(part, cell), records, sets)
 
-    def scores(self, records: torch.Tensor):
+    def sample_values(self, records: torch.Tensor):
         """One score per sample, in seed order, when the metric is a mean of them (stored for paired comparisons
         and exports); None for a set statistic such as an FD."""
         return None
@@ -127,5 +134,5 @@ class MeanScore(Metric):
     def estimate(self, records: torch.Tensor, cell: Cell, sets: int = 1) -> stats.Estimate:
         return stats.bootstrap_mean(records[:, 0])
 
-    def scores(self, records: torch.Tensor):
+    def sample_values(self, records: torch.Tensor):
         return records[:, 0].double().numpy()

@@ -74,6 +74,24 @@ class FID(FrechetMetric):
     def requirements(self, model: Model) -> list[Requirement]:
         return [inception_requirement(self.inception), reference_requirement(model, self.reference)]
 
+    def preflight(self, model: Model) -> None:
+        """The Inception network scores a batch of two images of the model's size, and the reference statistics
+        load with the feature network's dimension."""
+        for r in self.requirements(model):
+            if not r.present:
+                raise FileNotFoundError(r.missing_message())
+        try:
+            features = next(iter(self.extractor().batched(torch.zeros(2, 3, 32, 32), 2)))
+        except Exception as e:
+            raise InputError(f"{self.label}: the Inception network {self.requirements(model)[0].path} does not run "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        ref = reference_requirement(model, self.reference).path
+        mu, sigma = load_statistics(ref)
+        d = features.shape[1]
+        if mu.shape != (d,) or sigma.shape != (d, d):
+            raise InputError(f"{ref}: reference statistics of dimension {mu.shape} / {sigma.shape}; the Inception "
+                             f"features have {d}")
+
     def extractor(self) -> InceptionFeatures:
         req = inception_requirement(self.inception)
         if not req.present:

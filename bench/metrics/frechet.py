@@ -124,9 +124,15 @@ def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"reference statistics not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("mu", "sigma") if k not in data.files]
-        if missing:
-            raise InputError(f"{path}: reference statistics need arrays 'mu' and 'sigma'; "
-                             f"missing {missing} (found {data.files})")
-        return _as_stats(data["mu"], data["sigma"], str(path))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("mu", "sigma") if k not in data.files]
+            if missing:
+                raise InputError(f"{path}: reference statistics need arrays 'mu' and 'sigma'; "
+                                 f"missing {missing} (found {data.files})")
+            return _as_stats(data["mu"], data["sigma"], str(path))
+    except InputError:
+        raise
+    except Exception as e:                      # not an .npz (zip) file, or a truncated one
+        raise InputError(f"{path} is not readable reference statistics (.npz with mu, sigma): "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None

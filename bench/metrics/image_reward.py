@@ -147,6 +147,7 @@ def load_checkpoint(path) -> dict:
 class ImageReward(PromptImageMetric):
     name = "image_reward"
     label = "ImageReward"
+    packages = (("transformers", "models"),)
 
     def __init__(self, weights=None, vocab=None, batch_size: int = 16, device: str = "cpu"):
         super().__init__(batch_size, device)

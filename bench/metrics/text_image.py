@@ -97,3 +97,13 @@ class PromptImageMetric(MeanScore):
 
     def sample_scores(self, batch: Cell) -> torch.Tensor:
         return self.scores(batch.samples, prompts_of(batch))
+
+    packages = (("open_clip", "metrics"), ("torchvision", "metrics"))
+
+    def preflight(self, model: Model) -> None:
+        """Its networks from their local files, and one image scored against one prompt."""
+        for r in self.requirements(model):
+            if not r.present:
+                raise FileNotFoundError(r.missing_message())
+        self.scorer()
+        self.score(pil_images(torch.zeros(1, 3, 64, 64)), ["a photo"])

@@ -110,6 +110,13 @@ class Model:
         """The loaded torch modules of the model (their parameters are not activations); none by default."""
         return []
 
+    #: the Python packages its networks need, as (import name, the extra of this project that installs it)
+    packages: tuple = ()
+
+    def preflight(self) -> None:
+        """Load what the model needs now, before the first cell (its networks, through the same cache the cells
+        use), so a broken file fails the run before any sampling; nothing for a model that ships."""
+
     def weights_bytes(self) -> int:
         """Memory of the networks' weights in the model's precision, from `nominal_parameters`."""
         per = torch.tensor([], dtype=getattr(self, "net_dtype", self.dtype)).element_size()

@@ -78,6 +78,9 @@ class EDMModel(Model):
     def networks(self) -> list:
         return [self._net] if self._net is not None else []
 
+    def preflight(self) -> None:
+        self.network()
+
     def _check_shape(self, net, where: str) -> None:
         got = (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
         if got != self.shape or int(getattr(net, "label_dim", 0)) != self.label_dim:

@@ -81,6 +81,7 @@ def image_ids(H: int, W: int) -> torch.Tensor:
 
 
 class FluxModel(loaded.LoadedNetworks, Model):
+    packages = (("diffusers", "models"), ("transformers", "models"))
     name = "flux"
     description = "FLUX.1-dev, 512x512 (latents 16x64x64), guidance embedding 3.5, flow matching as EDM"
     sigma_max = 1000.0

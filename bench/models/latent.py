@@ -64,6 +64,7 @@ def sigma_to_t(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 class DiscreteEpsModel(loaded.LoadedNetworks, Model):
+    packages = (("diffusers", "models"), ("transformers", "models"))
     """An eps-prediction network on a discrete VP schedule, seen as the EDM denoiser above."""
 
     schedule = "discrete"

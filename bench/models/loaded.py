@@ -66,6 +66,9 @@ class LoadedNetworks:
     def networks(self) -> list:
         return [m for m in (getattr(self, n, None) for n in self.NETWORKS) if isinstance(m, torch.nn.Module)]
 
+    def preflight(self) -> None:
+        self.load()
+
     def load(self) -> None:
         """Read the networks once (shared with every model of the same weights key); put them on the device."""
         if getattr(self, self.NETWORKS[0]) is None:

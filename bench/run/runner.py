@@ -27,6 +27,7 @@ from bench.grid import Grid, GridCell
 from bench.provenance import code_version
 from bench.store import Artefact, Store, now
 from bench.store.layout import Layout
+from solvers.errors import InputError
 
 from . import dist as dist_mod
 from .build import Builder, CellFailed
@@ -94,6 +95,8 @@ def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, 
     store = Store(results_dir) if dist.main else None
     todo_keys = dist.broadcast([c.key for c in pending(grid, store, retry_failed)] if dist.main else None)
     todo = [c for c in grid.cells if c.key in set(todo_keys)]
+    metrics = build_metrics(grid, todo)
+    preflight(grid, todo, metrics)
     chosen = choose_threads(grid, todo, threads, dist.world)
     before = torch.get_num_threads()
     if chosen is not None:
@@ -112,7 +115,6 @@ def run(grid: Grid, results_dir: str | Path = "results", progress: bool = True, 
             if dist.main and len(todo) < len(grid.cells):
                 bars.write(f"{len(grid.cells) - len(todo)} of {len(grid.cells)} cells already stored in "
                            f"{results_dir}; running {len(todo)}")
-            metrics = build_metrics(grid, todo)
             for c in todo:
                 _one_cell(c, grid, builder, metrics, dist, store, prov, retry_failed, layout, save_samples, bars)
                 summary.computed += 1
@@ -286,6 +288,53 @@ def check_requirements(grid: Grid) -> None:
     missing = [f"{who}: {r.missing_message()}" for who, r in requirements(grid) if not r.present]
     if missing:
         raise FileNotFoundError(f"grid {grid.name} cannot run here: " + "; ".join(missing))
+
+
+def missing_packages(grid: Grid, cells) -> list[tuple[str, str]]:
+    """(package, the extra that installs it) the cells' models and metrics need and this Python lacks."""
+    import importlib.util
+
+    import bench.metrics
+    wanted = {}
+    for c in cells:
+        for name, extra in grid.models[c.model].packages:
+            wanted.setdefault(name, extra)
+        for m in c.metrics:
+            for name, extra in bench.metrics.get(m, **c.metric_options.get(m, {})).packages:
+                wanted.setdefault(name, extra)
+    return [(n, e) for n, e in wanted.items() if importlib.util.find_spec(n) is None]
+
+
+LOAD_ERRORS = (OSError, RuntimeError, ValueError, EOFError, KeyError, ImportError, AttributeError)
+
+
+def preflight(grid: Grid, cells, metrics: dict) -> None:
+    """Everything the cells need, before the first one: the Python packages (named with the extra that installs
+    them), the files, every model's networks loaded and every metric's networks and files loaded and run on one
+    batch. One line naming what failed."""
+    import pickle
+    lacking = missing_packages(grid, cells)
+    if lacking:
+        extras = sorted({e for _, e in lacking})
+        raise InputError(f"grid {grid.name} needs the Python package(s) {', '.join(n for n, _ in lacking)}: "
+                         + " and ".join(f"pip install -e '.[{e}]'" for e in extras))
+    check_requirements(grid)
+    for name in dict.fromkeys(c.model for c in cells):
+        try:
+            grid.models[name].preflight()
+        except (*LOAD_ERRORS, pickle.UnpicklingError) as e:
+            if isinstance(e, (InputError, FileNotFoundError)):
+                raise
+            raise InputError(f"model {name}: its networks do not load ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        for metric_name, metric in metrics.get(name, {}).items():
+            try:
+                metric.preflight(grid.models[name])
+            except (*LOAD_ERRORS, pickle.UnpicklingError) as e:
+                if isinstance(e, (InputError, FileNotFoundError)):
+                    raise
+                raise InputError(f"metric {metric_name} on {name}: its files do not load ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def report_summary(grid: Grid, s: Summary) -> str:

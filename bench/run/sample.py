@@ -126,7 +126,7 @@ def _reduce(c: GridCell, model, metrics: dict, parts: list, cache_dir) -> dict:
         if not math.isfinite(est.value):
             out[m] = (None, f"{m} is {est.value} (non-finite sample statistics)", None)
             continue
-        out[m] = (est, "", metrics[m].scores(recs))
+        out[m] = (est, "", metrics[m].sample_values(recs))
     return out
 
 
