@@ -1,6 +1,6 @@
 """Random-weight stand-ins of the paper's models, built from configs of their real architectures, scaled down.
 
-They run every code path of the real models (the EDM adapter and its preconditioning, diffusers' UNet2DCondition
+They run every code path of the real models (the EDM adapter with the project's EDM networks, diffusers' UNet2DCondition
 with classifier-free guidance and the VAE, FLUX's transformer with packing, guidance embedding and flow time,
 diffusers' UNet2DModel + VQ for the LSUN LDM) with no download, so that a machine can be checked before the real
 checkpoints arrive (`python -m bench gpu-check`) and the test suite can exercise them on the CPU.
@@ -116,33 +116,18 @@ def flux_components(seed: int = 0, size: str = "tiny", dtype: torch.dtype = torc
             "tokenizer_2": tokenizer(512), "scheduler_config": FLUX_SCHEDULER, "vae_scale_factor": 2}
 
 
-class EDMStandIn(torch.nn.Module):
-    """EDM's preconditioned denoiser (Karras et al. 2022, Table 1: c_skip, c_out, c_in, c_noise = ln(sigma)/4) around
-    diffusers' UNet2DModel (the DDPM++/ADM family EDM's SongUNet and DhariwalUNet belong to), class labels as
-    one-hot vectors as EDM passes them; the attributes the EDM adapter checks."""
-
-    def __init__(self, resolution: int, channels: int = 3, label_dim: int = 0, width: int = 32,
-                 sigma_data: float = 0.5):
-        super().__init__()
-        import diffusers
-        self.img_resolution, self.img_channels, self.label_dim = resolution, channels, label_dim
-        self.sigma_min, self.sigma_max, self.sigma_data = 0.0, float("inf"), sigma_data
-        self.unet = diffusers.UNet2DModel(
-            sample_size=resolution, in_channels=channels, out_channels=channels, block_out_channels=(width, 2 * width),
-            layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-            num_class_embeds=label_dim or None)
-
-    def forward(self, x, sigma, class_labels=None, force_fp32=False):
-        x = x.to(torch.float32)
-        sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
-        sd = self.sigma_data
-        c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
-        c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()
-        c_in = 1 / (sd ** 2 + sigma ** 2).sqrt()
-        labels = None if class_labels is None else class_labels.argmax(dim=1)
-        F_x = self.unet(c_in * x, (sigma.log() / 4).flatten(), class_labels=labels).sample
-        return c_skip * x + c_out * F_x
+def edm_network(resolution: int, label_dim: int = 0, width: int = 32) -> torch.nn.Module:
+    """The project's EDM network (bench.nets.edm, the classes EDM's checkpoints load into), narrowed: EDM's
+    preconditioning over DDPM++ (SongUNet, the CIFAR-10/FFHQ/AFHQv2 architecture) when unconditional, over ADM
+    (DhariwalUNet, the ImageNet-64 architecture) with `label_dim` classes; random weights. The block counts are
+    the real ones (4 per level for DDPM++, 3 for ADM), so the encoder block AMED reads (`8x8_block3`,
+    `8x8_block2`) exists as in the checkpoints."""
+    from bench.nets.edm import EDMPrecond
+    if label_dim:
+        return EDMPrecond(resolution, 3, label_dim, model_type="DhariwalUNet", model_channels=width,
+                          channel_mult=[1, 2], num_blocks=3, attn_resolutions=[resolution // 2], dropout=0.0)
+    return EDMPrecond(resolution, 3, 0, model_type="SongUNet", model_channels=width, channel_mult=[1, 2, 2],
+                      num_blocks=4, attn_resolutions=[resolution // 2], dropout=0.0)
 
 
 def _prompts_file(name: str, prompts: list[str]) -> Path:
@@ -163,7 +148,7 @@ def edm(size: str = "tiny", device: str | None = None, seed: int = 0) -> EDMMode
     """An unconditional EDM pixel model (CIFAR-10-like, 3 x 16 x 16 tiny, 3 x 32 x 32 small); released_key cifar10."""
     res = 16 if size == "tiny" else 32
     torch.manual_seed(seed)
-    net = EDMStandIn(res, width=_width(size))
+    net = edm_network(res, width=_width(size))
     m = EDMModel("standin_edm", "edm-cifar10", (3, res, res), 0, "cifar10",
                  f"EDM stand-in ({size}, random weights)", device=device, network=net, distill_lr=3e-2,
                  parameters=float(sum(p.numel() for p in net.parameters())))
@@ -174,7 +159,7 @@ def edm_cond(size: str = "tiny", device: str | None = None, seed: int = 0) -> ED
     """A class-conditional EDM pixel model (ImageNet-64-like with 10 classes)."""
     res = 16 if size == "tiny" else 32
     torch.manual_seed(seed)
-    net = EDMStandIn(res, label_dim=10, width=_width(size))
+    net = edm_network(res, label_dim=10, width=_width(size))
     return EDMModel("standin_edm_cond", "edm-imagenet64", (3, res, res), 10, "imagenet64",
                     f"class-conditional EDM stand-in ({size}, random weights)", device=device, network=net,
                     distill_lr=5e-3, parameters=float(sum(p.numel() for p in net.parameters())))

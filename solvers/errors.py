@@ -14,3 +14,13 @@ class InputError(ValueError):
 
 class NonFiniteError(FloatingPointError):
     """A sampling run produced NaN or inf (the denoiser returned them, or the solver diverged)."""
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """An exception's message as one line: its first non-empty line (joined with the next when it ends in ':',
+    as torch's load_state_dict and pickle errors do), cut at `limit` characters; the type's name when empty."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -94,15 +94,16 @@ def test_a_grid_with_distillation_runs_end_to_end_on_the_device(tmp_path):
 
 
 def test_the_real_architecture_stand_ins_sample_and_distil_on_the_device(tmp_path, monkeypatch):
-    """EDM (a pickle of NVlabs' network code), Stable Diffusion (diffusers UNet, CFG) and FLUX (diffusers
-    transformer, flow time, the reference's distillation recipe) with every network on the emulated device."""
+    """EDM (a snapshot in EDM's pickle format of the project's networks), Stable Diffusion (diffusers UNet, CFG)
+    and FLUX (diffusers transformer, flow time, the reference's distillation recipe), every network on the
+    emulated device."""
     pytest.importorskip("diffusers")
-    from test_models_real_edm import build_pickle
+    from test_models_real_edm import tiny_net, write_snapshot
     from test_models_real_flux import tiny_flux_components
     from test_models_real_latent import prompts_file, tiny_sd_components
 
     from bench.models import edm, flux, latent
-    path, _ = build_pickle(tmp_path, monkeypatch, label_dim=10, res=8, extra=False)
+    path = write_snapshot(tmp_path / "edm.pkl", *tiny_net(label_dim=10))
     monkeypatch.setenv("FEWSTEP_EDM_IMAGENET64", str(path))
     train = tmp_path / "train.jsonl"
     train.write_text('{"prompt": "a dog"}\n{"prompt": "a red cat"}\n')

@@ -173,3 +173,27 @@ def test_a_value_changing_metric_option_makes_a_new_cell(tmp_path):
     plain = grids.load(write(tmp_path, text)).cells[0]
     fake = grids.load(write(tmp_path, text, "b.toml")).cells[0]
     assert plain.metric_keys == fake.metric_keys and plain.key == fake.key
+
+
+def test_openclip_weights_are_read_weights_only(tmp_path):
+    """CLIP score and HPS read their checkpoints through torch's weights-only loader: a file that would run code
+    is refused in one line and runs nothing; a checkpoint that does not fit names the first mismatch."""
+    import os
+
+    from bench.metrics.text_image import open_clip_weights
+    flag = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {flag}",)
+    torch.save({"state_dict": {"weight": torch.zeros(2, 2)}, "x": Exploit()}, tmp_path / "evil.bin")
+    model = torch.nn.Linear(2, 2, bias=False)
+    with pytest.raises(ValueError, match=r"evil\.bin: not a weights-only OpenCLIP checkpoint") as e:
+        open_clip_weights(model, tmp_path / "evil.bin")
+    assert not flag.exists() and "\n" not in str(e.value)
+    torch.save({"state_dict": {"module.weight": torch.ones(2, 2)}}, tmp_path / "ddp.bin")
+    assert torch.equal(open_clip_weights(model, tmp_path / "ddp.bin").weight, torch.ones(2, 2))
+    torch.save({"weight": torch.ones(3, 2)}, tmp_path / "other.bin")
+    with pytest.raises(ValueError, match="does not fit the architecture: Error.*size mismatch for weight") as e:
+        open_clip_weights(model, tmp_path / "other.bin")
+    assert "\n" not in str(e.value)

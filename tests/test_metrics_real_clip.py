@@ -129,7 +129,7 @@ def test_hps_refuses_a_foreign_checkpoint(tiny_clip, tmp_path):
     arch, _ = tiny_clip
     bad = tmp_path / "bad.pt"
     torch.save({"state_dict": {"visual.proj": torch.zeros(2)}}, bad)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="bad.pt: the HPS checkpoint does not fit the architecture"):
         HPSv21(weights=bad, arch=arch).compute(cell())
     with pytest.raises(FileNotFoundError, match="HPS_v2.1_compressed.pt"):
         HPSv21(weights=tmp_path / "HPS_v2.1_compressed.pt", arch=arch).compute(cell())

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -213,66 +211,19 @@ def test_missing_files_are_named(tmp_path, inception_file):
         fid.compute(Cell(model=ImageModel(), samples=images(4, 0)))
 
 
-def test_unsafe_pickled_detector_is_refused_with_the_alternative(tmp_path):
+def test_a_pickled_detector_is_refused_with_the_torchscript_alternative(tmp_path):
+    """A pickle (plain, or EDM's persistent format that carries source) is never unpickled: one line naming the .pt."""
+    flag = tmp_path / "ran"
     path = tmp_path / "inception-2015-12-05.pkl"
-    path.write_bytes(pickle.dumps(os.getcwd))          # a global outside the unpickler's allow-list
-    with pytest.raises(ValueError, match="restricted unpickler refused it.*inception-2015-12-05.pt"):
+    for payload in (pickle.dumps(os.getcwd), pickle.dumps({"a": 1}),
+                    pickle.dumps({"module_src": f"open({str(flag)!r}, 'w')", "class_name": "Detector"})):
+        path.write_bytes(payload)
+        with pytest.raises(ValueError, match=r"not a TorchScript archive.*inception-2015-12-05\.pt"):
+            load_detector(path)
+    assert not flag.exists()
+    path.write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises((ValueError, FileNotFoundError)):
         load_detector(path)
-    path.write_bytes(pickle.dumps({"a": 1}))
-    with pytest.raises(ValueError, match="holds a dict, not a feature network"):
-        load_detector(path)
-
-
-DETECTOR_SRC = """
-import torch
-from torch_utils import persistence
-
-
-@persistence.persistent_class
-class Detector(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(3, 8)
-
-    def forward(self, x, return_features=False):
-        return self.fc(x.to(torch.float32).mean(dim=(2, 3)) / 255)
-"""
-
-
-def test_persistent_pickle_detector_loads_through_the_restricted_unpickler(tmp_path, monkeypatch):
-    """A detector pickled EDM-style (source embedded, torch_utils.persistence) loads without its source on the path."""
-    persistence = types.ModuleType("torch_utils.persistence")
-
-    def _reconstruct_persistent_obj(meta):
-        raise AssertionError("never called: the restricted unpickler rebuilds the object itself")
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-
-    def persistent_class(cls):
-        def __reduce__(self):
-            return (_reconstruct_persistent_obj, (dict(type="class", version=6, module_src=DETECTOR_SRC,
-                                                       class_name=cls.__name__, state=dict(self.__dict__)),))
-        cls.__reduce__ = __reduce__
-        cls.__reduce_ex__ = lambda self, proto: __reduce__(self)
-        return cls
-    persistence.persistent_class = persistent_class
-    package = types.ModuleType("torch_utils")
-    package.persistence = persistence
-    monkeypatch.setitem(sys.modules, "torch_utils", package)
-    monkeypatch.setitem(sys.modules, "torch_utils.persistence", persistence)
-    module = types.ModuleType("embedded_detector")
-    exec(compile(DETECTOR_SRC, "embedded_detector", "exec"), module.__dict__)
-    torch.manual_seed(0)
-    original = module.Detector().eval()
-    path = tmp_path / "inception-2015-12-05.pkl"
-    path.write_bytes(pickle.dumps(original))
-    monkeypatch.delitem(sys.modules, "torch_utils.persistence")
-    monkeypatch.delitem(sys.modules, "torch_utils")
-
-    x = images(5, 9)
-    with torch.no_grad():
-        torch.testing.assert_close(InceptionFeatures(path)(x), original(to_uint8(x), return_features=True).double())
 
 
 def test_unknown_model_has_no_reference(inception_file):

@@ -1,182 +1,170 @@
-"""EDM checkpoints: the restricted unpickler on pickles built here in EDM's persistence format, and the adapter."""
+"""EDM checkpoints: pickles in EDM's persistence format read as data and built from the project's networks, the
+refusals, and the model adapter."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import pickle
 import sys
 import types
 
-import numpy as np
 import pytest
 import torch
 
 import solvers
 from bench.models import edm, edm_pickle
 from bench.models.edm_pickle import UnsafePickleError
-
-# A tiny EDM-style network module: the source a persistent pickle carries (like EDM's training/networks.py).
-NET_SRC = '''
-import numpy as np
-import torch
-from torch_utils import persistence
-from torch.nn.functional import silu
+from bench.nets import edm as nets
 
 
-@persistence.persistent_class
-class TinyUNet(torch.nn.Module):
-    def __init__(self, channels, label_dim=0, width=8):
-        super().__init__()
-        self.conv_in = torch.nn.Conv2d(channels, width, 3, padding=1)
-        self.emb = torch.nn.Linear(1, width)
-        self.label = torch.nn.Linear(label_dim, width, bias=False) if label_dim else None
-        self.blocks = torch.nn.ModuleDict({"a": torch.nn.Conv2d(width, width, 3, padding=1)})
-        self.conv_out = torch.nn.Conv2d(width, channels, 3, padding=1)
-
-    def forward(self, x, noise_labels, class_labels=None):
-        emb = self.emb(noise_labels.reshape(-1, 1))
-        if self.label is not None:
-            emb = emb + self.label(class_labels * np.sqrt(self.label.in_features))
-        h = silu(self.conv_in(x) + emb[:, :, None, None])
-        h = silu(self.blocks["a"](h))
-        return self.conv_out(h)
+def _reconstruct_persistent_obj(meta):  # pickles name it by module and name; the loader never calls it
+    raise AssertionError("never called")
 
 
-@persistence.persistent_class
-class EDMPrecond(torch.nn.Module):
-    def __init__(self, img_resolution, img_channels, label_dim=0, sigma_data=0.5, model_type="TinyUNet"):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.sigma_min = 0
-        self.sigma_max = float("inf")
-        self.sigma_data = sigma_data
-        self.model = globals()[model_type](img_channels, label_dim)
+class EDMPickler(pickle.Pickler):
+    """Writes networks as EDM's torch_utils.persistence does: every persistent object as
+    _reconstruct_persistent_obj({type, version, module_src, class_name, state}), the state its __dict__ with the
+    constructor's arguments."""
 
-    def forward(self, x, sigma, class_labels=None, force_fp32=False):
-        x = x.to(torch.float32)
-        sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
-        c_skip = self.sigma_data ** 2 / (sigma ** 2 + self.sigma_data ** 2)
-        c_out = sigma * self.sigma_data / (sigma ** 2 + self.sigma_data ** 2).sqrt()
-        c_in = 1 / (self.sigma_data ** 2 + sigma ** 2).sqrt()
-        F_x = self.model(c_in * x, (sigma.log() / 4).flatten(), class_labels=class_labels)
-        return c_skip * x + c_out * F_x
-'''
+    def __init__(self, file, module_src: str, init: dict):
+        super().__init__(file, protocol=4)
+        self.module_src, self.init = module_src, init
 
-# An object stored beside the network (like EDM's augment pipe) whose module needs torch_utils.misc.
-AUG_SRC = '''
-import torch
-from torch_utils import persistence
-from torch_utils import misc
-
-@persistence.persistent_class
-class AugmentPipe:
-    def __init__(self, p):
-        self.p = p
-'''
+    def reducer_override(self, obj):
+        if not (isinstance(obj, torch.nn.Module) and type(obj).__module__ == nets.__name__):
+            return NotImplemented
+        args, kwargs = self.init.get(id(obj), ((), {}))
+        state = dict(obj.__dict__, _init_args=args, _init_kwargs=kwargs)
+        meta = dict(type="class", version=6, module_src=self.module_src, class_name=type(obj).__name__, state=state)
+        return _reconstruct_persistent_obj, (meta,)
 
 
-def _reconstruct_persistent_obj(meta):  # only its name matters: pickles refer to it by module and name
-    raise AssertionError("the test never unpickles through this")
-
-
-def _persistence(monkeypatch):
-    """Install a fake torch_utils.persistence for pickling: its decorator makes instances pickle like EDM's."""
-    persistence = types.ModuleType("torch_utils.persistence")
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-
-    def persistent_class(cls):
-        def __reduce__(self):
-            meta = dict(type="class", version=6, module_src=cls._src, class_name=cls.__name__,
-                        state=dict(self.__dict__))
-            return (_reconstruct_persistent_obj, (meta,))
-        cls.__reduce__ = __reduce__
-        cls.__reduce_ex__ = lambda self, proto: __reduce__(self)
-        return cls
-
-    persistence.persistent_class = persistent_class
+@contextlib.contextmanager
+def _persistence():
+    """torch_utils.persistence while writing only (pickle checks that the function's name resolves); removed
+    before anything is loaded, so nothing of it is there to import."""
+    mod = types.ModuleType("torch_utils.persistence")
+    _reconstruct_persistent_obj.__module__ = mod.__name__
+    mod._reconstruct_persistent_obj = _reconstruct_persistent_obj
     pkg = types.ModuleType("torch_utils")
-    pkg.persistence = persistence
-    monkeypatch.setitem(sys.modules, "torch_utils", pkg)
-    monkeypatch.setitem(sys.modules, "torch_utils.persistence", persistence)
-    monkeypatch.setitem(sys.modules, "torch_utils.misc", types.ModuleType("torch_utils.misc"))
-    pkg.misc = sys.modules["torch_utils.misc"]
+    pkg.persistence = mod
+    sys.modules.update({"torch_utils": pkg, "torch_utils.persistence": mod})
+    try:
+        yield
+    finally:
+        sys.modules.pop("torch_utils", None)
+        sys.modules.pop("torch_utils.persistence", None)
 
 
-def _exec(src, name):
-    mod = types.ModuleType(name)
-    exec(compile(src, name, "exec"), mod.__dict__)
-    for v in list(mod.__dict__.values()):
-        if isinstance(v, type) and v.__module__ == name:
-            v._src = src
-    return mod
+TINY = dict(img_resolution=8, img_channels=3, model_type="SongUNet", model_channels=8, channel_mult=[1, 2],
+            num_blocks=1, attn_resolutions=[4], dropout=0.0)
 
 
-def build_pickle(tmp_path, monkeypatch, label_dim=0, res=8, extra=True):
-    _persistence(monkeypatch)
-    torch.manual_seed(0)
-    net = _exec(NET_SRC, "test_embedded_net").EDMPrecond(res, 3, label_dim=label_dim,
-                                                          sigma_data=np.float64(0.5)).eval()   # a numpy scalar
-    data = {"ema": net}
-    if extra:
-        data["augment_pipe"] = _exec(AUG_SRC, "test_embedded_aug").AugmentPipe(0.12)
-    path = tmp_path / "edm-test.pkl"
-    path.write_bytes(pickle.dumps(data))
-    return path, net
+def write_snapshot(path, net, kwargs, module_src="", extra=None):
+    buf = io.BytesIO()
+    with _persistence():
+        EDMPickler(buf, module_src, {id(net): ((), dict(kwargs))}).dump(dict(ema=net, **(extra or {})))
+    path.write_bytes(buf.getvalue())
+    return path
 
 
-def test_loads_test_built_pickle_and_matches_the_original(tmp_path, monkeypatch):
-    path, net = build_pickle(tmp_path, monkeypatch)
-    monkeypatch.delitem(sys.modules, "torch_utils")              # nothing of the fake module is needed to load
-    monkeypatch.delitem(sys.modules, "torch_utils.persistence")
+def tiny_net(label_dim=0, seed=0, **overrides):
+    kwargs = dict(TINY, label_dim=label_dim, **overrides)
+    torch.manual_seed(seed)
+    net = nets.EDMPrecond(**kwargs).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    return net, kwargs
+
+
+def test_a_snapshot_loads_as_data_and_its_embedded_source_never_runs(tmp_path):
+    flag = tmp_path / "ran"
+    net, kwargs = tiny_net()
+    src = f"open({str(flag)!r}, 'w').write('x')\nimport torch\nclass EDMPrecond(torch.nn.Module): pass\n"
+    aug = nets.Linear(2, 2)           # another persistent object beside the network stays an inert record
+    path = write_snapshot(tmp_path / "net.pkl", net, kwargs, src, extra=dict(augment_pipe=aug, dataset_kwargs={}))
+    assert "torch_utils" not in sys.modules
     data = edm_pickle.load(path)
-    assert type(data["ema"]).__name__ == "EDMPrecond" and type(data["ema"]) is not type(net)
-    assert isinstance(data["augment_pipe"], edm_pickle.Skipped) and "misc" in data["augment_pipe"].reason
+    assert isinstance(data["ema"], edm_pickle.Record) and isinstance(data["augment_pipe"], edm_pickle.Record)
+    loaded = edm_pickle.load_network(path)
+    assert type(loaded) is nets.EDMPrecond and not flag.exists()
     x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.3, 20.0])
-    torch.testing.assert_close(data["ema"](x, sigma), net(x, sigma), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, sigma), net(x, sigma), rtol=0, atol=0)
 
 
-def _malicious_pickle(payload_src=None, global_=None):
+def test_exec_with_source_pickle_is_refused_and_writes_nothing(tmp_path):
+    """The bypass of source vetting: torch.fx's _exec_with_source names nothing a deny-list would catch."""
+    flag = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            from torch.fx.graph_module import _exec_with_source
+            return _exec_with_source, (f"open({str(flag)!r}, 'w').write('x')", {})
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"ema": Exploit()}))
+    with pytest.raises(UnsafePickleError, match=r"refusing to load torch\.fx\.graph_module\._exec_with_source"):
+        edm_pickle.load(path)
+    with pytest.raises(ValueError, match=r"evil\.pkl: refusing to load torch\.fx") as e:
+        edm_pickle.load_network(path)
+    assert "\n" not in str(e.value) and not flag.exists()
+
+
+def test_globals_off_the_allow_list_are_refused(tmp_path):
+    import os
+    flag = tmp_path / "ran"
+
     class Evil:
         def __reduce__(self):
-            if global_:
-                return global_
-            meta = dict(type="class", version=6, module_src=payload_src, class_name="X", state={})
-            return (_reconstruct_persistent_obj, (meta,))
-    return pickle.dumps({"ema": Evil()})
-
-
-@pytest.mark.parametrize("src, words", [
-    ("import os\nos.system('touch {flag}')\nclass X: pass\n", "imports 'os'"),
-    ("import torch\neval(\"open('{flag}', 'w')\")\nclass X: pass\n", "forbidden name 'eval'"),
-    ("import torch\nx = ().__class__.__base__.__subclasses__()\nclass X: pass\n", "forbidden attribute"),
-    ("import torch\ntorch.hub.load('x', 'y')\nclass X: pass\n", "forbidden attribute '(hub|load)'"),
-    ("from torch import hub\nclass X: pass\n", "imports the forbidden name 'hub' from torch"),
-    ("from torch_utils import misc\nimport subprocess\nclass X: pass\n", "imports 'subprocess'"),
-])
-def test_refuses_malicious_embedded_source(tmp_path, monkeypatch, src, words):
-    _persistence(monkeypatch)
-    flag = tmp_path / "pwned"
+            return os.system, (f"touch {flag}",)
     path = tmp_path / "evil.pkl"
-    path.write_bytes(_malicious_pickle(src.format(flag=flag)))
-    with pytest.raises(UnsafePickleError, match=words):
-        edm_pickle.load(path)
-    assert not flag.exists()
-
-
-def test_refuses_globals_off_the_allow_list(tmp_path):
-    import os
-    flag = tmp_path / "pwned"
-    path = tmp_path / "evil.pkl"
-    path.write_bytes(_malicious_pickle(global_=(os.system, (f"touch {flag}",))))
+    path.write_bytes(pickle.dumps({"ema": Evil()}))
     with pytest.raises(UnsafePickleError, match=r"refusing to load (posix|os)\.system"):
         edm_pickle.load(path)
-    assert not flag.exists()
     path.write_bytes(pickle.dumps({"ema": types.SimpleNamespace(a=1)}))
     with pytest.raises(UnsafePickleError, match="types.SimpleNamespace"):
         edm_pickle.load(path)
+    assert not flag.exists()
+
+
+def test_classes_the_project_does_not_implement_are_one_line(tmp_path):
+    net, kwargs = tiny_net()
+    path = write_snapshot(tmp_path / "net.pkl", net, kwargs)
+    record = edm_pickle.load(path)["ema"]
+    record.class_name = "iDDPMPrecond"
+    with pytest.raises(ValueError, match="iDDPMPrecond, which the project does not implement; implemented: "
+                                         "EDMPrecond, VPPrecond, VEPrecond"):
+        edm_pickle.build(record)
+    record = edm_pickle.load(path)["ema"]
+    record.state["_modules"]["model"].state["_modules"]["map_layer0"].class_name = "MyLinear"
+    with pytest.raises(ValueError, match="module model.map_layer0 is MyLinear in the file, Linear in the project"):
+        edm_pickle.build(record)
+    record = edm_pickle.load(path)["ema"]
+    record.state["_init_kwargs"]["model_type"] = "UNetTransformer"
+    with pytest.raises(ValueError, match="unsupported EDM model_type 'UNetTransformer'"):
+        edm_pickle.build(record)
+    record = edm_pickle.load(path)["ema"]
+    record.state["_init_kwargs"]["model_channels"] = 16
+    with pytest.raises(ValueError, match="module|do not fit"):
+        edm_pickle.build(record)
+    record = edm_pickle.load(path)["ema"]
+    del record.state["_init_kwargs"]
+    with pytest.raises(ValueError, match="holds no constructor arguments"):
+        edm_pickle.build(record)
+
+
+def test_garbage_and_wrong_content_are_one_line(tmp_path):
+    path = tmp_path / "garbage.pkl"
+    for content, words in [(b"\x80\x04garbage" * 10, "not a readable EDM network pickle"),
+                           (b"", "not a readable EDM network pickle"),
+                           (pickle.dumps([1, 2]), "expected an EDM snapshot"),
+                           (pickle.dumps({"ema": 3}), "expected an EDM network, found a int")]:
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=words) as e:
+            edm_pickle.load_network(path)
+        assert "\n" not in str(e.value)
 
 
 def test_adapter_missing_file_names_the_file(tmp_path, monkeypatch):
@@ -190,7 +178,8 @@ def test_adapter_missing_file_names_the_file(tmp_path, monkeypatch):
 
 
 def test_adapter_runs_solvers_on_a_conditional_tiny_network(tmp_path, monkeypatch):
-    path, net = build_pickle(tmp_path, monkeypatch, label_dim=10, res=8, extra=False)
+    net, kwargs = tiny_net(label_dim=10)
+    path = write_snapshot(tmp_path / "cond.pkl", net, kwargs)
     monkeypatch.setenv("FEWSTEP_EDM_IMAGENET64", str(path))
     m = edm.EDMModel("tiny", "edm-imagenet64", (3, 8, 8), label_dim=10, released_key="imagenet64")
     seeds = [3, 4, 5]
@@ -201,7 +190,8 @@ def test_adapter_runs_solvers_on_a_conditional_tiny_network(tmp_path, monkeypatc
     x_T = m.noise(seeds)
     assert x_T.shape == (3, 3, 8, 8) and abs(float(x_T.std()) - 80) < 20
     sigma = torch.full((3,), 2.5)
-    torch.testing.assert_close(D(x_T, sigma), net(x_T, sigma, class_labels=cond))
+    with torch.no_grad():
+        torch.testing.assert_close(D(x_T, sigma), net(x_T, sigma, class_labels=cond))
     grid = m.grid(5)
     assert float(grid[0]) == pytest.approx(80.0) and float(grid[-1]) == pytest.approx(0.002)
     for name in ("ipndm", "dpm_solver_pp"):
@@ -210,8 +200,14 @@ def test_adapter_runs_solvers_on_a_conditional_tiny_network(tmp_path, monkeypatc
     assert m.decode(out).abs().max() <= 1
 
 
-def test_adapter_refuses_a_network_of_the_wrong_shape(tmp_path, monkeypatch):
-    path, _ = build_pickle(tmp_path, monkeypatch, res=8, extra=False)
+def test_adapter_reads_the_bottleneck_amed_uses(tmp_path):
+    net, kwargs = tiny_net(img_resolution=32, channel_mult=[1, 2, 2], num_blocks=4, attn_resolutions=[16])
+    assert edm.bottleneck_module(net, conditional=False) is net.model.enc["8x8_block3"]
+
+
+def test_adapter_refuses_a_network_of_the_wrong_shape(tmp_path):
+    net, kwargs = tiny_net()
+    path = write_snapshot(tmp_path / "net.pkl", net, kwargs)
     m = edm.cifar10(path=path)
     with pytest.raises(ValueError, match=r"expects \(3, 32, 32\)"):
         m.denoiser()

@@ -88,9 +88,9 @@ def test_paper_grids_use_the_paper_settings(registered):
     assert all(c.seed_start == 42 for c in flux.cells)
     assert {m for c in flux.cells for m in c.metrics} == {"fid_30k", "clip_score_b16", "hpsv2", "image_reward"}
     dy = next(c for c in flux.cells if c.row.label == "DyWeight")
-    assert {k: dy.row.distill[k] for k in ("history", "init", "divisor", "optimizer", "batch_size", "accumulate",
-                                            "steps", "num_samples", "teacher_steps")} == {
-        "history": 2, "init": "euler", "divisor": "scaled", "optimizer": "adamw", "batch_size": 1, "accumulate": 2,
-        "steps": 2500, "num_samples": 5000, "teacher_steps": 28}
+    assert {k: dy.row.distill[k] for k in ("history", "init", "divisor", "optimizer", "batch_size", "steps",
+                                            "num_samples", "teacher_steps")} == {
+        "history": 2, "init": "euler", "divisor": "scaled", "optimizer": "adamw", "batch_size": 16, "steps": 313,
+        "num_samples": 5000, "teacher_steps": 28}      # 8 ranks x batch 1 x 2 accumulations = 16 per step
     assert dy.plan.sigmas[-1] == 0.0 and dy.plan.source_sigmas[-1] == 0.0      # distilled on the flow grid itself
     assert [s[2] for s in flux.skipped] == [9]                  # no released coefficients at DrawBench NFE 9

@@ -263,9 +263,26 @@ def test_refuses_foreign_objects_in_a_checkpoint(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
     torch.save({"state_dict": {}, "x": Evil()}, tmp_path / "evil.ckpt")
-    with pytest.raises(Exception, match=r"refusing to load (posix|os)\.system"):
+    with pytest.raises(ValueError, match=r"evil\.ckpt: refusing to load (posix|os)\.system") as e:
         ldm_convert.read_state_dict(tmp_path / "evil.ckpt")
-    assert not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "pwned").exists() and "\n" not in str(e.value)
+
+
+def test_numpy_scalars_as_torch_save_writes_them_are_read(tmp_path):
+    """torch.save pickles with protocol 2, which writes a numpy scalar's bytes through _codecs.encode."""
+    import numpy as np
+    w = torch.arange(4.0)
+    torch.save({"state_dict": {"w": w}, "global_step": np.int64(7), "lr": np.float64(0.5)}, tmp_path / "np.ckpt")
+    assert torch.equal(ldm_convert.read_state_dict(tmp_path / "np.ckpt")["w"], w)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 20, b"PK\x03\x04" + b"\0" * 40])
+def test_a_garbage_checkpoint_is_one_line(tmp_path, content):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"model\.ckpt: not a readable PyTorch checkpoint") as e:
+        ldm_convert.read_state_dict(path)
+    assert "\n" not in str(e.value)
 
 
 def test_the_unet_samples_with_its_ema_weights(tmp_path, monkeypatch):

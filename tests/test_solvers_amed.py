@@ -161,16 +161,16 @@ def test_wrong_weight_shapes_and_grids_are_refused(model):
 
 
 def test_bottleneck_features_are_the_networks_own(model):
-    """features="bottleneck" reads, through the denoiser's Features, the channel mean of the EDM stand-in's U-Net
-    middle block (8 x 8) at each step's first call: the same 64 values a hook of one's own sees, and nothing is
-    captured outside sampling. A denoiser without them is one clear error."""
+    """features="bottleneck" reads, through the denoiser's Features, the channel mean of the EDM stand-in's encoder
+    block 8x8_block3 (as the official AMED hook) at each step's first call: the same 64 values a hook of one's own
+    sees, and nothing is captured outside sampling. A denoiser without them is one clear error."""
     from bench import standins
     edm = standins.edm("tiny")
     D = edm.denoiser()
     x, g = edm.noise(range(3)), edm.grid(4)
     s = solvers.get("amed", num_points=4, features="bottleneck", seed=2)
     seen, inputs = [], []
-    hook = edm.network().unet.mid_block.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    hook = edm.network().model.enc["8x8_block3"].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
     orig = s.predict
     s.predict = lambda f, t0, t1: inputs.append(f) or orig(f, t0, t1)
     try:

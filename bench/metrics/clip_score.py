@@ -19,7 +19,7 @@ import torch
 
 from solvers.errors import InputError
 
-from .text_image import PromptImageMetric, entry_requirement, require
+from .text_image import PromptImageMetric, entry_requirement, open_clip_weights, require
 
 BACKBONES = {
     # name: (OpenCLIP architecture, weights entry, force QuickGELU)
@@ -31,13 +31,14 @@ BACKBONES = {
 def load_open_clip(arch: str, weights, device: str = "cpu", quick_gelu: bool = False):
     """(model, image preprocess, tokenizer) of an OpenCLIP architecture with weights from a local file.
 
-    The tokenizer is OpenCLIP's bundled BPE vocabulary; nothing is fetched.
+    The weights are read with torch's weights-only loader (text_image.open_clip_weights), not OpenCLIP's own
+    loader, so the file cannot run code; the tokenizer is OpenCLIP's bundled BPE vocabulary; nothing is fetched.
     """
     import open_clip
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        arch, pretrained=str(weights), device=device,
-        force_quick_gelu=quick_gelu)
-    return model.eval(), preprocess, open_clip.get_tokenizer(arch)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cpu",
+                                                                 force_quick_gelu=quick_gelu)
+    open_clip_weights(model, weights)
+    return model.to(device).eval(), preprocess, open_clip.get_tokenizer(arch)
 
 
 class CLIPScore(PromptImageMetric):

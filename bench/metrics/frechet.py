@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from solvers.errors import InputError
+from solvers.errors import InputError, one_line
 
 
 def _as_stats(mu, sigma, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -135,4 +135,4 @@ def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as e:                      # not an .npz (zip) file, or a truncated one
         raise InputError(f"{path} is not readable reference statistics (.npz with mu, sigma): "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                         f"{type(e).__name__}: {one_line(e)}") from None

@@ -17,21 +17,14 @@ from typing import Sequence
 
 import torch
 
-from solvers.errors import InputError
-
-from .text_image import PromptImageMetric, entry_requirement, require
+from .text_image import PromptImageMetric, entry_requirement, open_clip_weights, require
 
 
 def load_hps(path, arch: str = "ViT-H-14", device: str = "cpu"):
     """(model, preprocess, tokenizer): OpenCLIP `arch` with the HPS checkpoint's weights."""
     import open_clip
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cpu")
-    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: expected an HPS checkpoint holding a state dict ({{'state_dict': ...}})")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    open_clip_weights(model, path, "HPS checkpoint")
     return model.to(device).eval(), preprocess, open_clip.get_tokenizer(arch)
 
 

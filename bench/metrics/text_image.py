@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bench.models.base import Cell, Model, Requirement
-from solvers.errors import InputError
+from solvers.errors import InputError, one_line
 
 from .base import MeanScore
 from .features import to_uint8
@@ -42,6 +42,26 @@ def pil_images(samples: torch.Tensor) -> list:
         raise InputError(f"expected RGB images of shape (B, 3, H, W); got {tuple(samples.shape)}")
     arrays = to_uint8(samples.detach().cpu()).permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(np.ascontiguousarray(a), mode="RGB") for a in arrays]
+
+
+def open_clip_weights(model: torch.nn.Module, path, what: str = "OpenCLIP checkpoint") -> torch.nn.Module:
+    """Load a local OpenCLIP checkpoint into `model` with torch's weights-only loader (tensors and containers: the
+    file cannot run code); a `state_dict` entry and DistributedDataParallel's `module.` prefix are unwrapped, and
+    every name must fit (strict). A refused or unreadable file, or one that does not fit, is one line."""
+    import pickle
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise InputError(f"{path}: not a weights-only {what} ({one_line(e)})") from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: expected a {what} holding a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{path}: the {what} does not fit the architecture: {one_line(e)}") from None
+    return model
 
 
 def entry_requirement(entry: str, path=None) -> Requirement:

@@ -1,8 +1,9 @@
 """The official EDM checkpoints (Karras et al. 2022): CIFAR-10, FFHQ, AFHQv2 and class-conditional ImageNet-64.
 
-The pickled network (key "ema") already is the EDM denoiser: net(x, sigma, class_labels) = D(x; sigma), with
-c_skip/c_out/c_in/c_noise preconditioning inside. It is rebuilt from the source embedded in the pickle by
-bench.models.edm_pickle (no EDM repository needed). The paper samples on the polynomial grid (rho = 7) over
+The pickled network (key "ema") is the EDM denoiser: net(x, sigma, class_labels) = D(x; sigma), with
+c_skip/c_out/c_in/c_noise preconditioning inside. bench.models.edm_pickle reads the pickle as data (class names,
+constructor arguments, tensors) and builds the project's own implementation of the network (bench.nets.edm); the
+source the pickle carries never runs. The paper samples on the polynomial grid (rho = 7) over
 [0.002, 80] and uses the analytical first step for these models.
 """
 from __future__ import annotations
@@ -66,11 +67,7 @@ class EDMModel(Model):
         if self._net is None:
             self.check_available()
             from . import edm_pickle
-            data = edm_pickle.load(self.path)
-            net = data.get("ema") if isinstance(data, dict) else None
-            if not isinstance(net, torch.nn.Module):
-                raise InputError(f"{self.path}: expected an EDM network pickle with an 'ema' network, "
-                                 f"found {type(net if isinstance(data, dict) else data).__name__}")
+            net = edm_pickle.load_network(self.path)
             self._check_shape(net, str(self.path))
             self._net = net.eval().requires_grad_(False).to(self.device)
         return self._net
@@ -118,13 +115,11 @@ class EDMModel(Model):
 
 def bottleneck_module(net: torch.nn.Module, conditional: bool) -> torch.nn.Module | None:
     """The module whose output AMED-Solver's official predictor reads: EDM's encoder block `8x8_block3`
-    (unconditional SongUNet) or `8x8_block2` (class-conditional DhariwalUNet), solvers_amed.py `init_hook`; for a
-    network built on diffusers' UNet2DModel (bench.standins) its `mid_block`; else None."""
+    (unconditional SongUNet) or `8x8_block2` (class-conditional DhariwalUNet), solvers_amed.py `init_hook`;
+    None when the network has no such block."""
     enc = getattr(getattr(net, "model", None), "enc", None)
     key = "8x8_block2" if conditional else "8x8_block3"
-    if enc is not None and key in enc:
-        return enc[key]
-    return getattr(getattr(net, "unet", None), "mid_block", None)
+    return enc[key] if enc is not None and key in enc else None
 
 
 MiB = 2 ** 20

@@ -48,6 +48,7 @@ from . import conditions, devices, loaded
 from .base import Model, Requirement
 from .flow import FlowView
 from .latent import PROMPT_SETS
+from .loaded import SAFE
 
 SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
@@ -170,11 +171,12 @@ class FluxModel(loaded.LoadedNetworks, Model):
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
         dt = self.net_dtype
-        return {"transformer": FluxTransformer2DModel.from_pretrained(self.path, subfolder="transformer",
+        return {"transformer": FluxTransformer2DModel.from_pretrained(self.path, subfolder="transformer", **SAFE,
                                                                       torch_dtype=dt),
-                "vae": AutoencoderKL.from_pretrained(self.path, subfolder="vae", torch_dtype=dt),
-                "text_encoder": CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", torch_dtype=dt),
-                "text_encoder_2": T5EncoderModel.from_pretrained(self.path, subfolder="text_encoder_2",
+                "vae": AutoencoderKL.from_pretrained(self.path, subfolder="vae", **SAFE, torch_dtype=dt),
+                "text_encoder": CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", **SAFE,
+                                                              torch_dtype=dt),
+                "text_encoder_2": T5EncoderModel.from_pretrained(self.path, subfolder="text_encoder_2", **SAFE,
                                                                  torch_dtype=dt),
                 "tokenizer": AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer"),
                 "tokenizer_2": AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer_2")}

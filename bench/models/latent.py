@@ -35,6 +35,7 @@ from solvers.errors import InputError
 
 from . import conditions, devices, loaded
 from .base import Bottleneck, Model, Requirement
+from .loaded import SAFE
 
 LSUN_BETAS = {"beta_start": 0.0015, "beta_end": 0.0195, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -176,8 +177,8 @@ class LSUNBedroomLDM(DiscreteEpsModel):
             unet, vqvae = ldm_convert.build(ldm_convert.read_state_dict(self.path))
             return {"unet": unet.to(self.net_dtype), "vqvae": vqvae.to(self.net_dtype)}
         from diffusers import UNet2DModel, VQModel
-        return {"unet": UNet2DModel.from_pretrained(self.path, subfolder="unet", torch_dtype=self.net_dtype),
-                "vqvae": VQModel.from_pretrained(self.path, subfolder="vqvae", torch_dtype=self.net_dtype)}
+        return {"unet": UNet2DModel.from_pretrained(self.path, subfolder="unet", **SAFE, torch_dtype=self.net_dtype),
+                "vqvae": VQModel.from_pretrained(self.path, subfolder="vqvae", **SAFE, torch_dtype=self.net_dtype)}
 
     def eps(self, x_in, t, cond):
         return self.unet(x_in, t).sample
@@ -255,9 +256,10 @@ class StableDiffusion(DiscreteEpsModel):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
         dt = self.net_dtype
-        return {"unet": UNet2DConditionModel.from_pretrained(self.path, subfolder="unet", torch_dtype=dt),
-                "vae": AutoencoderKL.from_pretrained(self.path, subfolder="vae", torch_dtype=dt),
-                "text_encoder": CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", torch_dtype=dt),
+        return {"unet": UNet2DConditionModel.from_pretrained(self.path, subfolder="unet", **SAFE, torch_dtype=dt),
+                "vae": AutoencoderKL.from_pretrained(self.path, subfolder="vae", **SAFE, torch_dtype=dt),
+                "text_encoder": CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", **SAFE,
+                                                              torch_dtype=dt),
                 "tokenizer": AutoTokenizer.from_pretrained(self.path, subfolder="tokenizer")}
 
     # ---- conditions: prompts drawn per seed, encoded once per batch ------------------------------------------

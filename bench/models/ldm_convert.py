@@ -12,12 +12,12 @@ for `model.diffusion_model.out.2.weight`), and the reference samples inside `ema
 (use_ema = True in its config). `ema_weights` does the same swap on the state dict, so the converted UNet holds
 the EMA weights wherever the checkpoint has them; a checkpoint without `model_ema.` keys keeps `model.*`.
 
-The file is a PyTorch Lightning checkpoint; it is read with an allow-list unpickler (tensors, storages, plain
-containers); Lightning callback/hyper-parameter objects become inert placeholders, anything else is refused.
+The file is a PyTorch Lightning checkpoint; it is read with the allow-list unpickler of bench.models.safe_pickle
+(tensors, storages, plain containers, numpy values); Lightning callback/hyper-parameter objects become inert
+placeholders, anything else is refused in one line.
 """
 from __future__ import annotations
 
-import collections
 import pickle
 import re
 import types
@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-from solvers.errors import InputError
+from solvers.errors import InputError, one_line
+
+from . import safe_pickle
 
 UNET_CONFIG = dict(sample_size=64, in_channels=3, out_channels=3, block_out_channels=(224, 448, 672, 896),
                    layers_per_block=2, attention_head_dim=32, norm_num_groups=32, norm_eps=1e-5,
@@ -51,32 +53,14 @@ class _Inert:
         pass
 
 
-class _CkptUnpickler(pickle.Unpickler):
+class _CkptUnpickler(safe_pickle.Unpickler):
+    """The shared allow-list (tensors, containers, numpy values) plus Lightning's bookkeeping as inert objects."""
+
+    what = "LDM checkpoint"
     _INERT = ("pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "pathlib", "argparse", "typing")
 
-    def find_class(self, module, name):
-        if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
-            return getattr(torch._utils, name)
-        if module == "torch" and (name.endswith("Storage") or name in ("Size", "device")
-                                  or isinstance(getattr(torch, name, None), torch.dtype)):
-            return getattr(torch, name)
-        if module == "torch.storage" and name in ("UntypedStorage", "TypedStorage"):
-            return getattr(torch.storage, name)
-        if module == "builtins" and name in ("set", "frozenset", "slice", "complex"):
-            return {"set": set, "frozenset": frozenset, "slice": slice, "complex": complex}[name]
-        if module.split(".")[0] in self._INERT:
-            return _Inert
-        if module.startswith("numpy") and name in ("scalar", "dtype", "_reconstruct", "ndarray"):
-            import numpy as np
-            try:
-                from numpy._core import multiarray
-            except ImportError:                       # numpy < 2
-                from numpy.core import multiarray
-            return {"scalar": multiarray.scalar, "_reconstruct": multiarray._reconstruct, "dtype": np.dtype,
-                    "ndarray": np.ndarray}[name]
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from an LDM checkpoint (not on the allow-list)")
+    def extra(self, module, name):
+        return _Inert if module.split(".")[0] in self._INERT else None
 
 
 _PICKLE = types.SimpleNamespace(Unpickler=_CkptUnpickler, load=lambda f, **kw: _CkptUnpickler(f, **kw).load(),
@@ -84,7 +68,16 @@ _PICKLE = types.SimpleNamespace(Unpickler=_CkptUnpickler, load=lambda f, **kw: _
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    """The checkpoint's state dict, read through the allow-list; a refused or unreadable file is one line."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PICKLE)
+    except safe_pickle.UnsafePickleError as e:
+        raise InputError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError,
+            AttributeError, IndexError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {one_line(e)})") from None
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
         raise InputError(f"{path}: not a latent-diffusion checkpoint (no state_dict)")

@@ -13,6 +13,10 @@ import torch
 
 _LOADED: dict[tuple, tuple[dict, weakref.WeakSet]] = {}
 
+# diffusers / transformers `from_pretrained` arguments for every network read from a model folder: safetensors
+# only (a .bin would be unpickled, and a pickle can run code); a folder without them fails in the preflight.
+SAFE = {"use_safetensors": True}
+
 
 def get(key: tuple, loader, holder) -> dict:
     """The components under `key`, loaded once by `loader()`; `holder` (a model) is told to drop them on release."""

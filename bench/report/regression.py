@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from solvers.errors import InputError
+from solvers.errors import InputError, one_line
 
 KEY = ["grid", "model", "label", "solver", "options", "nfe", "afs", "schedule", "metric"]
 BASELINE_COLUMNS = KEY + ["family", "value", "ci_low", "ci_high", "ci_method", "higher_is_better", "status",
@@ -74,7 +74,7 @@ def read_baseline(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={"options": str, "schedule": str, "label": str}, keep_default_na=False,
                          na_values=[""])
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not a results baseline ({str(e).splitlines()[0]})") from None
+        raise InputError(f"{path} is not a results baseline ({one_line(e)})") from None
     missing = [c for c in KEY + ["value"] if c not in df.columns]
     if missing:
         raise InputError(f"{path} is not a results baseline: missing column(s) {', '.join(missing)}")

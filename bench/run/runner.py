@@ -27,7 +27,7 @@ from bench.grid import Grid, GridCell
 from bench.provenance import code_version
 from bench.store import Artefact, Store, now
 from bench.store.layout import Layout
-from solvers.errors import InputError
+from solvers.errors import InputError, one_line
 
 from . import dist as dist_mod
 from .build import Builder, CellFailed
@@ -326,7 +326,7 @@ def preflight(grid: Grid, cells, metrics: dict) -> None:
             if isinstance(e, (InputError, FileNotFoundError)):
                 raise
             raise InputError(f"model {name}: its networks do not load ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                             f"{one_line(e)})") from None
         for metric_name, metric in metrics.get(name, {}).items():
             try:
                 metric.preflight(grid.models[name])
@@ -334,7 +334,7 @@ def preflight(grid: Grid, cells, metrics: dict) -> None:
                 if isinstance(e, (InputError, FileNotFoundError)):
                     raise
                 raise InputError(f"metric {metric_name} on {name}: its files do not load ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                                 f"{one_line(e)})") from None
 
 
 def report_summary(grid: Grid, s: Summary) -> str:
