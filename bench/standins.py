@@ -122,12 +122,17 @@ def edm_network(resolution: int, label_dim: int = 0, width: int = 32) -> torch.n
     (DhariwalUNet, the ImageNet-64 architecture) with `label_dim` classes; random weights. The block counts are
     the real ones (4 per level for DDPM++, 3 for ADM), so the encoder block AMED reads (`8x8_block3`,
     `8x8_block2`) exists as in the checkpoints."""
-    from bench.nets.edm import EDMPrecond
     if label_dim:
-        return EDMPrecond(resolution, 3, label_dim, model_type="DhariwalUNet", model_channels=width,
-                          channel_mult=[1, 2], num_blocks=3, attn_resolutions=[resolution // 2], dropout=0.0)
-    return EDMPrecond(resolution, 3, 0, model_type="SongUNet", model_channels=width, channel_mult=[1, 2, 2],
-                      num_blocks=4, attn_resolutions=[resolution // 2], dropout=0.0)
+        return edm_network_of(resolution, label_dim, dict(model_type="DhariwalUNet", model_channels=width,
+                                                          channel_mult=[1, 2], num_blocks=3,
+                                                          attn_resolutions=[resolution // 2], dropout=0.0))
+    return edm_network_of(resolution, 0, dict(model_type="SongUNet", model_channels=width, channel_mult=[1, 2, 2],
+                                              num_blocks=4, attn_resolutions=[resolution // 2], dropout=0.0))
+
+
+def edm_network_of(resolution: int, label_dim: int, kwargs: dict) -> torch.nn.Module:
+    from bench.nets.edm import EDMPrecond
+    return EDMPrecond(resolution, 3, label_dim, **kwargs)
 
 
 def _prompts_file(name: str, prompts: list[str]) -> Path:
@@ -189,6 +194,43 @@ def flux(size: str = "tiny", device: str | None = None, seed: int = 0, torch_dty
                   max_sequence_length=16, train_prompts_path=_prompts_file("train.jsonl", PROMPTS[::-1]),
                   device=device, **options)
     m.name, m.description = "standin_flux", f"FLUX.1-dev stand-in ({size}, random weights, flow time)"
+    return m
+
+
+# ---- full width: the real architectures at their real sizes (gpu-check's memory plans) -----------------------
+DDPMPP_CIFAR10 = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
+                      decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1], model_channels=128,
+                      channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16], dropout=0.13)
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+
+
+def full_edm(device: str | None = None, seed: int = 0) -> EDMModel:
+    """EDM's CIFAR-10 network at full size (DDPM++ under EDM's preconditioning, 56M parameters; the arguments of
+    EDM's train.py for --arch=ddpmpp), random weights: `cifar10`'s network but for its weights."""
+    torch.manual_seed(seed)
+    net = edm_network_of(32, 0, DDPMPP_CIFAR10)
+    return EDMModel("full_edm", "edm-cifar10", (3, 32, 32), 0, "cifar10", "EDM CIFAR-10 architecture, random weights",
+                    device=device, network=net, distill_lr=3e-2,
+                    parameters=float(sum(p.numel() for p in net.parameters())))
+
+
+def full_sd(device: str | None = None, seed: int = 0, **options):
+    """Stable Diffusion v1.5's UNet at full size (860M parameters, 64 x 64 latents, CFG 7.5), random weights; a
+    narrow CLIP text encoder of SD's width (768) and a small KL VAE of 4 latent channels, which a DyWeight
+    distillation on latents (loss mse) does not train through."""
+    import diffusers
+
+    from bench.models.latent import SD_BETAS, StableDiffusion
+    torch.manual_seed(seed)
+    components = {"unet": diffusers.UNet2DConditionModel(**SD15_UNET).eval(),
+                  "vae": sd_components(seed, "tiny")["vae"], "text_encoder": _clip_text(768),
+                  "tokenizer": tokenizer(), "scheduler_config": dict(SD_BETAS)}
+    m = StableDiffusion(components=components, prompts="coco", prompts_path=_prompts_file("captions.json", PROMPTS),
+                        device=device, **options)
+    m.name, m.description = "full_sd", "Stable Diffusion v1.5 UNet architecture, random weights, CFG 7.5"
     return m
 
 

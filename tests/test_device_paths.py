@@ -5,6 +5,8 @@ fail on exactly the bugs a GPU user would hit (a sigma tensor made on the CPU ti
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -144,3 +146,57 @@ def test_gpu_check_runs_the_miniature_paper_grid_and_says_what_it_skipped(tmp_pa
     assert {"DyWeight", "DyWeight (released)", "iPNDM", "AMED-Solver"} <= set(df.label)
     assert len(df) == 8 + 3 + 3 + 3 + 4 + 5                      # AMED-Solver: EDM at NFE 3 and 5, cond, LSUN, SD
     assert cli.main(["gpu-check", "--models", "standin_sdxl"]) == 2
+
+
+def test_gpu_check_torchrun_pass_distils_and_agrees(tmp_path, capsys):
+    """With torchrun (gloo, 2 processes on the CPU) the grid runs again, distilling data-parallel (nothing copied
+    from the single pass); the same batches give equal fixed-solver values."""
+    from bench import cli
+    assert cli.main(["gpu-check", "--models", "standin_edm", "--num-samples", "4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "torchrun (gloo, 2 processes, every distillation data-parallel" in out and "torchrun agrees" in out
+    single, parallel = results.load(tmp_path / "single"), results.load(tmp_path / "torchrun")
+    assert set(parallel.world_size) == {2} and (parallel.status == "ok").all() and len(parallel) == len(single)
+    trained = list((tmp_path / "torchrun" / "solvers").rglob("*.json"))
+    assert trained and all(json.loads(p.read_text())["metadata"]["harness"]["ranks"] == 2 for p in trained)
+
+
+def test_gpu_check_comparison_fails_on_a_real_difference():
+    import pandas as pd
+
+    from bench.commands.gpu_check import TOLERANCE, compare_runs
+    rows = [("m", "iPNDM", 3, "fid", "handcrafted", 10.0), ("m", "DyWeight", 3, "fid", "distilled", 5.0)]
+    single = pd.DataFrame(rows, columns=["model", "label", "nfe", "metric", "kind", "value"]).assign(status="ok")
+
+    def with_values(fixed, distilled):
+        return single.assign(value=[fixed, distilled])
+    found, problems = compare_runs(single, with_values(10.0 * (1 + 1e-7), 5.0 * (1 + 1e-3)), cuda=False)
+    assert problems == [] and found["fixed"][1] == 1 and found["distilled"][0] == pytest.approx(1e-3)
+    _, problems = compare_runs(single, with_values(10.5, 5.0), cuda=False)
+    assert len(problems) == 1 and "fixed values differ" in problems[0] and "m / iPNDM / 3 / fid" in problems[0]
+    _, problems = compare_runs(single, with_values(10.0, 5.0 * (1 + 3 * TOLERANCE["distilled", False])), cuda=False)
+    assert len(problems) == 1 and "distilled values differ" in problems[0]
+    _, problems = compare_runs(single, single.iloc[:1], cuda=False)
+    assert problems and "torchrun stored 0 distilled values, the single process 1" in problems[0]
+
+
+def test_full_width_check_plans_and_measures(monkeypatch, capsys):
+    """The full-size check's path on the CPU: the tiny stand-ins in place of the full-size ones and CUDA's memory
+    counters faked; each distillation is planned (a budget is given) and its plan and peak printed."""
+    from bench import standins
+    from bench.commands import gpu_check
+    from bench.distill import memory
+    monkeypatch.setattr(standins, "small_edm", lambda device=None: standins.edm("tiny", device=device),
+                        raising=False)
+    monkeypatch.setattr(standins, "small_sd", lambda device=None: standins.sd("tiny", device=device), raising=False)
+    monkeypatch.setattr(gpu_check, "FULL_WIDTH", (("cifar10", "small_edm"), ("sd15", "small_sd")))
+    monkeypatch.setattr(memory, "budget_of", lambda device: 8 * memory.GiB)
+    peaks = iter([memory.MiB, 100 * memory.GiB])                 # each model's peak above its loaded weights
+    for name, value in (("empty_cache", lambda: None), ("reset_peak_memory_stats", lambda: None),
+                        ("memory_allocated", lambda: 0), ("max_memory_allocated", lambda: next(peaks))):
+        monkeypatch.setattr(torch.cuda, name, value)
+    problems = gpu_check.full_width("cpu", steps=1)
+    out = capsys.readouterr().out
+    assert "cifar10 (small_edm), NFE 9, batch 16: batch 16 = 1 rank(s)" in out and "measured peak 0.0 GiB" in out
+    assert "sd15 (small_sd), NFE 20, batch 2" in out
+    assert len(problems) == 1 and problems[0].startswith("sd15 (small_sd)") and "exceeds the plan's" in problems[0]

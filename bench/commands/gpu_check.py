@@ -12,8 +12,12 @@ What it runs, with no file from the internet:
   2. one model at a time in this process, printing its wall time, the time its network alone takes for the same
      calls (timed separately at the cell's batch size) and their ratio, the distillation time and the peak GPU
      memory;
-  3. the whole grid again under torchrun (NCCL on CUDA, one process per GPU up to --nproc; gloo with 2 processes on
-     the CPU), whose stored values must equal the single-process ones.
+  3. the whole grid again under torchrun (NCCL on CUDA, one process per GPU up to --nproc, at least 2; gloo with 2
+     processes on the CPU), distilling every learned solver data-parallel over the ranks; both passes sample the
+     same batches, and the stored values must agree within TOLERANCE;
+  4. on CUDA, paper_table1's DyWeight distillation at its real batch plan on the real architectures at full size
+     with random weights (EDM's CIFAR-10 DDPM++ at NFE 9, SD v1.5's UNet at NFE 20): the memory plan the run would
+     make (bench.distill.memory), two optimiser steps, and the measured peak against the planned one.
 
 On CUDA the reference precisions are the defaults: fp16 autocast for the LDM and SD stand-ins, bfloat16 for FLUX.
 Without CUDA it runs the same on the CPU and says what it could not check. Exit code 0 when every cell is stored
@@ -35,6 +39,14 @@ from bench.cli import UsageError
 
 HELP = "check a (GPU) machine: a miniature paper_table1 on random-weight stand-ins, torchrun included"
 
+# The largest relative difference allowed between the single process and torchrun, per (row kind, CUDA). Both
+# passes sample the same batches, so a fixed solver's values differ by rounding alone (none on the CPU; kernels'
+# nondeterminism and fp16/bf16 on a GPU). A distilled solver is trained data-parallel under torchrun: its gradients
+# are summed over ranks in another order and the teacher's pairs made in shards, and Adam's normalised steps carry
+# those float32 rounding differences (~1e-7) into coefficients differing by ~1e-4 after a few steps, which an FD
+# of a few samples magnifies (measured on the CPU stand-ins: up to 2e-3); a wrong shard or seed moves it by O(1).
+TOLERANCE = {("fixed", False): 1e-6, ("fixed", True): 1e-3, ("distilled", False): 2e-2, ("distilled", True): 5e-2}
+
 MODELS = {  # stand-in -> (NFEs, AFS for the pixel/LDM rows, the paper model it stands for)
     "standin_edm": ([3, 5], True, "cifar10 / ffhq / afhqv2"),
     "standin_edm_cond": ([3], True, "imagenet64"),
@@ -52,6 +64,7 @@ def add_arguments(parser) -> None:
                                                                       "the CPU)")
     parser.add_argument("--nproc", type=int, default=2, help="torchrun processes at most (default 2)")
     parser.add_argument("--no-torchrun", action="store_true", help="skip the torchrun part")
+    parser.add_argument("--no-full-width", action="store_true", help="skip the full-size memory-plan check (CUDA)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"stand-ins (default: all of "
                                                                           f"{', '.join(MODELS)})")
 
@@ -149,7 +162,11 @@ def main(args) -> int:
     n = args.num_samples or (64 if cuda else 8)
     if n < 4:
         raise UsageError(f"--num-samples must be at least 4, got {n}")
-    batch = min(16, n)
+    nproc = 0 if args.no_torchrun else (2 if not cuda else max(1, min(args.nproc, torch.cuda.device_count())))
+    # Both passes sample the same batches: a rank's shard of a cell's seeds is one contiguous block of
+    # ceil(n / nproc) seeds (Dist.shard), so batches of a divisor of that size hold the same samples in both.
+    per = -(-n // nproc) if nproc >= 2 else n
+    batch = max(d for d in range(1, min(16, per) + 1) if per % d == 0)
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
@@ -208,15 +225,11 @@ def main(args) -> int:
         skipped.append("torchrun (--no-torchrun)")
     elif shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
         skipped.append("torchrun (not installed)")
+    elif nproc < 2:
+        skipped.append("torchrun and NCCL (one GPU visible; data parallelism needs 2)")
     else:
-        nproc = max(1, min(args.nproc, torch.cuda.device_count())) if cuda else 2
-        if cuda and nproc < 2:
-            skipped.append("torchrun with 2 ranks (one GPU visible: NCCL runs with 1 rank)")
         combined = work / "combined.toml"
         combined.write_text(grid_toml("gpu_check", args.models, size, n, batch, inception, reference, steps))
-        solvers_dir = work / "single" / "solvers"         # distilled solvers are reused, as in a resumed run
-        if solvers_dir.exists() and not (work / "torchrun" / "solvers").exists():
-            shutil.copytree(solvers_dir, work / "torchrun" / "solvers")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "bench", "run", "--grid", str(combined), "--results-dir", str(work / "torchrun"),
                "--no-progress"]
@@ -228,16 +241,19 @@ def main(args) -> int:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             problems.append(f"torchrun ({backend}, {nproc} processes) exited {proc.returncode}: " + " | ".join(tail))
         else:
-            key = ["model", "label", "nfe", "metric"]
-            a = results.load(work / "single").set_index(key).value
-            b = results.load(work / "torchrun").set_index(key).value
-            common = a.index.intersection(b.index)
-            diff = float(((a[common] - b[common]).abs() / a[common].abs().clip(lower=1e-12)).max())
-            print(f"\ntorchrun ({backend}, {nproc} processes): {len(common)} values in {wall:.1f} s; largest relative "
-                  f"difference to the single process {diff:.2e}")
-            if len(common) != len(a) or not diff <= (1e-3 if cuda else 1e-6):
-                problems.append(f"torchrun's values differ from the single process (max rel. diff {diff:.2e}, "
-                                f"{len(common)} of {len(a)} values)")
+            found, issues = compare_runs(results.load(work / "single"), results.load(work / "torchrun"), cuda)
+            print(f"\ntorchrun ({backend}, {nproc} processes, every distillation data-parallel over them) in "
+                  f"{wall:.1f} s; largest relative difference to the single process: "
+                  + "; ".join(f"{g} solvers {d:.1e} over {k} values (tolerance {TOLERANCE[g, cuda]:.0e})"
+                              for g, (d, k) in found.items()))
+            problems += issues
+    # ---- 4. full-size distillations against their memory plans -----------------------------------------------
+    if not cuda:
+        skipped.append("full-size distillation memory plans (CUDA only)")
+    elif args.no_full_width:
+        skipped.append("full-size distillation memory plans (--no-full-width)")
+    else:
+        problems += full_width(device)
     if skipped:
         print("\nnot checked here: " + "; ".join(skipped))
     if problems:
@@ -247,6 +263,79 @@ def main(args) -> int:
     if args.out is None and not problems:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if problems else 0
+
+
+FULL_WIDTH = (("cifar10", "full_edm"), ("sd15", "full_sd"))   # paper model -> bench.standins full-size builder
+PLAN_SLACK = 1.25        # a measured peak above the planned one by more than this is a finding
+
+
+def full_width(device, steps: int = 2) -> list[str]:
+    """Distil paper_table1's DyWeight row at its largest NFE for each FULL_WIDTH model, on the real architecture at
+    full size, with the row's settings (its batch, loss, teacher) but `steps` optimiser steps on one batch of
+    pairs; print the plan and the peak; return problems (an out-of-memory, or a peak over the plan's)."""
+    from bench import grid as grids
+    from bench import standins
+    from bench.distill import distill, validate
+    from bench.distill.memory import GiB, budget_of
+    from bench.grid.expand import distill_options
+    grid = grids.load("paper_table1")
+    problems = []
+    print(f"\nfull-size distillations (paper_table1's recipe, {steps} steps; random weights):")
+    for paper_model, builder in FULL_WIDTH:
+        cell = max((c for c in grid.cells if c.model == paper_model and c.row.name == "dyweight" and c.row.distill),
+                   key=lambda c: c.nfe)
+        model = getattr(standins, builder)(device=str(device))
+        source = model.view(cell.plan.time)
+        options = distill_options(cell.row.distill, cell.row.label)
+        sigmas = list(cell.plan.source_sigmas)
+        batch = validate(cell.row.name, sigmas, cell.row.afs, source, **options)[1].batch_size
+        options.update(steps=steps, num_samples=batch, eval_samples=0)
+        what = f"{paper_model} ({builder}), NFE {cell.nfe}, batch {batch}"
+        model.preflight()                                      # the networks on the device before measuring
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        start, budget = torch.cuda.memory_allocated(), budget_of(device)
+        t0 = time.perf_counter()
+        try:
+            solver = distill(cell.row.name, source, sigmas, afs=cell.row.afs, cache_dir=False, memory="auto",
+                             **options)
+        except torch.cuda.OutOfMemoryError as err:
+            problems.append(f"{what}: out of device memory despite the plan: {str(err).splitlines()[0]}")
+            print(f"  {what}: OUT OF MEMORY")
+            continue
+        finally:
+            model.release()
+        peak, record = torch.cuda.max_memory_allocated() - start, solver.metadata["training"]
+        planned = record.get("memory_peak")
+        print(f"  {what}: {record.get('memory', 'no plan')}\n    measured peak {peak / GiB:.1f} GiB above the "
+              f"loaded weights (free at start {budget / GiB:.0f} GiB), {time.perf_counter() - t0:.0f} s")
+        if planned is not None and peak > PLAN_SLACK * planned:
+            problems.append(f"{what}: measured peak {peak / GiB:.1f} GiB exceeds the plan's {planned / GiB:.1f} GiB "
+                            f"by more than {PLAN_SLACK - 1:.0%}")
+    return problems
+
+
+def compare_runs(single, parallel, cuda: bool) -> tuple[dict, list[str]]:
+    """Per row group (fixed solvers, distilled ones): (largest relative difference, values compared), and the
+    problems: a value missing from either run, or a difference over the group's TOLERANCE."""
+    key = ["model", "label", "nfe", "metric"]
+    out, problems = {}, []
+    for group, mask in (("fixed", lambda d: d.kind != "distilled"), ("distilled", lambda d: d.kind == "distilled")):
+        a = single[(single.status == "ok") & mask(single)].set_index(key).value
+        b = parallel[(parallel.status == "ok") & mask(parallel)].set_index(key).value
+        common = a.index.intersection(b.index)
+        if len(common) != len(a) or len(common) != len(b):
+            problems.append(f"torchrun stored {len(b)} {group} values, the single process {len(a)}, "
+                            f"{len(common)} in common")
+        if not len(common):
+            continue
+        rel = (a[common] - b[common]).abs() / a[common].abs().clip(lower=1e-12)
+        worst = rel.idxmax()
+        out[group] = (float(rel.max()), len(common))
+        if not rel.max() <= TOLERANCE[group, cuda]:
+            problems.append(f"torchrun's {group} values differ from the single process: {' / '.join(map(str, worst))}"
+                            f" by {rel.max():.2e} (tolerance {TOLERANCE[group, cuda]:.0e})")
+    return out, problems
 
 
 def _has_module(name: str) -> bool:

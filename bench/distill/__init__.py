@@ -154,6 +154,7 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
                    progress=progress, memory=memory, group=group)
     if memory is not None:
         curves["memory"] = memory.describe()
+        curves["memory_peak"] = memory.peak         # the plan's estimate, bytes (gpu-check compares the measured)
     student.sigmas = grid
     # the training's cost in denoiser calls, the unit every method shares: the teacher's endpoint runs (cached runs
     # count what they cost once; path supervision's sub-stepped teacher runs are not included) and the student's
