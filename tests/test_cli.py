@@ -102,9 +102,15 @@ def test_list_shows_grids_models_solvers_metrics_and_what_runs_here(capsys):
     out = capsys.readouterr().out
     for section in ("grids:", "models:", "solvers:", "metrics:"):
         assert section in out
-    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line[2] != " "}
     assert "runnable" in lines["quick"] and "runnable" in lines["gmm64"] and "runnable" in lines["unipc"]
     assert "gmm2d" in lines["fd_exact"]
+    assert main(["list", "--width", "90"]) == 0
+    out = capsys.readouterr().out
+    assert "missing missing" not in out and max(len(line) for line in out.splitlines()) <= 90
+    entry = out[out.index("  paper_table1 "):].split("\n  paper_teacher")[0]
+    needs = " ".join(entry.split("cells")[0].split()).split("files: ")[1].rstrip(";").split(", ")
+    assert "edm-cifar10" in needs and len(needs) == len(set(needs))       # each file named once
 
 
 def test_quick_grid_runs_end_to_end_on_a_reduced_sample_count(tmp_path, capsys):
