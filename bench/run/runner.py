@@ -220,7 +220,9 @@ def _saver(base, layout: Layout, c: GridCell, model, dist):
 
         def save(seeds, decoded):
             from PIL import Image
-            x = (decoded.detach().float().cpu().clamp(-1, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+            from bench.metrics.features import to_uint8
+            x = to_uint8(decoded.detach().float().cpu())
             for s, img in zip(seeds, x.permute(0, 2, 3, 1).numpy()):
                 Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{int(s):06d}.png")
         return save
