@@ -5,6 +5,7 @@ their per-sample scores and the artefacts of their solvers; never a model, a sol
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,12 +58,20 @@ def load(results_dir: Path, grid: str, sel) -> GridData:
     return GridData(grid, rows, sel.runs[grid], sel.notes.get(grid, []), Path(results_dir), items)
 
 
+def reading_link(root: Path) -> str:
+    """The path from the report folder `root` to docs/reading-reports.md in this checkout (the bare name when the
+    package is installed without its docs)."""
+    target = Path(__file__).resolve().parents[2] / READING
+    return os.path.relpath(target, Path(root).resolve()) if target.exists() else READING
+
+
 def blocks(g: GridData, figs: Path, root: Path) -> list:
     out = [Heading(1, f"Report: grid `{g.name}`"),
-           Text(f"Regenerate with `python -m bench report --results-dir {g.results_dir}` (from the stored results of "
-                f"`python -m bench run --grid {g.name}`). Methods as rows (handcrafted, then learnable, then the noise "
-                "floors: what a reference scores at the same seeds and sample count), NFE as columns. How to read "
-                f"the marks and intervals: [{READING}](../{READING})."),
+           Text(f"Regenerate with `python -m bench run --grid {g.name}` and then `python -m bench report` (each with "
+                f"`--results-dir` for results kept elsewhere; the run's own command is under provenance). Methods "
+                "as rows (handcrafted, then learnable, then the noise floors: what a reference scores at the same "
+                "seeds and sample count), NFE as columns. How to read the marks and intervals: "
+                f"[{READING}]({reading_link(root)})."),
            Text(tables.LEGEND), Heading(2, "Run and provenance"), Bullets(_provenance(g))]
     if g.notes:
         out += [Text("**Not shown:** " + " ".join(g.notes))]
