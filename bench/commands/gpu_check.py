@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from bench.cli import UsageError
+from solvers.errors import one_line
 
 HELP = "check a (GPU) machine: a miniature paper_table1 on random-weight stand-ins, torchrun included"
 
@@ -300,8 +301,12 @@ def full_width(device, steps: int = 2) -> list[str]:
             solver = distill(cell.row.name, source, sigmas, afs=cell.row.afs, cache_dir=False, memory="auto",
                              **options)
         except torch.cuda.OutOfMemoryError as err:
-            problems.append(f"{what}: out of device memory despite the plan: {str(err).splitlines()[0]}")
+            problems.append(f"{what}: out of device memory despite the plan: {one_line(err)}")
             print(f"  {what}: OUT OF MEMORY")
+            continue
+        except (ValueError, RuntimeError) as err:          # the plan refused it, or the distillation broke
+            problems.append(f"{what}: {type(err).__name__}: {one_line(err)}")
+            print(f"  {what}: FAILED ({problems[-1]})")
             continue
         finally:
             model.release()
