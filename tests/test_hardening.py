@@ -197,3 +197,15 @@ def test_openclip_weights_are_read_weights_only(tmp_path):
     with pytest.raises(ValueError, match="does not fit the architecture: Error.*size mismatch for weight") as e:
         open_clip_weights(model, tmp_path / "other.bin")
     assert "\n" not in str(e.value)
+
+
+def test_a_grid_file_may_be_json(tmp_path):
+    """What a program writes (gpu-check's torchrun pass): the same table as JSON; bad JSON is one line."""
+    import json as _json
+    (tmp_path / "g.json").write_text(_json.dumps({"name": "g", "nfe": [3], "num_samples": 8, "models": [
+        {"name": "gmm2d", "metrics": ["endpoint_error"]}], "solvers": [{"name": "euler", "afs": True}]}))
+    g = grids.load(tmp_path / "g.json")
+    assert g.name == "g" and len(g.cells) == 1
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(ValueError, match=r"bad\.json is not valid JSON"):
+        grids.load(tmp_path / "bad.json")

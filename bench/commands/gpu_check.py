@@ -25,6 +25,7 @@ as ok and torchrun agrees; 1 otherwise.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -70,53 +71,106 @@ def add_arguments(parser) -> None:
                                                                           f"{', '.join(MODELS)})")
 
 
-def grid_toml(name: str, models: list[str], size: str, num_samples: int, batch_size: int, inception: Path,
-              reference: Path, steps: int) -> str:
-    """The miniature paper grid: the paper's rows per model kind, distillation settings scaled down."""
-    fid = f'{{ fid = {{ inception = "{inception}", reference = "{reference}", num_samples = {num_samples} }} }}'
-    lines = [f'name = "{name}"', 'description = "bench gpu-check: a miniature paper_table1 on stand-ins"',
-             f"num_samples = {num_samples}", f"batch_size = {batch_size}", "seed_start = 0", "nfe = [3]", ""]
-    for m in models:
-        nfes, _, _ = MODELS[m]
-        lines += ["[[models]]", f'name = "{m}"', f'options = {{ size = "{size}" }}', f"nfe = {nfes}",
-                  'metrics = ["fid"]', f"metric_options = {fid}", ""]
+def grid_dict(name: str, models: list[str], size: str, num_samples: int, batch_size: int, inception: Path,
+              reference: Path, steps: int) -> dict:
+    """The miniature paper grid as a grid table (bench.grid.from_dict): the paper's rows per model kind,
+    distillation settings scaled down."""
+    fid = {"fid": {"inception": str(inception), "reference": str(reference), "num_samples": num_samples}}
+    raw = {"name": name, "description": "bench gpu-check: a miniature paper_table1 on stand-ins",
+           "num_samples": num_samples, "batch_size": batch_size, "seed_start": 0, "nfe": [3], "solvers": [],
+           "models": [{"name": m, "options": {"size": size}, "nfe": MODELS[m][0], "metrics": ["fid"],
+                       "metric_options": fid} for m in models]}
+
+    def small(batch: int) -> dict:
+        return {"num_samples": 2 * batch_size, "eval_samples": batch_size, "batch_size": batch, "steps": steps,
+                "teacher_steps": 8}
+
+    def entry(label: str, name: str, group: list, **table) -> None:
+        if group:
+            raw["solvers"].append({"name": name, "label": label, "models": group, **table})
+
     pixel = [m for m in models if MODELS[m][1]]
-    latent_cfg = [m for m in models if m == "standin_sd"]
+    guided = [m for m in models if m == "standin_sd"]
     flux = [m for m in models if m == "standin_flux"]
-    def small(batch):
-        return (f"num_samples = {2 * batch_size}, eval_samples = {batch_size}, batch_size = {batch}, "
-                f"steps = {steps}, teacher_steps = 8")
+    batch = min(batch_size, 8)
+    entry("iPNDM", "ipndm", pixel, afs=True)
+    entry("DPM-Solver++(3M)", "dpm_solver_pp", pixel, options={"order": 3}, afs=True)
+    entry("DyWeight", "dyweight", pixel, afs=True, distill={"loss": "inception", **small(batch)})
+    entry("AMED-Solver", "amed", pixel, afs=True,               # reads the U-Net bottleneck by a forward hook
+          distill={"features": "bottleneck", **small(batch)})
+    entry("DyWeight (released)", "dyweight", [m for m in pixel if m == "standin_edm"], afs=True, released=True)
+    entry("iPNDM", "ipndm", guided, options={"max_order": 2})
+    entry("DPM-Solver++(2M)", "dpm_solver_pp", guided, options={"order": 2})
+    entry("DyWeight", "dyweight", guided, distill={"history": 2, "loss": "inception", **small(batch)})
+    entry("AMED-Solver", "amed", guided,                         # the conditional half of the guided pass
+          distill={"features": "bottleneck", **small(batch)})
+    entry("iPNDM", "ipndm", flux, options={"max_order": 2}, time="flow")
+    entry("DPM-Solver++(2M)", "dpm_solver_pp", flux, options={"order": 2}, time="flow")
+    recipe = {"teacher": "euler", "teacher_denoise": False, "loss": "mse", "history": 2, "init": "euler",
+              "divisor": "scaled", "time_scale_bounds": [0.5, 1.5], "optimizer": "adamw", "weight_decay": 5e-2,
+              "lr": 1e-3, "warmup": 0.0, "lr_final": 0.0, "accumulate": 2, "checkpoint": True, **small(1)}
+    entry("DyWeight", "dyweight", flux, time="flow", distill=recipe)
+    entry("DyWeight (released)", "dyweight", flux, time="flow", released=True)
+    return raw
 
-    def entry(label, name, group, options="", extra=""):
-        return ["[[solvers]]", f'name = "{name}"', f'label = "{label}"', f"models = {group}"] + \
-            ([f"options = {{ {options} }}"] if options else []) + ([extra] if extra else []) + [""]
 
-    if pixel:
-        lines += entry("iPNDM", "ipndm", pixel, extra="afs = true")
-        lines += entry("DPM-Solver++(3M)", "dpm_solver_pp", pixel, "order = 3", "afs = true")
-        lines += entry("DyWeight", "dyweight", pixel,
-                       extra=f'afs = true\ndistill = {{ loss = "inception", {small(min(batch_size, 8))} }}')
-        lines += entry("AMED-Solver", "amed", pixel,             # reads the U-Net bottleneck by a forward hook
-                       extra=f'afs = true\ndistill = {{ features = "bottleneck", {small(min(batch_size, 8))} }}')
-    released = [m for m in pixel if m == "standin_edm"]
-    if released:
-        lines += entry("DyWeight (released)", "dyweight", released, extra="afs = true\nreleased = true")
-    if latent_cfg:
-        lines += entry("iPNDM", "ipndm", latent_cfg, "max_order = 2")
-        lines += entry("DPM-Solver++(2M)", "dpm_solver_pp", latent_cfg, "order = 2")
-        lines += entry("DyWeight", "dyweight", latent_cfg,
-                       extra=f'distill = {{ history = 2, loss = "inception", {small(min(batch_size, 8))} }}')
-        lines += entry("AMED-Solver", "amed", latent_cfg,        # the conditional half of the guided pass
-                       extra=f'distill = {{ features = "bottleneck", {small(min(batch_size, 8))} }}')
-    if flux:
-        lines += entry("iPNDM", "ipndm", flux, "max_order = 2", 'time = "flow"')
-        lines += entry("DPM-Solver++(2M)", "dpm_solver_pp", flux, "order = 2", 'time = "flow"')
-        recipe = ('teacher = "euler", teacher_denoise = false, loss = "mse", history = 2, init = "euler", '
-                  'divisor = "scaled", time_scale_bounds = [0.5, 1.5], optimizer = "adamw", weight_decay = 5e-2, '
-                  f'lr = 1e-3, warmup = 0.0, lr_final = 0.0, accumulate = 2, checkpoint = true, {small(1)}')
-        lines += entry("DyWeight", "dyweight", flux, extra=f'time = "flow"\ndistill = {{ {recipe} }}')
-        lines += entry("DyWeight (released)", "dyweight", flux, extra='time = "flow"\nreleased = true')
-    return "\n".join(lines)
+def single_pass(models: list[str], table, out: Path, batch: int, device, cuda: bool) -> list[str]:
+    """Each stand-in's grid in this process, one at a time: print its wall, network and distillation time and peak
+    memory; return the problems (a crash, a failed cell)."""
+    from bench import grid as grids
+    from bench import run as runner
+    from bench import store as results
+    problems = []
+    print(f"\n{'stand-in for':<24} {'cells':>5} {'wall s':>8} {'network s':>9} {'ratio':>6} {'distil s':>8} "
+          f"{'peak GPU':>9}")
+    for m in models:
+        g = grids.from_dict(table("gpu_check", [m]))
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            summary = runner.run(g, out, progress=False, out=lambda s: None)
+        except Exception as err:                     # a crash is the finding: report it and check the rest
+            problems.append(f"{m}: {type(err).__name__}: {one_line(err)}")
+            print(f"{MODELS[m][2]:<24} CRASHED: {problems[-1]}")
+            continue
+        wall = time.perf_counter() - t0
+        rows = results.load(out)
+        rows = rows[rows.model == m]
+        sampled = float(rows.drop_duplicates("cell_key").wall_time.sum())
+        net = network_seconds(g.models[m], g.cells, batch, device)
+        peak = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else "-"
+        print(f"{MODELS[m][2]:<24} {len(g.cells):>5} {wall:>8.1f} {net:>9.2f} {sampled / max(net, 1e-9):>6.1f} "
+              f"{summary.distill_seconds:>8.1f} {peak:>9}")
+        problems += [f"{m} / {r.label} / NFE {r.nfe}: {r.error}" for r in rows[rows.status != "ok"].itertuples()]
+        g.models[m].release()
+    print("(ratio: the cells' wall time over their network time; distillation is not in either)")
+    return problems
+
+
+def torchrun_pass(table: dict, work: Path, nproc: int, cuda: bool) -> list[str]:
+    """The whole grid again under torchrun with `nproc` processes, every distillation data-parallel; its values
+    against the single pass's (compare_runs)."""
+    import json
+
+    from bench import store as results
+    path = work / "combined.json"
+    path.write_text(json.dumps(table, indent=1))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "bench", "run", "--grid", str(path), "--results-dir", str(work / "torchrun"), "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    wall = time.perf_counter() - t0
+    backend = "nccl" if cuda else "gloo"
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return [f"torchrun ({backend}, {nproc} processes) exited {proc.returncode}: " + " | ".join(tail)]
+    found, problems = compare_runs(results.load(work / "single"), results.load(work / "torchrun"), cuda)
+    print(f"\ntorchrun ({backend}, {nproc} processes, every distillation data-parallel over them) in {wall:.1f} s; "
+          "largest relative difference to the single process: "
+          + "; ".join(f"{g} solvers {d:.1e} over {k} values (tolerance {TOLERANCE[g, cuda]:.0e})"
+                      for g, (d, k) in found.items()))
+    return problems
 
 
 def network_seconds(model, cells, batch_size: int, device: str) -> float:
@@ -146,10 +200,7 @@ def _sync(device: str) -> None:
 
 
 def main(args) -> int:
-    from bench import grid as grids
-    from bench import run as runner
     from bench import standins
-    from bench import store as results
     from bench.metrics.fid import write_reference
     from bench.models import devices
     unknown = [m for m in args.models if m not in MODELS]
@@ -172,6 +223,7 @@ def main(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
     problems: list[str] = []
+    checked: list[str] = []
     print(f"torch {torch.__version__}; device {device}"
           + (f" ({torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB,"
              f" {torch.cuda.device_count()} visible, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'NO'})"
@@ -188,40 +240,10 @@ def main(args) -> int:
                                 inception=inception)
     steps = 20 if cuda else 4
 
-    # ---- 2. one model at a time, in this process --------------------------------------------------------------
-    print(f"\n{'stand-in for':<24} {'cells':>5} {'wall s':>8} {'network s':>9} {'ratio':>6} {'distil s':>8} "
-          f"{'peak GPU':>9}")
-    for m in args.models:
-        path = work / f"{m}.toml"
-        path.write_text(grid_toml("gpu_check", [m], size, n, batch, inception, reference, steps))
-        g = grids.load(path)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        lines: list[str] = []
-        t0 = time.perf_counter()
-        try:
-            runner.run(g, work / "single", progress=False, out=lines.append)
-        except Exception as err:                     # a crash is the finding: report it and check the rest
-            problems.append(f"{m}: {type(err).__name__}: {err}".splitlines()[0])
-            print(f"{MODELS[m][2]:<24} CRASHED: {problems[-1]}")
-            continue
-        wall = time.perf_counter() - t0
-        distil = next((float(s.split("(distillation ")[1].split(" s")[0]) for s in lines if "(distillation " in s),
-                      0.0)
-        df = results.load(work / "single")
-        rows = df[df.model == m]
-        sampled = float(rows.drop_duplicates("cell_key").wall_time.sum())
-        net = network_seconds(g.models[m], g.cells, batch, device)
-        peak = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else "-"
-        print(f"{MODELS[m][2]:<24} {len(g.cells):>5} {wall:>8.1f} {net:>9.2f} {sampled / max(net, 1e-9):>6.1f} "
-              f"{distil:>8.1f} {peak:>9}")
-        bad = rows[rows.status != "ok"]
-        for _, r in bad.iterrows():
-            problems.append(f"{m} / {r.label} / NFE {r.nfe}: {r.error}")
-        g.models[m].release()
-    print("(ratio: the cells' wall time over their network time; distillation is not in either)")
-
-    # ---- 3. torchrun ------------------------------------------------------------------------------------------
+    # ---- 2. one model at a time, in this process; 3. the whole grid under torchrun ---------------------------
+    table = functools.partial(grid_dict, size=size, num_samples=n, batch_size=batch, inception=inception,
+                              reference=reference, steps=steps)
+    problems += single_pass(args.models, table, work / "single", batch, device, cuda)
     if args.no_torchrun:
         skipped.append("torchrun (--no-torchrun)")
     elif shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
@@ -229,25 +251,8 @@ def main(args) -> int:
     elif nproc < 2:
         skipped.append("torchrun and NCCL (one GPU visible; data parallelism needs 2)")
     else:
-        combined = work / "combined.toml"
-        combined.write_text(grid_toml("gpu_check", args.models, size, n, batch, inception, reference, steps))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "bench", "run", "--grid", str(combined), "--results-dir", str(work / "torchrun"),
-               "--no-progress"]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-        wall = time.perf_counter() - t0
-        backend = "nccl" if cuda else "gloo"
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            problems.append(f"torchrun ({backend}, {nproc} processes) exited {proc.returncode}: " + " | ".join(tail))
-        else:
-            found, issues = compare_runs(results.load(work / "single"), results.load(work / "torchrun"), cuda)
-            print(f"\ntorchrun ({backend}, {nproc} processes, every distillation data-parallel over them) in "
-                  f"{wall:.1f} s; largest relative difference to the single process: "
-                  + "; ".join(f"{g} solvers {d:.1e} over {k} values (tolerance {TOLERANCE[g, cuda]:.0e})"
-                              for g, (d, k) in found.items()))
-            problems += issues
+        problems += torchrun_pass(table("gpu_check", args.models), work, nproc, cuda)
+        checked.append("torchrun agrees")
     # ---- 4. full-size distillations against their memory plans -----------------------------------------------
     if not cuda:
         skipped.append("full-size distillation memory plans (CUDA only)")
@@ -255,12 +260,13 @@ def main(args) -> int:
         skipped.append("full-size distillation memory plans (--no-full-width)")
     else:
         problems += full_width(device)
+        checked.append("full-size peaks within their plans")
     if skipped:
         print("\nnot checked here: " + "; ".join(skipped))
     if problems:
         print("\nPROBLEMS:\n  " + "\n  ".join(problems))
     else:
-        print("\nall cells ok" + ("" if args.no_torchrun else ", torchrun agrees"))
+        print("\n" + ", ".join(["all cells ok", *checked]))
     if args.out is None and not problems:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if problems else 0

@@ -28,9 +28,9 @@ def names() -> list[str]:
 
 
 def path_of(name_or_path: str | Path) -> Path:
-    """A shipped grid's file, or the path of a user's .toml file."""
+    """A shipped grid's file, or the path of a user's .toml (or .json) file."""
     s = str(name_or_path)
-    if s.endswith(".toml") or "/" in s or "\\" in s:
+    if s.endswith((".toml", ".json")) or "/" in s or "\\" in s:
         p = Path(s).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"no grid file {p}; shipped grids: {', '.join(names())}")
@@ -42,7 +42,8 @@ def path_of(name_or_path: str | Path) -> Path:
 
 
 def read(name_or_path: str | Path) -> tuple[dict, Path]:
-    """The raw TOML of a grid as a dict (no validation), and its path."""
+    """The raw table of a grid file as a dict (no validation), and its path: TOML, or JSON for a .json file (what
+    a program writes, e.g. `bench gpu-check` for its torchrun pass)."""
     p = path_of(name_or_path)
     try:
         text = p.read_bytes().decode("utf-8")
@@ -50,6 +51,11 @@ def read(name_or_path: str | Path) -> tuple[dict, Path]:
         raise InputError(f"grid file {p} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except OSError as e:
         raise InputError(f"cannot read grid file {p}: {e.strerror}") from None
+    if p.suffix == ".json":
+        try:
+            return json.loads(text), p
+        except json.JSONDecodeError as e:
+            raise InputError(f"grid file {p} is not valid JSON: {e}") from None
     try:
         return tomllib.loads(text), p
     except tomllib.TOMLDecodeError as e:
