@@ -199,15 +199,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def main(args) -> int:
+def _shape(args, cuda: bool) -> tuple[str, int, int, int]:
+    """The check's stand-in size, samples per cell, torchrun ranks (0: none) and sampling batch, from the command
+    line and the device."""
     from bench import standins
-    from bench.metrics.fid import write_reference
-    from bench.models import devices
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         raise UsageError(f"unknown stand-in {unknown[0]!r}; accepted: {', '.join(MODELS)}")
-    cuda = torch.cuda.is_available()
-    device = devices.device(None)
     size = args.size or ("small" if cuda else "tiny")
     if size not in standins.SIZES:
         raise UsageError(f"unknown --size {size!r}; accepted: {', '.join(standins.SIZES)}")
@@ -219,6 +217,16 @@ def main(args) -> int:
     # ceil(n / nproc) seeds (Dist.shard), so batches of a divisor of that size hold the same samples in both.
     per = -(-n // nproc) if nproc >= 2 else n
     batch = max(d for d in range(1, min(16, per) + 1) if per % d == 0)
+    return size, n, nproc, batch
+
+
+def main(args) -> int:
+    from bench import standins
+    from bench.metrics.fid import write_reference
+    from bench.models import devices
+    cuda = torch.cuda.is_available()
+    device = devices.device(None)
+    size, n, nproc, batch = _shape(args, cuda)
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []

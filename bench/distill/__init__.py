@@ -156,16 +156,7 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
         curves["memory"] = memory.describe()
         curves["memory_peak"] = memory.peak         # the plan's estimate, bytes (gpu-check compares the measured)
     student.sigmas = grid
-    # the training's cost in denoiser calls, the unit every method shares: the teacher's endpoint runs (cached runs
-    # count what they cost once; path supervision's sub-stepped teacher runs are not included) and the student's
-    # forward passes (each also backpropagated; with the relaxed ball, a second forward pass without gradients)
-    teacher_calls = teacher.build().calls(settings.teacher_steps + 1, settings.teacher_afs,
-                                          ends_at_zero=grid[-1] == 0) + int(teacher.denoise_to_zero)
-    teacher_samples = settings.num_samples + settings.eval_samples
-    cost = {"parameters": student.parameter_count(), "learns": student.learns(),
-            "teacher_calls": teacher_calls * teacher_samples,
-            "student_calls": settings.steps * settings.batch_size * settings.accumulate * student.calls(len(grid), afs)
-            * (2 if settings.relaxed_ball else 1)}             # the relaxed ball's trial forward pass per batch
+    cost = _training_cost(student, teacher, settings, grid, afs)
     student.metadata.update({
         "distilled": True, "model": source.name, "nfe": nfe, "afs": afs, "seed": seed,
         "training": {**curves, **cost, "wall_time": time.perf_counter() - t_start, "teacher_seconds": teacher_seconds,
@@ -173,6 +164,19 @@ def distill(kind: str, target, sigmas, noise_shape=None, afs: bool = True, seed:
                      "model_identity": ident, "seed": seed, "afs": afs, "nfe": nfe, **settings.record()},
     })
     return student
+
+
+def _training_cost(student, teacher, settings, grid, afs: bool) -> dict:
+    """The training's cost in denoiser calls, the unit every method shares: the teacher's endpoint runs (cached runs
+    count what they cost once; path supervision's sub-stepped teacher runs are not included) and the student's
+    forward passes (each also backpropagated; with the relaxed ball, a second forward pass without gradients)."""
+    teacher_calls = teacher.build().calls(settings.teacher_steps + 1, settings.teacher_afs,
+                                          ends_at_zero=grid[-1] == 0) + int(teacher.denoise_to_zero)
+    teacher_samples = settings.num_samples + settings.eval_samples
+    return {"parameters": student.parameter_count(), "learns": student.learns(),
+            "teacher_calls": teacher_calls * teacher_samples,
+            "student_calls": settings.steps * settings.batch_size * settings.accumulate * student.calls(len(grid), afs)
+            * (2 if settings.relaxed_ball else 1)}             # the relaxed ball's trial forward pass per batch
 
 
 def _pairs(source, teacher, seeds, ident, cache, batch: int, group):

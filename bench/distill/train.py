@@ -242,134 +242,152 @@ def train(student, source, sigmas, afs: bool, settings: Settings, train_set, eva
     A distance that reads images (losses.reads_images, e.g. "inception") gets decoded samples: the student's
     through the model's differentiable decoder, the teacher's without gradient (the reference decodes with
     differentiable_decode_first_stage before the Inception features of latent models)."""
-    name, distance = losses.get(settings.loss)
-    images = losses.reads_images(distance)
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = optimizer(params, settings)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: lr_factor(k, settings.steps, settings.warmup, final=settings.lr_final))
-    gen = torch.Generator().manual_seed(int(seed))
-    conds = source.conditions(train_set.seeds) if source.model is not None else None
-    n = len(train_set.seeds)
-    curves = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_error": []}
-    order = torch.randperm(n, generator=gen)
-    pos = 0
-    t0 = time.perf_counter()
-    evaluating = eval_set is not None and len(eval_set.seeds) > 0
-    eval_batch = settings.teacher_batch_size
+    run = _Trainer(student, source, sigmas, afs, settings, train_set, eval_set, path_set, seed, memory, group)
+    if run.evaluating:
+        run.evaluate(0)
+    for step in range(settings.steps):
+        total = run.step(step)
+        if progress:
+            progress({"step": step + 1, "steps": settings.steps, "loss": total,
+                      "eval": run.curves["eval_error"][-1] if run.curves["eval_error"] else None})
+    return run.finish()
 
-    ball = _Ball(train_set.x_T, sigmas, settings) if settings.relaxed_ball else None
-    world, rank = (group.world, group.rank) if group is not None else (1, 0)
-    micro = memory.micro if memory is not None else None
-    checkpoint = settings.checkpoint or bool(memory is not None and memory.checkpoint)
-    if world > 1 and (ball is not None or settings.batch_size % world):
-        raise InputError("data-parallel distillation needs a batch_size that splits over the ranks and no "
-                         "relaxed_ball (its per-sample moves live on one process)")
 
-    def precision():
-        """The student's calls in full precision (the reference autocasts only its teacher) and TF32 off, unless
-        the settings ask otherwise."""
-        return _StudentPrecision(settings)
+class _Trainer:
+    """The state of one distillation (optimiser, schedule, the pairs' order, the best checkpoint, the curves) and
+    its parts: one optimiser step (`step`), one batch's backward pass (`accumulate_batch`), the held-out check."""
 
-    def sample_loss(den, idx, x_T):
-        final, mids = _student_states(student, den, x_T, sigmas, afs, path_set is not None)
-        target = train_set.targets[idx]
-        if images:
-            final = source.decode(final)
+    def __init__(self, student, source, sigmas, afs, settings, train_set, eval_set, path_set, seed, memory, group):
+        self.student, self.source, self.sigmas, self.afs, self.settings = student, source, sigmas, afs, settings
+        self.train_set, self.eval_set, self.path_set = train_set, eval_set, path_set
+        _, self.distance = losses.get(settings.loss)
+        self.images = losses.reads_images(self.distance)
+        self.params = [p for p in student.parameters() if p.requires_grad]
+        self.opt = optimizer(self.params, settings)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda k: lr_factor(k, settings.steps, settings.warmup, final=settings.lr_final))
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.conds = source.conditions(train_set.seeds) if source.model is not None else None
+        self.n = len(train_set.seeds)
+        self.curves = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_error": []}
+        self.order = torch.randperm(self.n, generator=self.gen)
+        self.pos = 0
+        self.t0 = time.perf_counter()
+        self.evaluating = eval_set is not None and len(eval_set.seeds) > 0
+        self.best = None                                         # (held-out error, step, parameters)
+        self.ball = _Ball(train_set.x_T, sigmas, settings) if settings.relaxed_ball else None
+        self.group = group
+        self.world, self.rank = (group.world, group.rank) if group is not None else (1, 0)
+        self.micro = memory.micro if memory is not None else None
+        self.checkpoint = settings.checkpoint or bool(memory is not None and memory.checkpoint)
+        if self.world > 1 and (self.ball is not None or settings.batch_size % self.world):
+            raise InputError("data-parallel distillation needs a batch_size that splits over the ranks and no "
+                             "relaxed_ball (its per-sample moves live on one process)")
+
+    def sample_loss(self, den, idx, x_T):
+        """Per-sample loss of the student from x_T against the teacher's targets of the pairs `idx`."""
+        final, mids = _student_states(self.student, den, x_T, self.sigmas, self.afs, self.path_set is not None)
+        target = self.train_set.targets[idx]
+        if self.images:
+            final = self.source.decode(final)
             with torch.no_grad():
-                target = source.decode(target)
-        loss = losses.per_sample(distance, final, target)
-        penalty = student.penalty()                              # the student's own regulariser, per sample
+                target = self.source.decode(target)
+        loss = losses.per_sample(self.distance, final, target)
+        penalty = self.student.penalty()                         # the student's own regulariser, per sample
         if penalty is not None:
             loss = loss + penalty.to(loss.device, loss.dtype)
         if mids:
-            tea = path_set.targets[idx]
+            tea = self.path_set.targets[idx]
             loss = loss + sum(losses.mse(m, tea[:, j]) for j, m in enumerate(mids))
         return loss
 
-    def next_batch():
+    def next_batch(self):
         """The indices of the next batch of training pairs (the same on every rank: one generator)."""
-        nonlocal order, pos
-        if pos + settings.batch_size > n:                        # a new epoch: reshuffle
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos:pos + settings.batch_size]
-        pos += settings.batch_size
+        size = self.settings.batch_size
+        if self.pos + size > self.n:                             # a new epoch: reshuffle
+            self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.order[self.pos:self.pos + size]
+        self.pos += size
         return idx
 
-    def losses_of(idx):
+    def losses_of(self, idx):
         """Per-sample losses of the pairs `idx`, and the relaxed ball's move for them (None without the ball)."""
-        den = source.denoiser(take(conds, idx))
-        if checkpoint:
+        den = self.source.denoiser(take(self.conds, idx))
+        if self.checkpoint:
             den = _checkpointed(den)
-        if ball is None:
-            return sample_loss(den, idx, train_set.x_T[idx]), None
+        if self.ball is None:
+            return self.sample_loss(den, idx, self.train_set.x_T[idx]), None
+        ball = self.ball
         z = ball.start(idx)
-        loss = sample_loss(den, idx, ball.x_T(idx, z))
-        return loss, lambda: ball.move(idx, z, loss.detach(), lambda x: sample_loss(den, idx, x))
+        loss = self.sample_loss(den, idx, ball.x_T(idx, z))
+        return loss, lambda: ball.move(idx, z, loss.detach(), lambda x: self.sample_loss(den, idx, x))
 
-    def accumulate_batch(idx) -> float:
+    def accumulate_batch(self, idx) -> float:
         """Backpropagate the batch's mean loss / accumulate; returns that value. One backward pass for the whole
         batch on one process (the plain path); else this rank's share of the batch in micro-batches, each
         weighted by its share of the batch, so that the summed gradient (over micro-batches and ranks) is the
         batch's."""
-        if world == 1 and (micro is None or micro >= len(idx)):
-            loss, move = losses_of(idx)
+        accumulate, micro = self.settings.accumulate, self.micro
+        if self.world == 1 and (micro is None or micro >= len(idx)):
+            loss, move = self.losses_of(idx)
             loss = loss.mean()
-            (loss / settings.accumulate).backward()
+            (loss / accumulate).backward()
             if move is not None:
                 move()
-            return float(loss.detach()) / settings.accumulate
-        share = len(idx) // world
-        mine = idx[rank * share:(rank + 1) * share]
+            return float(loss.detach()) / accumulate
+        share = len(idx) // self.world
+        mine = idx[self.rank * share:(self.rank + 1) * share]
         total = 0.0
         for lo in range(0, share, micro or share):
-            per, move = losses_of(mine[lo:lo + (micro or share)])
-            part = per.sum() / (len(idx) * settings.accumulate)
+            per, move = self.losses_of(mine[lo:lo + (micro or share)])
+            part = per.sum() / (len(idx) * accumulate)
             part.backward()
             total += float(part.detach())
             if move is not None:
                 move()
         return total
 
-    best = None                                                  # (held-out error, step, parameters)
+    def evaluate(self, step: int):
+        """Record the held-out error at `step`; with keep_best, remember the parameters if it is the lowest."""
+        self.curves["eval_step"].append(step)
+        self.curves["eval_error"].append(evaluate(self.student, self.source, self.sigmas, self.afs, self.eval_set,
+                                                  self.settings.teacher_batch_size))
+        if self.settings.keep_best and (self.best is None or self.curves["eval_error"][-1] < self.best[0]):
+            self.best = (self.curves["eval_error"][-1], step,
+                         {k: v.detach().clone() for k, v in self.student.state_dict().items()})
 
-    def evaluated(step):
-        curves["eval_step"].append(step)
-        curves["eval_error"].append(evaluate(student, source, sigmas, afs, eval_set, eval_batch))
-        if settings.keep_best and (best is None or curves["eval_error"][-1] < best[0]):
-            return curves["eval_error"][-1], step, {k: v.detach().clone() for k, v in student.state_dict().items()}
-        return best
-
-    if evaluating:
-        best = evaluated(0)
-    for step in range(settings.steps):
-        student.begin_step(step, settings.steps)
-        opt.zero_grad(set_to_none=True)
-        with precision():
-            total = sum(accumulate_batch(next_batch()) for _ in range(settings.accumulate))
-        if world > 1:                                            # data-parallel: the batch's summed gradient
-            total = group.all_reduce_sum([p.grad for p in params if p.grad is not None] +
-                                         [torch.tensor([total], dtype=torch.float64)])[-1].item()
+    def step(self, step: int) -> float:
+        """One optimiser step over `accumulate` batches (summed over the ranks); returns its loss."""
+        settings = self.settings
+        self.student.begin_step(step, settings.steps)
+        self.opt.zero_grad(set_to_none=True)
+        with _StudentPrecision(settings):
+            total = sum(self.accumulate_batch(self.next_batch()) for _ in range(settings.accumulate))
+        if self.world > 1:                                       # data-parallel: the batch's summed gradient
+            total = self.group.all_reduce_sum([p.grad for p in self.params if p.grad is not None] +
+                                              [torch.tensor([total], dtype=torch.float64)])[-1].item()
         if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        curves["lr"].append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-        curves["step"].append(step)
-        curves["loss"].append(total)
+            torch.nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
+        self.curves["lr"].append(self.opt.param_groups[0]["lr"])
+        self.opt.step()
+        self.sched.step()
+        self.curves["step"].append(step)
+        self.curves["loss"].append(total)
         last = step == settings.steps - 1
-        if evaluating and ((step + 1) % settings.eval_every == 0 or last):
-            best = evaluated(step + 1)
-        if progress:
-            progress({"step": step + 1, "steps": settings.steps, "loss": total,
-                      "eval": curves["eval_error"][-1] if curves["eval_error"] else None})
-    curves["train_seconds"] = time.perf_counter() - t0
-    if best is not None:
-        student.load_state_dict(best[2])
-        curves["kept_step"] = best[1]
-    if ball is not None:
-        curves.update(ball.record())
-    return curves
+        if self.evaluating and ((step + 1) % settings.eval_every == 0 or last):
+            self.evaluate(step + 1)
+        return total
+
+    def finish(self) -> dict:
+        """The curves, with the training time, the kept checkpoint (loaded into the student) and the ball's
+        record."""
+        self.curves["train_seconds"] = time.perf_counter() - self.t0
+        if self.best is not None:
+            self.student.load_state_dict(self.best[2])
+            self.curves["kept_step"] = self.best[1]
+        if self.ball is not None:
+            self.curves.update(self.ball.record())
+        return self.curves
 
 
 class _StudentPrecision:
