@@ -175,9 +175,12 @@ def separable(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def format_interval(value: float, low, high, pm: str = "±") -> str:
     """"value ± half-width", both rounded to the half-width's second significant digit; "" without a finite,
-    positive half-width."""
+    positive half-width. An interval clipped at 0 (a distance's: its lower bound is exactly 0) is not symmetric
+    about the value, so it is written as its bounds: "value [0, high]"."""
     h = (float(high) - float(low)) / 2 if low is not None and high is not None else math.nan
     if not (math.isfinite(h) and h > 0 and math.isfinite(value)):
         return ""
     d = min(8, max(0, 1 - math.floor(math.log10(h))))
+    if float(low) == 0:
+        return f"{value:.{d}f} [0, {float(high):.{d}f}]"
     return f"{value:.{d}f} {pm} {h:.{d}f}"

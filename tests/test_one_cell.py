@@ -4,6 +4,7 @@ cell")."""
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def test_two_runs_with_other_sample_counts_and_steps_are_never_averaged(tmp_path
     md = (res / "reports" / "one.md").read_text()
     row = next(line for line in md.splitlines() if "| DyWeight" in line)
     assert format_interval(last.value, last.ci_low, last.ci_high) in row
+    guide = re.search(r"\[docs/reading-reports.md\]\(([^)]+)\)", md).group(1)   # written in a temporary folder,
+    assert (res / "reports" / guide).resolve().name == "reading-reports.md"       # linked from where it ends up
+    assert (res / "reports" / guide).exists()
     assert "other stored cell-metrics of this grid are left out" in md and "other sample counts (16" in md
     first = select(res, run="-3").rows
     assert set(first.num_samples) == {16}

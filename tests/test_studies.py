@@ -113,3 +113,33 @@ def test_the_study_grids_load(name):
     assert g.kind in ("sampling", "perf")
     if g.kind == "sampling":
         assert g.cells
+
+
+def test_the_thread_counts_of_perf_threads_are_two_stored_cells(tmp_path, monkeypatch):
+    """The quick grid's wall time under 1 thread and under the core count: two cells, not one kept and one dropped
+    (the thread count is part of the cell's identity)."""
+    from bench.studies import perf
+    monkeypatch.setattr(perf, "measure", lambda cfg: [])
+    real = perf.subprocess.run
+    monkeypatch.setattr(perf.subprocess, "run",                              # the grid itself is not run here
+                        lambda cmd, **k: None if cmd[1:3] == ["-m", "bench"] else real(cmd, **k))
+    monkeypatch.setattr(perf.os, "cpu_count", lambda: 2)
+    perf.run({"name": "perf_t", "kind": "perf", "study": {"quick_threads": True, "diffusers": False}}, tmp_path)
+    wall = store.load(tmp_path)
+    wall = wall[wall.metric == "wall_time"]
+    assert sorted(wall.label) == ["quick, 1 torch thread(s)", "quick, 2 torch thread(s)"]
+    assert wall.cell_key.nunique() == 2 and set(wall.num_samples) == {1}
+
+
+def test_a_study_with_two_rows_of_one_identity_is_refused(tmp_path):
+    from bench.store import Result
+    row = dict(cell_key="k", metric_key="m", grid="g", model="x", solver="s", label="a", family="handcrafted",
+               kind="measurement", paper_method="", options="{}", nfe=0, afs=False, schedule="polynomial",
+               metric="wall_time", metric_label="t", metric_options="{}", higher_is_better=False, value=1.0,
+               status="ok", error="", ci_low=float("nan"), ci_high=float("nan"), ci_method="", replicas=1,
+               num_samples=1, seeds="", paper_key="", instance_of="", distilled_on="", solver_key="", code_hash="",
+               code_version="", config_hash="", torch_version="", device="cpu", world_size=1, wall_time=0.0,
+               created_at="", run_id="")
+    with pytest.raises(ValueError, match="'a' and 'b'.*same cell identity"):
+        store.write_study(tmp_path, "g", {}, [Result(**row), Result(**{**row, "label": "b"})])
+    assert not (tmp_path / "results.sqlite").exists() or store.load(tmp_path).empty

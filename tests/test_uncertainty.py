@@ -77,6 +77,8 @@ def test_separable_and_formatting():
     assert stats.format_interval(0.23456, 0.2201, 0.2501) == "0.235 ± 0.015"
     assert stats.format_interval(337.1, 300.0, 374.0) == "337 ± 37"
     assert stats.format_interval(1.0, math.nan, math.nan) == ""
+    assert stats.format_interval(0.0016, 0.0, 0.0042) == "0.0016 [0, 0.0042]"    # clipped at 0: its bounds
+    assert stats.format_interval(0.0, 0.0, 0.0042) == "0.0000 [0, 0.0042]"
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------

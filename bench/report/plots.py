@@ -50,9 +50,12 @@ def save(fig, base: Path) -> list[Path]:
 
 
 def plain_log_axis(ax, axis: str = "y") -> None:
-    """A log axis labelled with plain numbers (0.5, 2, 10), not powers of ten."""
+    """A log axis labelled with plain numbers (0.5, 2, 10), not powers of ten: 1-2-5 ticks over up to three
+    decades of the plotted data, one tick a decade over more (the labels would overlap)."""
     a = ax.yaxis if axis == "y" else ax.xaxis
-    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,)))
     a.set_major_formatter(PLAIN)
     a.set_minor_formatter(NullFormatter())
 
@@ -195,23 +198,49 @@ def smooth(values, weight: float = 0.9) -> np.ndarray:
     return np.asarray(out)
 
 
+MAX_CURVES = 12          # per model in the training figure; beyond it only the smallest NFE is drawn
+RAW_CURVES = 6           # the raw (unsmoothed) losses are drawn faint only up to this many curves per panel
+
+
+def _curve_colours(names: list[str]) -> dict:
+    """Each row its method's fixed colour (style.color); rows that would share one (variants of a method, as in
+    an ablation study) each take the next colour no other row of the figure uses."""
+    out, used = {}, set()
+    for name in names:
+        c = style.color(name)
+        if c in used:
+            c = next((t for t in style.PALETTE if t not in used), c)
+        out[name] = c
+        used.add(c)
+    return out
+
+
 def training_curves(runs: list[tuple[str, str, object]], base: Path, title: str) -> list[Path]:
-    """`runs`: (model, row, TrainingRecord). Per model a panel of the loss (smoothed solid over raw faint) and, on
-    the right, the held-out error at its checkpoints; one colour per row."""
+    """`runs`: (model, "row NFE n", TrainingRecord). Per model a panel of the loss (smoothed; the raw curves faint
+    when there are few) and, on the right, the held-out error at its checkpoints; one colour per row. A model with
+    more than MAX_CURVES runs is drawn at its smallest NFE only (said in its panel title)."""
     runs = [r for r in runs if r[2].loss or r[2].eval_error]
     if not runs:
         raise InputError("no training curves recorded")
     models = list(dict.fromkeys(m for m, _, _ in runs))
     fig, axes = plt.subplots(len(models), 2, figsize=(9.5, 2.8 * len(models)), squeeze=False)
     for (a, b), model in zip(axes, models):
-        for _, name, rec in [r for r in runs if r[0] == model]:
-            c = style.color(name.rsplit(" NFE", 1)[0])
+        mine = [(name.rsplit(" NFE ", 1)[0], name, rec) for m, name, rec in runs if m == model]
+        heading = model
+        if len(mine) > MAX_CURVES:
+            low, total = min(int(name.rsplit(" NFE ", 1)[1]) for _, name, _ in mine), len(mine)
+            mine = [r for r in mine if r[1].endswith(f" NFE {low}")]
+            heading = f"{model}: NFE {low} shown, {len(mine)} of {total} runs (the cost table below lists all)"
+        colours = _curve_colours(list(dict.fromkeys(row for row, _, _ in mine)))
+        for row, name, rec in mine:
+            c = colours[row]
             if rec.loss:
                 steps = rec.step[:len(rec.loss)] or list(range(len(rec.loss)))
-                a.plot(steps, rec.loss, color=c, alpha=0.2, linewidth=0.6)
+                if len(mine) <= RAW_CURVES:
+                    a.plot(steps, rec.loss, color=c, alpha=0.2, linewidth=0.6)
                 a.plot(steps, smooth(rec.loss), color=c, linewidth=1.2, label=name)
             if rec.eval_error:
-                b.plot(rec.eval_step, rec.eval_error, color=c, marker="o", markersize=3, label=name)
+                b.plot(rec.eval_step, rec.eval_error, color=c, marker=style.marker(row), markersize=3, label=name)
         for ax, y in ((a, "training loss"), (b, "held-out error vs teacher")):
             ax.set_xlabel("optimisation step")
             ax.set_ylabel(y, fontsize=8)
@@ -220,10 +249,10 @@ def training_curves(runs: list[tuple[str, str, object]], base: Path, title: str)
                 plain_log_axis(ax)
             else:
                 ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
-        a.set_title(model, fontsize=9, loc="left")
+        a.set_title(heading, fontsize=9, loc="left")
         (b if b.lines else a).legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=True)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)
     return save(fig, base)
 
 

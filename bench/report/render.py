@@ -43,7 +43,7 @@ def render(results_dir: Path, reports_dir: Path | None = None, run: str | None =
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / FIG).mkdir(parents=True)
     try:
-        written = [render_grid(grid_report.load(results_dir, g, sel), tmp) for g in sel.grids]
+        written = [render_grid(grid_report.load(results_dir, g, sel), tmp, reports_dir) for g in sel.grids]
         written += [render_study(csv, tmp) for csv in studies]
         _commit(tmp, reports_dir)
     finally:
@@ -52,8 +52,10 @@ def render(results_dir: Path, reports_dir: Path | None = None, run: str | None =
     return [reports_dir / p.name for p in written]
 
 
-def render_grid(g: grid_report.GridData, out: Path) -> Path:
-    blocks = grid_report.blocks(g, out / FIG, out)
+def render_grid(g: grid_report.GridData, out: Path, final: Path | None = None) -> Path:
+    """Write the grid's Markdown, HTML and LaTeX into `out`; links that leave the report folder (the reading guide)
+    are made from `final`, the folder the files are moved to (default `out`)."""
+    blocks = grid_report.blocks(g, out / FIG, final or out)
     md = out / f"{g.name}.md"
     md.write_text(doc.to_markdown(blocks, out))
     (out / f"{g.name}.html").write_text(doc.to_html(blocks, out, f"Report: {g.name}"))

@@ -11,6 +11,7 @@ import hashlib
 import matplotlib
 
 _TAB = [matplotlib.colormaps["tab20"](i) for i in range(20)] + [matplotlib.colormaps["tab20b"](i) for i in range(20)]
+PALETTE = tuple(_TAB)          # every colour a method may take, for figures that need more rows than methods
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p"]
 
 # method prefix -> (colour index into _TAB, marker)

@@ -243,7 +243,8 @@ def _cells(table, higher: bool, bold, underline, tied, floor_mark, pm: str = "±
 
 
 LEGEND = ("Values are means with their 95 % intervals (± half-width; bench.stats: bootstrap for the endpoint error "
-          "and other per-sample means, jackknife or seed-set replicas for Fréchet distances). **Bold**: best, its "
+          "and other per-sample means, jackknife or seed-set replicas for Fréchet distances; a distance's interval "
+          "clipped at 0 is written as its bounds, [0, high]). **Bold**: best, its "
           "interval disjoint from every other method's; <ins>underlined</ins>: second, disjoint from every method "
           "below it; *italic*: tied for best (intervals overlap, so no winner is marked); ° : not separable from a "
           "noise floor (its interval overlaps a floor row's); –: a missing or failed cell.")

@@ -302,6 +302,12 @@ def write_study(results_dir, grid: str, config: dict, rows: list[Result], comman
     """Store the rows a non-sampling study measured as one run of its grid (so `bench report`, `bench check` and
     `bench export` read them like any run); returns the run id."""
     from bench.provenance import code_version
+    seen: dict = {}
+    for r in rows:                                  # one identity, one row: a second would silently replace the first
+        other = seen.setdefault((r.cell_key, r.metric_key), r)
+        if other is not r:
+            raise ValueError(f"study {grid!r}: rows {other.label!r} and {r.label!r} ({r.model}, {r.metric}) have "
+                             "the same cell identity; what tells them apart belongs in their key")
     with Store(results_dir) as s:
         run_id = s.begin_run(grid, config, command, code_version(), 1, 1, [(r.cell_key, r.metric_key) for r in rows])
         for r in rows:

@@ -251,7 +251,7 @@ def quick_wall_times(out=print) -> list[dict]:
             wall = time.perf_counter() - t0
         out(f"perf: quick with {threads} torch thread(s): {wall:.1f} s")
         rows.append(dict(solver="quick", label=f"quick, {threads} torch thread(s)", nfe=0, afs=False,
-                         metric="wall_time", value=wall))
+                         metric="wall_time", value=wall, threads=threads, repeats=1))
     return rows
 
 
@@ -273,15 +273,16 @@ def run(grid: dict, results_dir) -> None:
         where = "quick grid" if m["metric"] == "wall_time" else model
         results.append(Result(
             cell_key=canonical_hash({"run": nonce, "model": where, "solver": m["solver"], "nfe": m["nfe"],
-                                     "metric": m["metric"]}),
+                                     "metric": m["metric"], "threads": m.get("threads", cfg["threads"])}),
             metric_key=canonical_hash({"metric": m["metric"]}), grid=name, model=where, solver=m["solver"],
             label=m.get("label", m["solver"]), family="learned" if _learned(m["solver"]) else "handcrafted",
             kind="measurement", paper_method="", options=json.dumps({"afs": m["afs"]}), nfe=m["nfe"], afs=m["afs"],
             schedule="polynomial", metric=m["metric"], metric_label=LABELS[m["metric"]], metric_options="{}",
             higher_is_better=False, value=est.value, status="ok", error="", ci_low=est.low, ci_high=est.high,
-            ci_method=est.method, replicas=1, num_samples=cfg["repeats"], seeds="", paper_key="", instance_of="",
-            distilled_on="", solver_key="", code_hash="", code_version="", config_hash=canonical_hash(grid),
-            torch_version=torch.__version__, device="cpu", world_size=1, wall_time=0.0, created_at=now(), run_id=""))
+            ci_method=est.method, replicas=1, num_samples=m.get("repeats", cfg["repeats"]), seeds="", paper_key="",
+            instance_of="", distilled_on="", solver_key="", code_hash="", code_version="",
+            config_hash=canonical_hash(grid), torch_version=torch.__version__, device="cpu", world_size=1,
+            wall_time=0.0, created_at=now(), run_id=""))
     write_study(results_dir, name, grid, results, "bench run --grid " + name)
     print(f"perf: stored {len(results)} measurements; render them with `python -m bench report --grid {name}`")
 
