@@ -148,6 +148,21 @@ def test_gpu_check_runs_the_miniature_paper_grid_and_says_what_it_skipped(tmp_pa
     assert cli.main(["gpu-check", "--models", "standin_sdxl"]) == 2
 
 
+def test_gpu_check_without_diffusers_leaves_out_the_latent_stand_ins_and_says_so(tmp_path, capsys, monkeypatch):
+    """The base install has no diffusers: the default check runs the EDM stand-ins and lists the others as not
+    checked; naming a latent stand-in is a one-line error (exit 2), not a traceback."""
+    from bench import cli
+    from bench.commands import gpu_check
+    real = gpu_check._has_module
+    monkeypatch.setattr(gpu_check, "_has_module", lambda name: False if name == "diffusers" else real(name))
+    assert cli.main(["gpu-check", "--models", "standin_lsun", "--no-torchrun"]) == 2
+    assert "standin_lsun needs diffusers: pip install -e '.[models]'" in capsys.readouterr().err
+    assert cli.main(["gpu-check", "--no-torchrun", "--num-samples", "4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "standin_lsun (diffusers not installed" in out and "standin_flux (diffusers not installed" in out
+    assert set(results.load(tmp_path / "single").model) == {"standin_edm", "standin_edm_cond"}
+
+
 def test_gpu_check_torchrun_pass_distils_and_agrees(tmp_path, capsys):
     """With torchrun (gloo, 2 processes on the CPU) the grid runs again, distilling data-parallel (nothing copied
     from the single pass); the same batches give equal fixed-solver values."""

@@ -56,6 +56,8 @@ MODELS = {  # stand-in -> (NFEs, AFS for the pixel/LDM rows, the paper model it 
     "standin_sd": ([4], False, "sd15"),
     "standin_flux": ([3], False, "flux"),
 }
+NEEDS = {"standin_lsun": ("diffusers",), "standin_sd": ("diffusers", "transformers"),   # Python packages beyond
+         "standin_flux": ("diffusers", "transformers")}                                # the base install
 
 
 def add_arguments(parser) -> None:
@@ -67,8 +69,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--nproc", type=int, default=2, help="torchrun processes at most (default 2)")
     parser.add_argument("--no-torchrun", action="store_true", help="skip the torchrun part")
     parser.add_argument("--no-full-width", action="store_true", help="skip the full-size memory-plan check (CUDA)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"stand-ins (default: all of "
-                                                                          f"{', '.join(MODELS)})")
+    parser.add_argument("--models", nargs="+", default=None, help=f"stand-ins (default: all of "
+                                                                  f"{', '.join(MODELS)} whose packages are installed)")
 
 
 def grid_dict(name: str, models: list[str], size: str, num_samples: int, batch_size: int, inception: Path,
@@ -203,9 +205,13 @@ def _shape(args, cuda: bool) -> tuple[str, int, int, int]:
     """The check's stand-in size, samples per cell, torchrun ranks (0: none) and sampling batch, from the command
     line and the device."""
     from bench import standins
-    unknown = [m for m in args.models if m not in MODELS]
+    unknown = [m for m in args.models or [] if m not in MODELS]
     if unknown:
         raise UsageError(f"unknown stand-in {unknown[0]!r}; accepted: {', '.join(MODELS)}")
+    for m in args.models or []:
+        missing = [pkg for pkg in NEEDS.get(m, ()) if not _has_module(pkg)]
+        if missing:
+            raise UsageError(f"stand-in {m} needs {', '.join(missing)}: pip install -e '.[models]'")
     size = args.size or ("small" if cuda else "tiny")
     if size not in standins.SIZES:
         raise UsageError(f"unknown --size {size!r}; accepted: {', '.join(standins.SIZES)}")
@@ -227,9 +233,11 @@ def main(args) -> int:
     cuda = torch.cuda.is_available()
     device = devices.device(None)
     size, n, nproc, batch = _shape(args, cuda)
+    models = args.models or [m for m in MODELS if all(_has_module(pkg) for pkg in NEEDS.get(m, ()))]
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
-    skipped: list[str] = []
+    skipped: list[str] = [f"{m} ({', '.join(p for p in NEEDS[m] if not _has_module(p))} not installed: "
+                          "pip install -e '.[models]')" for m in MODELS if m not in models and args.models is None]
     problems: list[str] = []
     checked: list[str] = []
     print(f"torch {torch.__version__}; device {device}"
@@ -251,7 +259,7 @@ def main(args) -> int:
     # ---- 2. one model at a time, in this process; 3. the whole grid under torchrun ---------------------------
     table = functools.partial(grid_dict, size=size, num_samples=n, batch_size=batch, inception=inception,
                               reference=reference, steps=steps)
-    problems += single_pass(args.models, table, work / "single", batch, device, cuda)
+    problems += single_pass(models, table, work / "single", batch, device, cuda)
     if args.no_torchrun:
         skipped.append("torchrun (--no-torchrun)")
     elif shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
@@ -259,7 +267,7 @@ def main(args) -> int:
     elif nproc < 2:
         skipped.append("torchrun and NCCL (one GPU visible; data parallelism needs 2)")
     else:
-        problems += torchrun_pass(table("gpu_check", args.models), work, nproc, cuda)
+        problems += torchrun_pass(table("gpu_check", models), work, nproc, cuda)
         checked.append("torchrun agrees")
     # ---- 4. full-size distillations against their memory plans -----------------------------------------------
     if not cuda:
@@ -267,7 +275,9 @@ def main(args) -> int:
     elif args.no_full_width:
         skipped.append("full-size distillation memory plans (--no-full-width)")
     else:
-        problems += full_width(device)
+        full = [(m, b) for m, b in FULL_WIDTH if b != "full_sd" or _has_module("diffusers")]
+        skipped += [f"full-size {b} (diffusers not installed)" for m, b in FULL_WIDTH if (m, b) not in full]
+        problems += full_width(device, builders=full)
         checked.append("full-size peaks within their plans")
     if skipped:
         print("\nnot checked here: " + "; ".join(skipped))
@@ -284,7 +294,7 @@ FULL_WIDTH = (("cifar10", "full_edm"), ("sd15", "full_sd"))   # paper model -> b
 PLAN_SLACK = 1.25        # a measured peak above the planned one by more than this is a finding
 
 
-def full_width(device, steps: int = 2) -> list[str]:
+def full_width(device, steps: int = 2, builders=None) -> list[str]:
     """Distil paper_table1's DyWeight row at its largest NFE for each FULL_WIDTH model, on the real architecture at
     full size, with the row's settings (its batch, loss, teacher) but `steps` optimiser steps on one batch of
     pairs; print the plan and the peak; return problems (an out-of-memory, or a peak over the plan's)."""
@@ -296,7 +306,7 @@ def full_width(device, steps: int = 2) -> list[str]:
     grid = grids.load("paper_table1")
     problems = []
     print(f"\nfull-size distillations (paper_table1's recipe, {steps} steps; random weights):")
-    for paper_model, builder in FULL_WIDTH:
+    for paper_model, builder in builders if builders is not None else FULL_WIDTH:
         cell = max((c for c in grid.cells if c.model == paper_model and c.row.name == "dyweight" and c.row.distill),
                    key=lambda c: c.nfe)
         model = getattr(standins, builder)(device=str(device))

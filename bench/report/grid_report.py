@@ -180,8 +180,8 @@ def _interval_note(sel: pd.DataFrame) -> str:
     """How the table's intervals were estimated, from the stored `ci_method`s (bench.stats)."""
     found = sorted({m for m in sel.ci_method if m})
     if not found:
-        return ("Intervals: not stored for these results (an older store); ranked by value, as the paper ranks its "
-                "tables.")
+        return ("Intervals: none stored for these values (single measurements, such as a wall time, or an older "
+                "store); ranked by value, as the paper ranks its tables.")
     what = {"bootstrap": "percentile bootstrap of the mean over samples ({} resamples)",
             "jackknife": "delete-a-group jackknife over {} groups of samples (normal interval)",
             "replicas": "Student-t interval over {} disjoint seed sets",
