@@ -131,7 +131,8 @@ def single_pass(models: list[str], table, out: Path, batch: int, device, cuda: b
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         try:
-            summary = runner.run(g, out, progress=False, out=lambda s: None)
+            # one torch thread on the CPU, as each torchrun rank has: float sums in the same order in both passes
+            summary = runner.run(g, out, progress=False, out=lambda s: None, threads=None if cuda else 1)
         except Exception as err:                     # a crash is the finding: report it and check the rest
             problems.append(f"{m}: {type(err).__name__}: {one_line(err)}")
             print(f"{MODELS[m][2]:<24} CRASHED: {problems[-1]}")
