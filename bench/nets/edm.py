@@ -186,6 +186,22 @@ class FourierEmbedding(torch.nn.Module):
         return torch.cat([x.cos(), x.sin()], dim=1)
 
 
+def _decoder_level(dec: torch.nn.ModuleDict, res: int, lowest: bool, c: int, out: int, skips: list, num_blocks: int,
+                   attention, kw: dict) -> int:
+    """One decoder resolution of both U-Nets (NVIDIA's names and order): at the lowest resolution two blocks (the
+    first with attention), elsewhere an up-sampling block; then num_blocks + 1 blocks that each take one encoder
+    skip, with attention in those whose index is in `attention`. Returns the channel count after them."""
+    if lowest:
+        dec[f"{res}x{res}_in0"] = UNetBlock(c, c, attention=True, **kw)
+        dec[f"{res}x{res}_in1"] = UNetBlock(c, c, **kw)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(c, c, up=True, **kw)
+    for i in range(num_blocks + 1):
+        dec[f"{res}x{res}_block{i}"] = UNetBlock(c + skips.pop(), out, attention=i in attention, **kw)
+        c = out
+    return c
+
+
 class SongUNet(torch.nn.Module):
     """DDPM++ (positional embedding, standard encoder) and NCSN++ (Fourier embedding, residual encoder)."""
 
@@ -236,16 +252,8 @@ class SongUNet(torch.nn.Module):
         self.dec = torch.nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(c, c, attention=True, **kw)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(c, c, **kw)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(c, c, up=True, **kw)
-            for i in range(num_blocks + 1):
-                self.dec[f"{res}x{res}_block{i}"] = UNetBlock(
-                    c + skips.pop(), model_channels * mult, attention=i == num_blocks and res in attn_resolutions,
-                    **kw)
-                c = model_channels * mult
+            c = _decoder_level(self.dec, res, level == len(channel_mult) - 1, c, model_channels * mult, skips,
+                               num_blocks, {num_blocks} if res in attn_resolutions else (), kw)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
@@ -322,15 +330,8 @@ class DhariwalUNet(torch.nn.Module):
         self.dec = torch.nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(c, c, attention=True, **kw)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(c, c, **kw)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(c, c, up=True, **kw)
-            for i in range(num_blocks + 1):
-                self.dec[f"{res}x{res}_block{i}"] = UNetBlock(c + skips.pop(), model_channels * mult,
-                                                              attention=res in attn_resolutions, **kw)
-                c = model_channels * mult
+            c = _decoder_level(self.dec, res, level == len(channel_mult) - 1, c, model_channels * mult, skips,
+                               num_blocks, range(num_blocks + 1) if res in attn_resolutions else (), kw)
         self.out_norm = GroupNorm(c)
         self.out_conv = Conv2d(c, out_channels, 3)
 
